@@ -1,0 +1,244 @@
+//! Wiring and shutdown order.
+//!
+//! Start: metrics -> store -> registry (stored definitions, then config levers) ->
+//! journal writer -> listeners (health answers at once, API answers 503 `not_ready`) ->
+//! journal replay -> ready -> flusher.
+//!
+//! Stop (SIGTERM/SIGINT): not ready -> listeners stop accepting and drain in-flight
+//! requests (bounded by `shutdown_grace`) -> flusher's final flush -> journal writer
+//! stops -> store flushed and closed -> exit 0.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::dedupe::Claims;
+use crate::flush;
+use crate::http::{self, Surface};
+use crate::journal::Journal;
+use crate::registry::{ApiKeys, Contract, Lever, LeverBody, Registry};
+use crate::state::State;
+use crate::store::keys::{get_str, AdminKind};
+use crate::store::{cf, Store, StoreError};
+use crate::telemetry;
+use crate::window::{now_ms, rfc3339};
+
+/// Loads stored levers and contracts into the registry, then creates the levers the
+/// configuration declares but the store lacks.
+pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result<(), StoreError> {
+    store.scan_all(cf::ADMIN, |k, v| {
+        let Some((&kind, rest)) = k.split_first() else {
+            return Ok(());
+        };
+        let Some((tenant, rest)) = get_str(rest) else {
+            return Err(StoreError::Corrupt("admin"));
+        };
+        let Some((name, _)) = get_str(rest) else {
+            return Err(StoreError::Corrupt("admin"));
+        };
+        let Some(t) = registry.tenant(tenant) else {
+            tracing::warn!(tenant, name, "stored definition of an unconfigured tenant ignored");
+            return Ok(());
+        };
+        if kind == AdminKind::Lever as u8 {
+            let mut l: Lever = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            l.deleted = l.status == "deleted";
+            t.levers.insert(name.to_string(), Arc::new(l));
+        } else if kind == AdminKind::Contract as u8 {
+            let c: Contract = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            t.contracts.insert(name.to_string(), Arc::new(c.finish()));
+        }
+        Ok(())
+    })?;
+    for l in &cfg.levers {
+        let Some(t) = registry.tenant(&l.tenant) else {
+            continue;
+        };
+        if let Some(existing) = t.levers.get(&l.name) {
+            if existing.aggregation != l.aggregation {
+                tracing::warn!(
+                    tenant = %l.tenant, lever = %l.name,
+                    stored = existing.aggregation.as_str(), configured = l.aggregation.as_str(),
+                    "configured lever differs from the stored one; the stored definition is kept"
+                );
+            }
+            continue;
+        }
+        let body = LeverBody {
+            aggregation: l.aggregation,
+            unit: l.unit.clone(),
+            value_property: l.value_property.clone(),
+            bucket_property: l.bucket_property.clone(),
+            description: l.description.clone(),
+            id: None,
+            status: None,
+            created_at: None,
+            updated_at: None,
+        };
+        let now = rfc3339(now_ms());
+        let lever = Lever::from_body(&l.name, &body, now.clone(), now);
+        let enc = serde_json::to_vec(&lever).map_err(|_| StoreError::Corrupt("admin"))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            store.cf(cf::ADMIN),
+            crate::store::keys::admin_key(AdminKind::Lever, &l.tenant, &l.name),
+            enc,
+        );
+        store.write(batch, true)?;
+        t.levers.insert(l.name.clone(), Arc::new(lever));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let prom = telemetry::install_metrics().context("installing the metrics recorder")?;
+    if cfg.uses_development_keys {
+        let banner = "!".repeat(78);
+        tracing::warn!("{banner}");
+        tracing::warn!(
+            "DEVELOPMENT API KEYS ARE CONFIGURED (dev-admin-key / dev-ingest-key / dev-read-key)."
+        );
+        tracing::warn!("Anyone can read and write this meterd. Replace them before real use.");
+        tracing::warn!("{banner}");
+        eprintln!("WARNING: meterd is running with the well-known development API keys; do not use them in production");
+    }
+
+    let store = {
+        let path = cfg.data_dir.clone();
+        let retention = cfg.dedupe_retention;
+        tokio::task::spawn_blocking(move || Store::open(&path, retention))
+            .await?
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?
+    };
+    let registry = Registry::new(&cfg);
+    load_registry(&store, &registry, &cfg).context("loading levers and contracts")?;
+    let (journal, journal_thread) = Journal::start(store.clone(), cfg.durability, 1);
+    let state = Arc::new(State {
+        keys: ApiKeys::new(&cfg.api_keys),
+        counters: Counters::new(cfg.shards),
+        claims: Claims::new(),
+        inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        ready: AtomicBool::new(false),
+        storage_ok: AtomicBool::new(true),
+        admin_lock: tokio::sync::Mutex::new(()),
+        registry,
+        journal,
+        store,
+        cfg,
+    });
+
+    let api = TcpListener::bind(state.cfg.listen)
+        .await
+        .with_context(|| format!("binding listen address {}", state.cfg.listen))?;
+    let metrics_l = TcpListener::bind(state.cfg.metrics_listen)
+        .await
+        .with_context(|| format!("binding metrics_listen address {}", state.cfg.metrics_listen))?;
+    let api_addr = api.local_addr()?;
+    let metrics_addr = metrics_l.local_addr()?;
+    println!("meterd listening on http://{api_addr} (metrics on http://{metrics_addr})");
+    tracing::info!(%api_addr, %metrics_addr, data_dir = %state.cfg.data_dir.display(), "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grace = state.cfg.shutdown_grace;
+    let api_task = tokio::spawn(http::serve(
+        api,
+        state.clone(),
+        Surface::Api,
+        wait_stop(stop_rx.clone()),
+        grace,
+    ));
+    let metrics_task = tokio::spawn(http::serve(
+        metrics_l,
+        state.clone(),
+        Surface::Metrics(prom),
+        wait_stop(stop_rx.clone()),
+        grace,
+    ));
+
+    // Recovery: replay the journal before accepting traffic.
+    let started = Instant::now();
+    let (next_seq, replayed) = {
+        let st = state.clone();
+        tokio::task::spawn_blocking(move || flush::recover(&st.store, &st.counters))
+            .await?
+            .context("replaying the journal")?
+    };
+    state.journal.set_next(next_seq);
+    state.ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        replayed,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "ready"
+    );
+    let (flush_stop, flush_stop_rx) = crossbeam_channel::bounded::<()>(1);
+    let flusher = flush::start(state.clone(), flush_stop_rx);
+
+    shutdown_signal().await;
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    let servers = async {
+        let _ = api_task.await;
+        let _ = metrics_task.await;
+    };
+    tokio::select! {
+        _ = servers => {}
+        _ = &mut deadline => tracing::warn!("shutdown grace period exceeded while draining"),
+    }
+    drop(flush_stop);
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = flusher.join();
+        // Final flush of anything applied after the flusher's last pass.
+        if let Err(e) = flush::flush_once(&st.store, &st.counters) {
+            tracing::error!(error = %e, "final flush failed; the journal keeps the events");
+        }
+        st.store.close()
+    })
+    .await?
+    .context("closing the store")?;
+    // The journal writer stops once the last State handle is gone.
+    let state = match Arc::try_unwrap(state) {
+        Ok(s) => s,
+        Err(_) => {
+            tracing::info!("stopped");
+            return Ok(());
+        }
+    };
+    drop(state);
+    let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Environment as a map (so configuration loading never reads globals in tests).
+pub fn env_map() -> HashMap<String, String> {
+    std::env::vars().collect()
+}

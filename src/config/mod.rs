@@ -1,0 +1,505 @@
+//! Configuration: file + environment + flags -> validated [`Config`].
+//!
+//! Precedence is flags over environment over file over defaults (SPEC 8). The
+//! environment is passed in as a map so that tests never mutate the process environment.
+//! Every refusal names the file, the key and the reason; the binary exits with code 64.
+
+mod raw;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub use raw::{RawApiKey, RawConfig, RawLever, RawTenant};
+
+use crate::registry::{Aggregation, Role};
+
+/// Exit code for invalid configuration (EX_USAGE... sysexits' EX_USAGE is 64).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// How acknowledgements relate to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// A 2xx is sent after the write-ahead log is fsynced (group commit).
+    Fsync,
+    /// A 2xx is sent once the write is in the OS page cache; the WAL is fsynced every
+    /// `flush_interval`. Survives `kill -9`; power loss loses at most one interval.
+    Buffered,
+}
+
+/// A validated API key entry.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    /// Tenant the key belongs to.
+    pub tenant: String,
+    /// Role granted.
+    pub role: Role,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Label for logs.
+    pub name: String,
+}
+
+/// A validated lever declared in the file.
+#[derive(Debug, Clone)]
+pub struct LeverConfig {
+    /// Owning tenant.
+    pub tenant: String,
+    /// Lever name.
+    pub name: String,
+    /// Aggregation.
+    pub aggregation: Aggregation,
+    /// Unit label.
+    pub unit: String,
+    /// CloudEvents value path.
+    pub value_property: Option<String>,
+    /// CloudEvents bucket path.
+    pub bucket_property: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+/// Per-tenant settings.
+#[derive(Debug, Clone)]
+pub struct TenantConfig {
+    /// Tenant name.
+    pub name: String,
+    /// Accepted lateness of event times.
+    pub lateness: Duration,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File it was read from, if any.
+    pub source: Option<PathBuf>,
+    /// API listen address.
+    pub listen: SocketAddr,
+    /// Metrics listen address.
+    pub metrics_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Durability mode.
+    pub durability: Durability,
+    /// Flush interval.
+    pub flush_interval: Duration,
+    /// Default lateness.
+    pub lateness: Duration,
+    /// Dedupe retention.
+    pub dedupe_retention: Duration,
+    /// Counter shards.
+    pub shards: usize,
+    /// Body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Events per request limit.
+    pub max_batch_events: usize,
+    /// In-flight request limit.
+    pub max_in_flight: usize,
+    /// Header read timeout.
+    pub header_read_timeout: Duration,
+    /// Body read timeout.
+    pub body_read_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Tenants (every tenant named by a key, a lever or a `[[tenants]]` table).
+    pub tenants: Vec<TenantConfig>,
+    /// API keys.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Levers declared in the file.
+    pub levers: Vec<LeverConfig>,
+    /// True when a well-known development key is configured.
+    pub uses_development_keys: bool,
+}
+
+/// The development keys shipped in `config/meterd.toml`; the daemon warns when any is used.
+pub const DEVELOPMENT_KEYS: [&str; 3] = ["dev-admin-key", "dev-ingest-key", "dev-read-key"];
+
+/// A refused configuration: file, key and reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The file (or `<defaults>`).
+    pub file: String,
+    /// Dotted key path.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Overrides from command-line flags.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
+    /// `--data-dir`.
+    pub data_dir: Option<String>,
+}
+
+impl Config {
+    /// Loads the configuration: flags, then `METERD_*` from `env`, then the file.
+    pub fn load(flags: &Overrides, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let path = flags
+            .config
+            .clone()
+            .or_else(|| env.get("METERD_CONFIG").map(PathBuf::from));
+        let (file_label, mut raw) = match &path {
+            Some(p) => {
+                let label = p.display().to_string();
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                    file: label.clone(),
+                    key: "-".into(),
+                    reason: format!("cannot read file: {e}"),
+                })?;
+                let raw = parse_toml(&label, &text)?;
+                (label, raw)
+            }
+            None => ("<defaults>".to_string(), parse_toml("<defaults>", "")?),
+        };
+        let pick = |flag: &Option<String>, var: &str| -> Option<String> {
+            flag.clone().or_else(|| env.get(var).cloned())
+        };
+        if let Some(v) = pick(&flags.listen, "METERD_LISTEN") {
+            raw.listen = v;
+        }
+        if let Some(v) = pick(&flags.metrics_listen, "METERD_METRICS_LISTEN") {
+            raw.metrics_listen = v;
+        }
+        if let Some(v) = pick(&flags.data_dir, "METERD_DATA_DIR") {
+            raw.data_dir = v;
+        }
+        let mut cfg = validate(&file_label, raw)?;
+        cfg.source = path;
+        Ok(cfg)
+    }
+
+    /// Parses and validates configuration text (used by tests and `check-config`).
+    pub fn from_toml(label: &str, text: &str) -> Result<Config, ConfigError> {
+        validate(label, parse_toml(label, text)?)
+    }
+
+    /// Lateness in force for `tenant`.
+    pub fn lateness_for(&self, tenant: &str) -> Duration {
+        self.tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .map(|t| t.lateness)
+            .unwrap_or(self.lateness)
+    }
+}
+
+fn parse_toml(label: &str, text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        file: label.into(),
+        key: "-".into(),
+        reason: e.to_string().trim().replace('\n', " "),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError {
+            file: label.into(),
+            key: if key == "." { "-".into() } else { key },
+            reason: e.into_inner().message().trim().replace('\n', " "),
+        }
+    })
+}
+
+fn err(file: &str, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.into(),
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses a human duration such as `1s`, `500ms`, `1h`, `35d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// Validates a resource name (tenant, lever): 1..=64 bytes of `[A-Za-z0-9_.:-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+    let addr = |key: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|_| err(file, key, format!("not a socket address: {v:?}")))
+    };
+    let dur = |key: &str, v: &str| -> Result<Duration, ConfigError> {
+        parse_duration(v).map_err(|r| err(file, key, r))
+    };
+    let listen = addr("listen", &raw.listen)?;
+    let metrics_listen = addr("metrics_listen", &raw.metrics_listen)?;
+    if listen == metrics_listen && listen.port() != 0 {
+        return Err(err(
+            file,
+            "metrics_listen",
+            "must differ from `listen` (metrics are served on their own listener)",
+        ));
+    }
+    if raw.data_dir.trim().is_empty() {
+        return Err(err(file, "data_dir", "must not be empty"));
+    }
+    let durability = match raw.durability.as_str() {
+        "fsync" => Durability::Fsync,
+        "buffered" => Durability::Buffered,
+        other => {
+            return Err(err(
+                file,
+                "durability",
+                format!("must be \"fsync\" or \"buffered\", not {other:?}"),
+            ))
+        }
+    };
+    let flush_interval = dur("flush_interval", &raw.flush_interval)?;
+    if flush_interval < Duration::from_millis(10) || flush_interval > Duration::from_secs(3600) {
+        return Err(err(file, "flush_interval", "must be between 10ms and 1h"));
+    }
+    let lateness = dur("lateness", &raw.lateness)?;
+    if lateness > Duration::from_secs(366 * 86400) {
+        return Err(err(file, "lateness", "must be at most 366 days"));
+    }
+    let dedupe_retention = dur("dedupe_retention", &raw.dedupe_retention)?;
+    if dedupe_retention < Duration::from_secs(60) {
+        return Err(err(file, "dedupe_retention", "must be at least 1 minute"));
+    }
+    if dedupe_retention < lateness {
+        return Err(err(
+            file,
+            "dedupe_retention",
+            "must be at least `lateness`, or a late retry could be counted twice",
+        ));
+    }
+    if raw.shards == 0 || raw.shards > 4096 {
+        return Err(err(file, "shards", "must be between 1 and 4096"));
+    }
+    if raw.max_body_bytes < 1024 || raw.max_body_bytes > 1 << 30 {
+        return Err(err(file, "max_body_bytes", "must be between 1024 and 1073741824"));
+    }
+    if raw.max_batch_events == 0 || raw.max_batch_events > 1_000_000 {
+        return Err(err(file, "max_batch_events", "must be between 1 and 1000000"));
+    }
+    if raw.max_in_flight == 0 || raw.max_in_flight > 1_000_000 {
+        return Err(err(file, "max_in_flight", "must be between 1 and 1000000"));
+    }
+    let header_read_timeout = dur("header_read_timeout", &raw.header_read_timeout)?;
+    let body_read_timeout = dur("body_read_timeout", &raw.body_read_timeout)?;
+    let shutdown_grace = dur("shutdown_grace", &raw.shutdown_grace)?;
+    for (k, d) in [
+        ("header_read_timeout", header_read_timeout),
+        ("body_read_timeout", body_read_timeout),
+        ("shutdown_grace", shutdown_grace),
+    ] {
+        if d.is_zero() {
+            return Err(err(file, k, "must be greater than zero"));
+        }
+    }
+
+    let mut tenants: Vec<TenantConfig> = Vec::new();
+    for (i, t) in raw.tenants.iter().enumerate() {
+        if !valid_name(&t.name) {
+            return Err(err(
+                file,
+                format!("tenants[{i}].name"),
+                "must be 1-64 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        if tenants.iter().any(|x| x.name == t.name) {
+            return Err(err(file, format!("tenants[{i}].name"), "duplicate tenant"));
+        }
+        let lateness = match &t.lateness {
+            Some(v) => dur(&format!("tenants[{i}].lateness"), v)?,
+            None => lateness,
+        };
+        tenants.push(TenantConfig {
+            name: t.name.clone(),
+            lateness,
+        });
+    }
+    let mut ensure_tenant = |name: &str| {
+        if !tenants.iter().any(|t| t.name == name) {
+            tenants.push(TenantConfig {
+                name: name.to_string(),
+                lateness,
+            });
+        }
+    };
+
+    let dev_hashes: Vec<[u8; 32]> = DEVELOPMENT_KEYS
+        .iter()
+        .map(|k| Sha256::digest(k.as_bytes()).into())
+        .collect();
+    let mut api_keys = Vec::new();
+    let mut uses_development_keys = false;
+    for (i, k) in raw.api_keys.iter().enumerate() {
+        if !valid_name(&k.tenant) {
+            return Err(err(
+                file,
+                format!("api_keys[{i}].tenant"),
+                "must be 1-64 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        let role = Role::parse(&k.role).ok_or_else(|| {
+            err(
+                file,
+                format!("api_keys[{i}].role"),
+                format!("must be ingest, read or admin, not {:?}", k.role),
+            )
+        })?;
+        let bytes = hex::decode(k.sha256.trim()).map_err(|_| {
+            err(
+                file,
+                format!("api_keys[{i}].sha256"),
+                "must be 64 hex digits (the SHA-256 of the key, never the key itself)",
+            )
+        })?;
+        let sha256: [u8; 32] = bytes.try_into().map_err(|_| {
+            err(
+                file,
+                format!("api_keys[{i}].sha256"),
+                "must be 64 hex digits (the SHA-256 of the key, never the key itself)",
+            )
+        })?;
+        if api_keys.iter().any(|x: &ApiKeyConfig| x.sha256 == sha256) {
+            return Err(err(file, format!("api_keys[{i}].sha256"), "duplicate key"));
+        }
+        if dev_hashes.contains(&sha256) {
+            uses_development_keys = true;
+        }
+        ensure_tenant(&k.tenant);
+        api_keys.push(ApiKeyConfig {
+            tenant: k.tenant.clone(),
+            role,
+            sha256,
+            name: k
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}/{}#{i}", k.tenant, role.as_str())),
+        });
+    }
+
+    let mut levers: Vec<LeverConfig> = Vec::new();
+    for (i, l) in raw.levers.iter().enumerate() {
+        if !valid_name(&l.tenant) {
+            return Err(err(
+                file,
+                format!("levers[{i}].tenant"),
+                "must be 1-64 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        if !valid_name(&l.name) {
+            return Err(err(
+                file,
+                format!("levers[{i}].name"),
+                "must be 1-64 characters of [A-Za-z0-9_.:-]",
+            ));
+        }
+        let aggregation = Aggregation::parse(&l.aggregation).ok_or_else(|| {
+            err(
+                file,
+                format!("levers[{i}].aggregation"),
+                format!("must be sum, count, max or latest, not {:?}", l.aggregation),
+            )
+        })?;
+        if levers
+            .iter()
+            .any(|x| x.tenant == l.tenant && x.name == l.name)
+        {
+            return Err(err(file, format!("levers[{i}].name"), "duplicate lever"));
+        }
+        ensure_tenant(&l.tenant);
+        levers.push(LeverConfig {
+            tenant: l.tenant.clone(),
+            name: l.name.clone(),
+            aggregation,
+            unit: l.unit.clone(),
+            value_property: l.value_property.clone(),
+            bucket_property: l.bucket_property.clone(),
+            description: l.description.clone(),
+        });
+    }
+
+    Ok(Config {
+        source: None,
+        listen,
+        metrics_listen,
+        data_dir: PathBuf::from(raw.data_dir),
+        durability,
+        flush_interval,
+        lateness,
+        dedupe_retention,
+        shards: raw.shards,
+        max_body_bytes: raw.max_body_bytes,
+        max_batch_events: raw.max_batch_events,
+        max_in_flight: raw.max_in_flight,
+        header_read_timeout,
+        body_read_timeout,
+        shutdown_grace,
+        tenants,
+        api_keys,
+        levers,
+        uses_development_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../../config/meterd.toml");
+        let cfg = Config::from_toml("config/meterd.toml", text).unwrap();
+        assert!(cfg.uses_development_keys);
+        assert_eq!(cfg.durability, Durability::Fsync);
+        assert_eq!(cfg.dedupe_retention, Duration::from_secs(35 * 86400));
+    }
+
+    #[test]
+    fn refusals_name_the_key() {
+        let e = Config::from_toml("f.toml", "durability = \"sometimes\"").unwrap_err();
+        assert_eq!(e.key, "durability");
+        let e = Config::from_toml("f.toml", "bogus = 1").unwrap_err();
+        assert!(e.reason.contains("bogus"), "{e}");
+        let e = Config::from_toml(
+            "f.toml",
+            "[[api_keys]]\ntenant = \"t\"\nrole = \"root\"\nsha256 = \"00\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "api_keys[0].role");
+        let e = Config::from_toml("f.toml", "flush_interval = \"soon\"").unwrap_err();
+        assert_eq!(e.key, "flush_interval");
+        let e = Config::from_toml("f.toml", "shards = \"many\"").unwrap_err();
+        assert_eq!(e.key, "shards");
+    }
+
+    #[test]
+    fn precedence_flags_env_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.toml");
+        std::fs::write(&p, "listen = \"127.0.0.1:1111\"\ndata_dir = \"/file\"\n").unwrap();
+        let mut env = HashMap::new();
+        env.insert("METERD_LISTEN".to_string(), "127.0.0.1:2222".to_string());
+        env.insert("METERD_DATA_DIR".to_string(), "/env".to_string());
+        let flags = Overrides {
+            config: Some(p),
+            data_dir: Some("/flag".into()),
+            ..Default::default()
+        };
+        let cfg = Config::load(&flags, &env).unwrap();
+        assert_eq!(cfg.listen.port(), 2222);
+        assert_eq!(cfg.data_dir, PathBuf::from("/flag"));
+    }
+}

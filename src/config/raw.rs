@@ -1,0 +1,149 @@
+//! The configuration file as written: a serde struct with defaults and
+//! `deny_unknown_fields`, validated into [`super::Config`] by [`super::validate`].
+
+use serde::Deserialize;
+
+/// Top level of `meterd.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// API listen address.
+    #[serde(default = "d_listen")]
+    pub listen: String,
+    /// Metrics (and health) listen address.
+    #[serde(default = "d_metrics_listen")]
+    pub metrics_listen: String,
+    /// RocksDB data directory.
+    #[serde(default = "d_data_dir")]
+    pub data_dir: String,
+    /// `fsync` or `buffered`.
+    #[serde(default = "d_durability")]
+    pub durability: String,
+    /// How often in-memory counters are flushed into RocksDB windows.
+    #[serde(default = "d_flush_interval")]
+    pub flush_interval: String,
+    /// Default accepted lateness of event times.
+    #[serde(default = "d_lateness")]
+    pub lateness: String,
+    /// How long idempotency keys are remembered.
+    #[serde(default = "d_dedupe_retention")]
+    pub dedupe_retention: String,
+    /// Number of counter shards.
+    #[serde(default = "d_shards")]
+    pub shards: usize,
+    /// Largest accepted request body in bytes.
+    #[serde(default = "d_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest accepted number of events in one request.
+    #[serde(default = "d_max_batch_events")]
+    pub max_batch_events: usize,
+    /// Requests processed at once; more get 429.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Time allowed to receive the request head.
+    #[serde(default = "d_header_read_timeout")]
+    pub header_read_timeout: String,
+    /// Time allowed to receive a whole request body.
+    #[serde(default = "d_body_read_timeout")]
+    pub body_read_timeout: String,
+    /// Time allowed for draining and the final flush at shutdown.
+    #[serde(default = "d_shutdown_grace")]
+    pub shutdown_grace: String,
+    /// Per-tenant settings.
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+    /// API keys, stored as SHA-256 hashes.
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+    /// Levers declared in the file (created at start when absent from the store).
+    #[serde(default)]
+    pub levers: Vec<RawLever>,
+}
+
+/// One `[[tenants]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    /// Tenant name.
+    pub name: String,
+    /// Lateness override for this tenant.
+    pub lateness: Option<String>,
+}
+
+/// One `[[api_keys]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    /// Tenant the key belongs to.
+    pub tenant: String,
+    /// `ingest`, `read` or `admin`.
+    pub role: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Optional label shown in logs instead of the key.
+    pub name: Option<String>,
+}
+
+/// One `[[levers]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLever {
+    /// Tenant owning the lever.
+    pub tenant: String,
+    /// Lever name.
+    pub name: String,
+    /// `sum`, `count`, `max` or `latest`.
+    pub aggregation: String,
+    /// Unit label.
+    #[serde(default)]
+    pub unit: String,
+    /// JSON path of the value in CloudEvents data.
+    pub value_property: Option<String>,
+    /// JSON path of the bucket in CloudEvents data.
+    pub bucket_property: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+}
+
+fn d_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn d_metrics_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn d_data_dir() -> String {
+    "./data".into()
+}
+fn d_durability() -> String {
+    "fsync".into()
+}
+fn d_flush_interval() -> String {
+    "1s".into()
+}
+fn d_lateness() -> String {
+    "1h".into()
+}
+fn d_dedupe_retention() -> String {
+    "35d".into()
+}
+fn d_shards() -> usize {
+    64
+}
+fn d_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn d_max_batch_events() -> usize {
+    10_000
+}
+fn d_max_in_flight() -> usize {
+    1024
+}
+fn d_header_read_timeout() -> String {
+    "10s".into()
+}
+fn d_body_read_timeout() -> String {
+    "30s".into()
+}
+fn d_shutdown_grace() -> String {
+    "30s".into()
+}

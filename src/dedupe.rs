@@ -1,0 +1,153 @@
+//! Exactly-once: deduplication by `(tenant, id)` (SPEC 2.2).
+//!
+//! Memory is bounded by in-flight requests only. An id is first *claimed* in an
+//! in-memory table (atomic insert; a concurrent request with the same id finds the claim
+//! and waits for the owner's outcome), then looked up in the `dedupe` column family. The
+//! owner commits its dedupe records in the same write batch as the journal record that
+//! counts the events, and only then releases its claims. So at every instant an id is
+//! either claimed in memory or (if accepted) recorded on disk, and a failed write releases
+//! the claim with nothing recorded: an id can never be claimed but uncounted.
+//!
+//! Records older than `dedupe_retention` are treated as absent and removed by a RocksDB
+//! compaction filter, never by a scan and never kept in RAM.
+
+use std::sync::Arc;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use tokio::sync::watch;
+
+use crate::store::records::decode_dedupe;
+
+/// Outcome of an in-flight request, as seen by requests waiting on its claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Still running.
+    Pending,
+    /// Its events are durable: claimed ids are duplicates.
+    Committed,
+    /// Its write failed: claimed ids are free again.
+    Failed,
+}
+
+/// A request's claim token.
+#[derive(Debug)]
+pub struct Owner {
+    fate: watch::Sender<Fate>,
+}
+
+impl Owner {
+    /// Creates a token for one request.
+    pub fn new() -> Arc<Owner> {
+        Arc::new(Owner {
+            fate: watch::channel(Fate::Pending).0,
+        })
+    }
+
+    /// Waits until the owner has an outcome.
+    pub async fn outcome(&self) -> Fate {
+        let mut rx = self.fate.subscribe();
+        loop {
+            let f = *rx.borrow_and_update();
+            if f != Fate::Pending {
+                return f;
+            }
+            if rx.changed().await.is_err() {
+                return Fate::Failed;
+            }
+        }
+    }
+}
+
+/// Key of a claim: tenant index and id hash.
+pub type ClaimKey = (u32, u128);
+
+/// Result of trying to claim an id.
+#[derive(Debug)]
+pub enum Claim {
+    /// This request owns the id now.
+    Claimed,
+    /// This request already claimed the same id (a duplicate within one batch).
+    OwnDuplicate,
+    /// Another in-flight request holds it; wait for its fate.
+    Busy(Arc<Owner>),
+}
+
+/// The in-flight claim table.
+#[derive(Debug, Default)]
+pub struct Claims {
+    table: DashMap<ClaimKey, Arc<Owner>>,
+}
+
+impl Claims {
+    /// Creates an empty table.
+    pub fn new() -> Claims {
+        Claims::default()
+    }
+
+    /// Tries to claim `key` for `owner`.
+    pub fn claim(&self, key: ClaimKey, owner: &Arc<Owner>) -> Claim {
+        match self.table.entry(key) {
+            Entry::Vacant(v) => {
+                v.insert(owner.clone());
+                Claim::Claimed
+            }
+            Entry::Occupied(o) => {
+                if Arc::ptr_eq(o.get(), owner) {
+                    Claim::OwnDuplicate
+                } else {
+                    Claim::Busy(o.get().clone())
+                }
+            }
+        }
+    }
+
+    /// Publishes the owner's fate and releases its claims on `keys`.
+    pub fn release(&self, owner: &Arc<Owner>, keys: &[ClaimKey], fate: Fate) {
+        owner.fate.send_replace(fate);
+        for k in keys {
+            self.table.remove_if(k, |_, v| Arc::ptr_eq(v, owner));
+        }
+    }
+
+    /// Number of ids currently claimed (a gauge).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when nothing is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// Whether a stored dedupe record makes `id` a duplicate at `now_ms`.
+pub fn is_recorded(record: Option<&[u8]>, id: &str, now_ms: i64, retention_ms: i64) -> bool {
+    match record.and_then(decode_dedupe) {
+        Some((accepted, stored_id, _)) => stored_id == id && accepted + retention_ms >= now_ms,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn claims_are_exclusive_and_released() {
+        let c = Claims::new();
+        let a = Owner::new();
+        let b = Owner::new();
+        assert!(matches!(c.claim((0, 1), &a), Claim::Claimed));
+        assert!(matches!(c.claim((0, 1), &a), Claim::OwnDuplicate));
+        let busy = match c.claim((0, 1), &b) {
+            Claim::Busy(o) => o,
+            other => panic!("{other:?}"),
+        };
+        let waiter = tokio::spawn(async move { busy.outcome().await });
+        c.release(&a, &[(0, 1)], Fate::Failed);
+        assert_eq!(waiter.await.unwrap(), Fate::Failed);
+        assert!(matches!(c.claim((0, 1), &b), Claim::Claimed));
+        assert_eq!(c.len(), 1);
+    }
+}

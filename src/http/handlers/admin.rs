@@ -1,0 +1,301 @@
+//! Levers and contracts (SPEC 5). Writes need role `admin`, reads `read` or `admin`.
+//!
+//! A write is persisted (fsynced) before the in-memory registry changes, and writes are
+//! serialised by one admin lock, so a lookup never sees a definition that a crash could
+//! take back.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use rocksdb::WriteBatch;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::valid_name;
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::router::Ctx;
+use crate::http::util::{
+    decode_cursor, empty, encode_cursor, json, page_limit, parse_json, query_map, read_body,
+    require_json, Body,
+};
+use crate::registry::{valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Tenant};
+use crate::state::State;
+use crate::store::keys::{admin_key, admin_prefix, get_str, put_str, AdminKind};
+use crate::store::cf;
+use crate::window::{now_ms, parse_rfc3339, rfc3339};
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 256 * 1024;
+
+fn tenant(ctx: &Ctx) -> Result<Arc<Tenant>, ApiError> {
+    ctx.state
+        .registry
+        .tenant(&ctx.principal.tenant)
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))
+}
+
+async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+    require_json(req.headers())?;
+    let (parts, b) = req.into_parts();
+    read_body(&parts.headers, b, MAX_ADMIN_BODY, ctx.state.cfg.body_read_timeout).await
+}
+
+fn invalid((field, reason): (&'static str, String)) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, format!("`{field}`: {reason}"))
+}
+
+/// Persists one admin record with an fsync.
+pub fn persist(state: &State, kind: AdminKind, tenant: &str, name: &str, value: &[u8]) -> Result<(), ApiError> {
+    let mut batch = WriteBatch::default();
+    batch.put_cf(state.store.cf(cf::ADMIN), admin_key(kind, tenant, name), value);
+    tokio::task::block_in_place(|| state.store.write(batch, true)).map_err(ApiError::from)
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(ErrorCode::NotFound, format!("{what} {id:?} does not exist"))
+}
+
+/// `PUT /v1/levers/{lever}`.
+pub async fn put_lever(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if !valid_name(name) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "lever names are 1-64 characters of [A-Za-z0-9_.:-]",
+        ));
+    }
+    let bytes = body(ctx, req).await?;
+    let b: LeverBody = parse_json(&bytes)?;
+    b.validate().map_err(invalid)?;
+    let t = tenant(ctx)?;
+    let _lock = ctx.state.admin_lock.lock().await;
+    let existing = t.levers.get(name).map(|l| Arc::clone(&l));
+    if let Some(old) = &existing {
+        if old.aggregation != b.aggregation {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "lever {name:?} aggregates with `{}`; its aggregation cannot change because usage is stored under it",
+                    old.aggregation.as_str()
+                ),
+            ));
+        }
+        if old.same_as(&b) {
+            return Ok(json(StatusCode::OK, &**old));
+        }
+    }
+    let now = rfc3339(now_ms());
+    let created = existing
+        .as_ref()
+        .filter(|l| !l.deleted)
+        .map(|l| l.created_at.clone())
+        .unwrap_or_else(|| now.clone());
+    let lever = Lever::from_body(name, &b, created, now);
+    let enc = serde_json::to_vec(&lever).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    persist(&ctx.state, AdminKind::Lever, &t.name, name, &enc)?;
+    let status = if existing.as_ref().is_some_and(|l| !l.deleted) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let lever = Arc::new(lever);
+    t.levers.insert(name.to_string(), lever.clone());
+    Ok(json(status, &*lever))
+}
+
+/// `GET /v1/levers/{lever}`.
+pub fn get_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let l = t.lever(name).ok_or_else(|| not_found("lever", name))?;
+    Ok(json(StatusCode::OK, &*l))
+}
+
+/// `DELETE /v1/levers/{lever}`: new events for it are refused; stored usage stays
+/// queryable, and the lever may be re-created with the same aggregation.
+pub async fn delete_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let _lock = ctx.state.admin_lock.lock().await;
+    let l = t.lever(name).ok_or_else(|| not_found("lever", name))?;
+    let mut gone = (*l).clone();
+    gone.deleted = true;
+    gone.status = "deleted".into();
+    gone.updated_at = rfc3339(now_ms());
+    let enc = serde_json::to_vec(&gone).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    persist(&ctx.state, AdminKind::Lever, &t.name, name, &enc)?;
+    t.levers.insert(name.to_string(), Arc::new(gone));
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+/// Scans one page of admin records of `kind` after the cursor.
+fn page<T>(
+    state: &State,
+    kind: AdminKind,
+    tenant: &str,
+    q: &std::collections::HashMap<String, String>,
+    mut keep: impl FnMut(&str) -> Option<T>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let limit = page_limit(q)?;
+    let prefix = admin_prefix(kind, tenant);
+    let start = match q.get("cursor") {
+        Some(c) => {
+            let after = decode_cursor(c)?;
+            let mut k = prefix.clone();
+            put_str(&mut k, &after);
+            // Strictly after the cursor's key.
+            k.push(0);
+            k
+        }
+        None => prefix.clone(),
+    };
+    let mut items = Vec::new();
+    let mut last: Option<String> = None;
+    let mut more = false;
+    state.store.scan_prefix(cf::ADMIN, &prefix, &start, |k, _| {
+        let Some((name, _)) = get_str(&k[prefix.len()..]) else {
+            return true;
+        };
+        if let Some(item) = keep(name) {
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(item);
+            last = Some(name.to_string());
+        }
+        true
+    })?;
+    Ok((items, if more { last.map(|l| encode_cursor(&l)) } else { None }))
+}
+
+/// `GET /v1/levers`.
+pub fn list_levers(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let q = query_map(req.uri().query())?;
+    let (items, next) = page(&ctx.state, AdminKind::Lever, &t.name, &q, |name| t.lever(name))?;
+    let items: Vec<&Lever> = items.iter().map(|l| &**l).collect();
+    Ok(json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
+}
+
+fn contract_view(c: &Contract) -> serde_json::Value {
+    c.view(now_ms())
+}
+
+/// `PUT /v1/contracts/{contract}`.
+pub async fn put_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    if !valid_external_id(id) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "contract ids are 1-128 bytes without control characters or '/'",
+        ));
+    }
+    let bytes = body(ctx, req).await?;
+    let b: ContractBody = parse_json(&bytes)?;
+    let t = tenant(ctx)?;
+    b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
+    let _lock = ctx.state.admin_lock.lock().await;
+    if let Some(parent) = &b.parent {
+        let mut at = parent.clone();
+        for _ in 0..=16 {
+            if at == id {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "`parent`: would create a cycle of parent contracts",
+                ));
+            }
+            let Some(p) = t.contract(&at) else {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("`parent`: contract {at:?} does not exist"),
+                ));
+            };
+            match &p.body.parent {
+                Some(next) => at = next.clone(),
+                None => break,
+            }
+        }
+    }
+    let existing = t.contract(id);
+    if let Some(old) = &existing {
+        if old.body == b {
+            return Ok(json(StatusCode::OK, &contract_view(old)));
+        }
+    }
+    let now = rfc3339(now_ms());
+    let contract = Contract {
+        id: id.to_string(),
+        body: b,
+        status: existing.as_ref().map(|c| c.status).unwrap_or(ContractStatus::Active),
+        ends_at: existing.as_ref().and_then(|c| c.ends_at.clone()),
+        created_at: existing
+            .as_ref()
+            .map(|c| c.created_at.clone())
+            .unwrap_or_else(|| now.clone()),
+        updated_at: now,
+        ends_at_ms: None,
+    }
+    .finish();
+    let enc = serde_json::to_vec(&contract).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    persist(&ctx.state, AdminKind::Contract, &t.name, id, &enc)?;
+    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let view = contract_view(&contract);
+    t.contracts.insert(id.to_string(), Arc::new(contract));
+    Ok(json(status, &view))
+}
+
+/// `GET /v1/contracts/{contract}`.
+pub fn get_contract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let c = t.contract(id).ok_or_else(|| not_found("contract", id))?;
+    Ok(json(StatusCode::OK, &contract_view(&c)))
+}
+
+/// `GET /v1/contracts?customer=&cursor=&limit=`.
+pub fn list_contracts(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let q = query_map(req.uri().query())?;
+    let customer = q.get("customer").cloned();
+    let (items, next) = page(&ctx.state, AdminKind::Contract, &t.name, &q, |id| {
+        t.contract(id)
+            .filter(|c| customer.as_ref().is_none_or(|cu| &c.body.customer == cu))
+            .map(|c| contract_view(&c))
+    })?;
+    Ok(json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndBody {
+    ends_at: Option<String>,
+}
+
+/// `POST /v1/contracts/{contract}/end`: events at or after `ends_at` (default now) get
+/// `contract_ended`.
+pub async fn end_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let bytes = body(ctx, req).await?;
+    let b: EndBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        EndBody { ends_at: None }
+    } else {
+        parse_json(&bytes)?
+    };
+    let now = now_ms();
+    let ends_ms = match &b.ends_at {
+        Some(t) => parse_rfc3339(t).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidRequest, "`ends_at`: must be an RFC 3339 time")
+        })?,
+        None => now,
+    };
+    let t = tenant(ctx)?;
+    let _lock = ctx.state.admin_lock.lock().await;
+    let c = t.contract(id).ok_or_else(|| not_found("contract", id))?;
+    let mut updated = (*c).clone();
+    updated.ends_at = Some(rfc3339(ends_ms));
+    updated.status = if ends_ms <= now { ContractStatus::Ended } else { ContractStatus::Active };
+    updated.updated_at = rfc3339(now);
+    let updated = updated.finish();
+    let enc = serde_json::to_vec(&updated).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    persist(&ctx.state, AdminKind::Contract, &t.name, id, &enc)?;
+    let view = contract_view(&updated);
+    t.contracts.insert(id.to_string(), Arc::new(updated));
+    Ok(json(StatusCode::OK, &view))
+}

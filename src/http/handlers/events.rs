@@ -1,0 +1,50 @@
+//! `POST /v1/events` (SPEC 2.1).
+
+use hyper::body::Incoming;
+use hyper::{header, Request, Response, StatusCode};
+
+use crate::event::{split_body, BodyError, BodyFormat};
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::router::Ctx;
+use crate::http::util::{json, read_body, Body};
+use crate::ingest::ingest;
+use crate::window::now_ms;
+
+fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
+    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+        return Ok(BodyFormat::Json);
+    };
+    let ct = ct.to_str().unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyFormat::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
+        _ => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("expected application/json or application/x-ndjson, got {ct:?}"),
+        )),
+    }
+}
+
+/// Ingests one event, a JSON array or NDJSON.
+pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let format = body_format(&req)?;
+    let cfg = &ctx.state.cfg;
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(&parts.headers, body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
+    let now = now_ms();
+    let tenant = ctx
+        .state
+        .registry
+        .tenant(&ctx.principal.tenant)
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))?
+        .clone();
+    let elems = split_body(&bytes, format, cfg.max_batch_events).map_err(|e| match e {
+        BodyError::TooMany { .. } => ApiError::new(ErrorCode::BatchTooLarge, e.to_string()),
+        BodyError::Malformed(_) | BodyError::Empty => {
+            ApiError::new(ErrorCode::MalformedBody, format!("{e}; nothing was accepted"))
+        }
+    })?;
+    let outcome = ingest(&ctx.state, &tenant, &elems, now).await?;
+    Ok(json(StatusCode::OK, &outcome))
+}

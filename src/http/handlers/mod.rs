@@ -1,0 +1,6 @@
+//! Request handlers, one file per API area.
+
+pub mod admin;
+pub mod events;
+pub mod ops;
+pub mod usage;

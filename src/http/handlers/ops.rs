@@ -1,0 +1,52 @@
+//! Health, readiness and metrics (SPEC 7).
+
+use hyper::{header, Response, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+use crate::http::util::{json, Body};
+use crate::state::State;
+use crate::store::cf;
+use crate::telemetry::names;
+
+/// `GET /healthz`: the process is alive.
+pub fn healthz() -> Response<Body> {
+    json(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: recovery is done and the store is writable.
+pub fn readyz(state: &State) -> Response<Body> {
+    let recovered = state.ready.load(std::sync::atomic::Ordering::SeqCst);
+    let storage = state.storage_ok.load(std::sync::atomic::Ordering::SeqCst);
+    let ok = recovered && storage;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut r = json(
+        status,
+        &json!({
+            "status": if ok { "ready" } else { "not_ready" },
+            "recovered": recovered,
+            "storage_writable": storage,
+        }),
+    );
+    if !ok {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
+    metrics::gauge!(names::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
+    metrics::gauge!(names::COUNTERS_PENDING).set(state.counters.pending_entries() as f64);
+    metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
+    if let Some(v) = state.store.property_int(cf::WINDOWS, "rocksdb.estimate-num-keys") {
+        metrics::gauge!("meterd_store_window_rows_estimate").set(v as f64);
+    }
+    let body = handle.render();
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,236 @@
+//! Routing, authentication, roles, readiness and the in-flight limit.
+//!
+//! Order of checks for `/v1/*`: key (401), route (404/405), role (403), readiness (503),
+//! in-flight permit (429), then the handler. To a key of the right role another tenant's
+//! resources do not exist: handlers look everything up inside the key's tenant only.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+
+use super::error::{ApiError, ErrorCode};
+use super::handlers::{admin, events, ops, usage};
+use super::util::{decode_segment, Body};
+use super::Surface;
+use crate::registry::{Principal, Role};
+use crate::state::State;
+use crate::telemetry::names;
+
+/// An authenticated API request on its way to a handler.
+pub struct Ctx {
+    /// Shared state.
+    pub state: Arc<State>,
+    /// The caller.
+    pub principal: Principal,
+}
+
+enum Route {
+    Events,
+    Levers,
+    Lever(String),
+    Contracts,
+    Contract(String),
+    ContractEnd(String),
+    ContractUsage(String),
+}
+
+impl Route {
+    fn label(&self) -> &'static str {
+        match self {
+            Route::Events => "events",
+            Route::Levers => "levers",
+            Route::Lever(_) => "lever",
+            Route::Contracts => "contracts",
+            Route::Contract(_) => "contract",
+            Route::ContractEnd(_) => "contract_end",
+            Route::ContractUsage(_) => "contract_usage",
+        }
+    }
+
+    /// Role needed for `method`, or `None` when the method is not allowed.
+    fn required(&self, method: &Method) -> Option<Role> {
+        match (self, method) {
+            (Route::Events, &Method::POST) => Some(Role::Ingest),
+            (Route::Levers | Route::Contracts | Route::ContractUsage(_), &Method::GET) => {
+                Some(Role::Read)
+            }
+            (Route::Lever(_), &Method::GET) | (Route::Contract(_), &Method::GET) => Some(Role::Read),
+            (Route::Lever(_), &Method::PUT | &Method::DELETE) => Some(Role::Admin),
+            (Route::Contract(_), &Method::PUT) => Some(Role::Admin),
+            (Route::ContractEnd(_), &Method::POST) => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let d = |s: &str| -> Result<String, ApiError> {
+        let v = decode_segment(s)?;
+        if v.is_empty() {
+            return Err(ApiError::new(ErrorCode::NotFound, "empty path segment"));
+        }
+        Ok(v)
+    };
+    Ok(Some(match segs.as_slice() {
+        ["v1", "events"] => Route::Events,
+        ["v1", "levers"] => Route::Levers,
+        ["v1", "levers", l] => Route::Lever(d(l)?),
+        ["v1", "contracts"] => Route::Contracts,
+        ["v1", "contracts", c] => Route::Contract(d(c)?),
+        ["v1", "contracts", c, "end"] => Route::ContractEnd(d(c)?),
+        ["v1", "contracts", c, "usage"] => Route::ContractUsage(d(c)?),
+        _ => return Ok(None),
+    }))
+}
+
+fn allows(have: Role, need: Role) -> bool {
+    have == Role::Admin || have == need
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
+    let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
+    let rest = rest.trim_ascii();
+    (!rest.is_empty()).then_some(rest)
+}
+
+/// Handles one request on a listener of the given surface.
+pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let (label, resp) = dispatch(state, surface, req).await;
+    let status = resp.status().as_u16();
+    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "route" => label, "status" => status_label(status))
+        .increment(1);
+    metrics::histogram!(names::HTTP_REQUEST_SECONDS, "route" => label)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn status_label(s: u16) -> &'static str {
+    match s {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+async fn dispatch(
+    state: Arc<State>,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> (&'static str, Response<Body>) {
+    let path = req.uri().path().to_string();
+    match (&surface, req.method(), path.as_str()) {
+        (_, &Method::GET, "/healthz") => return ("healthz", ops::healthz()),
+        (_, &Method::GET, "/readyz") => return ("readyz", ops::readyz(&state)),
+        (Surface::Metrics(h), &Method::GET, "/metrics") => return ("metrics", ops::metrics(&state, h)),
+        (Surface::Metrics(_), _, _) => {
+            return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response())
+        }
+        _ => {}
+    }
+    if !path.starts_with("/v1/") {
+        return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response());
+    }
+    let principal = match bearer(&req).and_then(|k| state.keys.authenticate(k)) {
+        Some(p) => p,
+        None => {
+            return (
+                "unauthorized",
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "send an API key as `Authorization: Bearer <key>`",
+                )
+                .into_response(),
+            )
+        }
+    };
+    let route = match parse_route(&path) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response())
+        }
+        Err(e) => return ("other", e.into_response()),
+    };
+    let label = route.label();
+    let Some(need) = route.required(req.method()) else {
+        let mut r = ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{} is not supported on this route", req.method()),
+        )
+        .into_response();
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return (label, r);
+    };
+    if !allows(principal.role, need) {
+        return (
+            label,
+            ApiError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "a key with role `{}` cannot do this; it needs role `{}` or `admin`",
+                    principal.role.as_str(),
+                    need.as_str()
+                ),
+            )
+            .into_response(),
+        );
+    }
+    if !state.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        return (
+            label,
+            ApiError::new(ErrorCode::NotReady, "meterd is starting or stopping").into_response(),
+        );
+    }
+    let _permit = match state.inflight.clone().try_acquire_owned() {
+        Ok(p) => p,
+        Err(_) => {
+            metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
+            return (
+                label,
+                ApiError::new(
+                    ErrorCode::Overloaded,
+                    "too many requests in flight; retry after the indicated delay",
+                )
+                .into_response(),
+            );
+        }
+    };
+    let ctx = Ctx { state, principal };
+    let method = req.method().clone();
+    let result = match route {
+        Route::Events => events::post(&ctx, req).await,
+        Route::Levers => admin::list_levers(&ctx, &req),
+        Route::Lever(name) => match method {
+            Method::GET => admin::get_lever(&ctx, &name),
+            Method::DELETE => admin::delete_lever(&ctx, &name).await,
+            _ => admin::put_lever(&ctx, &name, req).await,
+        },
+        Route::Contracts => admin::list_contracts(&ctx, &req),
+        Route::Contract(id) => match method {
+            Method::GET => admin::get_contract(&ctx, &id),
+            _ => admin::put_contract(&ctx, &id, req).await,
+        },
+        Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
+        Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
+    };
+    (label, result.unwrap_or_else(ApiError::into_response))
+}

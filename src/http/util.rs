@@ -1,0 +1,166 @@
+//! Request helpers: bounded body reading, query strings, path segments, JSON responses.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, HeaderMap, Response, StatusCode};
+use serde::Serialize;
+
+use super::error::{ApiError, ErrorCode};
+
+/// Response body type.
+pub type Body = Full<Bytes>;
+
+/// Reads a whole body of at most `limit` bytes within `timeout`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(limit));
+        }
+    }
+    let collect = Limited::new(body, limit).collect();
+    match tokio::time::timeout(timeout, collect).await {
+        Err(_) => Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!("the body was not received within {}", humantime::format_duration(timeout)),
+        )),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(too_large(limit))
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::MalformedBody,
+                    format!("could not read the body: {e}"),
+                ))
+            }
+        }
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the body exceeds the limit of {limit} bytes"),
+    )
+}
+
+/// Parses a query string into a map; repeated keys are an error.
+pub fn query_map(query: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    if let Some(q) = query {
+        if q.len() > 8192 {
+            return Err(ApiError::new(ErrorCode::InvalidQuery, "query string too long"));
+        }
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            if out.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("parameter `{k}` given more than once"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Percent-decodes one path segment.
+pub fn decode_segment(seg: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(seg)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::new(ErrorCode::NotFound, "path segment is not valid UTF-8"))
+}
+
+/// A JSON response.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(v) => Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(v)))
+            .expect("static response parts are valid"),
+        Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()).into_response(),
+    }
+}
+
+/// An empty response.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts are valid")
+}
+
+/// Parses a JSON request body into `T`, mapping errors to `invalid_request` /
+/// `malformed_body`.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(ErrorCode::MalformedBody, "a JSON body is required"));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let code = if e.is_syntax() || e.is_eof() {
+            ErrorCode::MalformedBody
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        ApiError::new(code, format!("invalid body: {e}"))
+    })
+}
+
+/// Checks that the request's content type is JSON (or absent).
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => Ok(()),
+        Some(ct) => {
+            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if mime == "application/json" || mime.ends_with("+json") {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!("expected application/json, got {ct:?}"),
+                ))
+            }
+        }
+    }
+}
+
+/// Encodes a page cursor (opaque to clients).
+pub fn encode_cursor(last: &str) -> String {
+    hex::encode(last.as_bytes())
+}
+
+/// Decodes a page cursor.
+pub fn decode_cursor(c: &str) -> Result<String, ApiError> {
+    hex::decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery, "invalid cursor"))
+}
+
+/// Reads `limit` (default 100, 1..=1000).
+pub fn page_limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(100),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                "`limit` must be an integer between 1 and 1000",
+            )),
+        },
+    }
+}

@@ -1,0 +1,401 @@
+//! The ingest pipeline: events -> dedupe -> validation -> group commit -> counters.
+//!
+//! Per request:
+//! 1. parse every element (bad ones are `invalid_event`, the rest go on);
+//! 2. claim every id in memory ([`crate::dedupe`]); ids held by other in-flight requests
+//!    wait for those requests' fate;
+//! 3. look claimed ids up in the `dedupe` column family (one multi-get);
+//! 4. validate the rest (lever, contract, time window, contract end);
+//! 5. write one batch: per owning shard one journal record, plus one dedupe record per
+//!    accepted event, and wait for the group commit;
+//! 6. add the events to the shard counters, release the claims, answer.
+//!
+//! An event is thus either fully counted (journal + dedupe record, then windows) or not at
+//! all. Large batches run their CPU-bound phases with `block_in_place` so other requests
+//! on the same worker are not starved.
+
+use std::borrow::Cow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
+use crate::decimal::Amount;
+use crate::event::{parse_event, Event};
+use crate::journal::CommitError;
+use crate::registry::{Aggregation, Tenant};
+use crate::state::State;
+use crate::store::keys::{dedupe_key, id_hash, journal_key};
+use crate::store::records::{encode_dedupe, encode_journal, EventRecord};
+use crate::store::{cf, StoreError};
+use crate::telemetry::names;
+
+/// How far in the future an event time may be (SPEC 2.2).
+pub const MAX_EARLY_MS: i64 = 5 * 60_000;
+
+/// Batches above this size run their CPU-bound phases off the async scheduler's
+/// cooperative budget.
+const BLOCKING_BATCH: usize = 64;
+
+/// A per-event rejection in the response.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejection {
+    /// Position in the request.
+    pub index: usize,
+    /// Event id, when readable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Stable code.
+    pub code: &'static str,
+    /// The offending field, for `invalid_event`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<&'static str>,
+    /// Human message.
+    pub message: String,
+}
+
+/// The response of `POST /v1/events`.
+#[derive(Debug, Clone, Serialize, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Events counted.
+    pub accepted: usize,
+    /// Events already counted earlier (or earlier in this request).
+    pub duplicates: usize,
+    /// Events refused.
+    pub rejected: usize,
+    /// Rejections in input order.
+    pub errors: Vec<Rejection>,
+}
+
+/// Whole-request ingest failures.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The journal could not make the events durable; nothing was counted.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    /// A dedupe lookup failed; nothing was counted.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+enum Slot<'a> {
+    Rejected(Rejection),
+    Duplicate,
+    /// Parsed and claimed by this request; to be checked and maybe accepted.
+    Claimed(Event<'a>, ClaimKey),
+    /// Parsed, claim held by another request.
+    Waiting(Event<'a>, ClaimKey, Arc<Owner>),
+    Accepted,
+}
+
+fn reject(index: usize, id: Option<String>, code: &'static str, message: String) -> Slot<'static> {
+    Slot::Rejected(Rejection {
+        index,
+        id,
+        code,
+        field: None,
+        message,
+    })
+}
+
+fn maybe_blocking<R>(big: bool, f: impl FnOnce() -> R) -> R {
+    if big {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// Ingests parsed body elements for `tenant` at receive time `now_ms`.
+pub async fn ingest(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    elems: &[&RawValue],
+    now_ms: i64,
+) -> Result<Outcome, IngestError> {
+    let big = elems.len() > BLOCKING_BATCH;
+    let owner = Owner::new();
+    let mut held: Vec<ClaimKey> = Vec::new();
+
+    // Phases 1-2: parse and claim.
+    let mut slots: Vec<Slot<'_>> = maybe_blocking(big, || {
+        elems
+            .iter()
+            .enumerate()
+            .map(|(i, raw)| match parse_event(raw) {
+                Err((id, e)) => Slot::Rejected(Rejection {
+                    index: i,
+                    id,
+                    code: "invalid_event",
+                    field: Some(e.field),
+                    message: e.message,
+                }),
+                Ok(ev) => {
+                    let key = (tenant.index, id_hash(&ev.id));
+                    match state.claims.claim(key, &owner) {
+                        Claim::Claimed => {
+                            held.push(key);
+                            Slot::Claimed(ev, key)
+                        }
+                        Claim::OwnDuplicate => Slot::Duplicate,
+                        Claim::Busy(other) => Slot::Waiting(ev, key, other),
+                    }
+                }
+            })
+            .collect()
+    });
+
+    let result = run_claimed(state, tenant, &owner, &mut slots, &mut held, now_ms, big).await;
+    let fate = if result.is_ok() {
+        Fate::Committed
+    } else {
+        Fate::Failed
+    };
+    state.claims.release(&owner, &held, fate);
+    result?;
+
+    let mut out = Outcome::default();
+    for s in slots {
+        match s {
+            Slot::Accepted => out.accepted += 1,
+            Slot::Duplicate => out.duplicates += 1,
+            Slot::Rejected(r) => {
+                out.rejected += 1;
+                out.errors.push(r);
+            }
+            Slot::Claimed(..) | Slot::Waiting(..) => unreachable!("every slot is decided"),
+        }
+    }
+    record_metrics(&out);
+    Ok(out)
+}
+
+async fn run_claimed<'a>(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    owner: &Arc<Owner>,
+    slots: &mut [Slot<'a>],
+    held: &mut Vec<ClaimKey>,
+    now_ms: i64,
+    big: bool,
+) -> Result<(), IngestError> {
+    // Wait for other requests holding our ids: committed -> duplicate, failed -> claim.
+    loop {
+        let mut waited = false;
+        for slot in slots.iter_mut() {
+            if let Slot::Waiting(_, key, other) = slot {
+                let key = *key;
+                let fate = other.outcome().await;
+                waited = true;
+                let Slot::Waiting(ev, _, _) = std::mem::replace(slot, Slot::Duplicate) else {
+                    unreachable!()
+                };
+                if fate != Fate::Committed {
+                    *slot = match state.claims.claim(key, owner) {
+                        Claim::Claimed => {
+                            held.push(key);
+                            Slot::Claimed(ev, key)
+                        }
+                        Claim::OwnDuplicate => Slot::Duplicate,
+                        Claim::Busy(o) => Slot::Waiting(ev, key, o),
+                    };
+                }
+            }
+        }
+        if !waited {
+            break;
+        }
+    }
+
+    // Phases 3-4: stored dedupe records, then validation; build the batch.
+    let plan = maybe_blocking(big, || check_and_plan(state, tenant, slots, now_ms))?;
+    let Some(plan) = plan else {
+        return Ok(());
+    };
+
+    // Phase 5: durable commit.
+    let commit = state.journal.commit(plan.batch).await;
+    if let Err(e) = commit {
+        state.storage_ok.store(false, Ordering::SeqCst);
+        tracing::error!(error = %e, "journal commit failed; events not acknowledged");
+        return Err(e.into());
+    }
+    state.storage_ok.store(true, Ordering::SeqCst);
+
+    // Phase 6: counters.
+    maybe_blocking(big, || {
+        for (shard, seq, events) in &plan.groups {
+            state.counters.apply(*shard, *seq, &tenant.name, events);
+        }
+    });
+    for slot in slots.iter_mut() {
+        if matches!(slot, Slot::Claimed(..)) {
+            *slot = Slot::Accepted;
+        }
+    }
+    Ok(())
+}
+
+struct Plan {
+    batch: WriteBatch,
+    groups: Vec<(usize, u64, Vec<EventRecord>)>,
+}
+
+fn check_and_plan(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    slots: &mut [Slot<'_>],
+    now_ms: i64,
+) -> Result<Option<Plan>, IngestError> {
+    let claimed: Vec<usize> = (0..slots.len())
+        .filter(|i| matches!(slots[*i], Slot::Claimed(..)))
+        .collect();
+    if claimed.is_empty() {
+        return Ok(None);
+    }
+    let keys: Vec<Vec<u8>> = claimed
+        .iter()
+        .map(|i| match &slots[*i] {
+            Slot::Claimed(_, k) => dedupe_key(&tenant.name, k.1),
+            _ => unreachable!(),
+        })
+        .collect();
+    let records = state.store.multi_get(cf::DEDUPE, &keys)?;
+    let retention_ms = state.cfg.dedupe_retention.as_millis() as i64;
+    let lateness_ms = tenant.lateness.as_millis() as i64;
+
+    // Accepted events per shard, in input order.
+    let mut by_shard: Vec<(usize, Vec<(usize, EventRecord, Cow<'_, str>)>)> = Vec::new();
+    let mut accepted_any = false;
+    for (n, &i) in claimed.iter().enumerate() {
+        let Slot::Claimed(ev, _) = &slots[i] else {
+            unreachable!()
+        };
+        if is_recorded(records[n].as_deref(), &ev.id, now_ms, retention_ms) {
+            slots[i] = Slot::Duplicate;
+            continue;
+        }
+        let id = || Some(ev.id.to_string());
+        let Some(lever) = tenant.lever(&ev.lever) else {
+            slots[i] = reject(i, id(), "unknown_lever", format!("lever {:?} does not exist", ev.lever));
+            continue;
+        };
+        let Some(contract) = tenant.contract(&ev.contract) else {
+            slots[i] = reject(
+                i,
+                id(),
+                "unknown_contract",
+                format!("contract {:?} does not exist", ev.contract),
+            );
+            continue;
+        };
+        let time_ms = ev.time_ms.unwrap_or(now_ms);
+        if time_ms < now_ms - lateness_ms {
+            slots[i] = reject(
+                i,
+                id(),
+                "too_late",
+                format!(
+                    "event time {} is older than the accepted lateness of {}; use an adjustment",
+                    crate::window::rfc3339(time_ms),
+                    humantime::format_duration(tenant.lateness)
+                ),
+            );
+            continue;
+        }
+        if time_ms > now_ms + MAX_EARLY_MS {
+            slots[i] = reject(
+                i,
+                id(),
+                "too_early",
+                format!(
+                    "event time {} is more than 5 minutes in the future",
+                    crate::window::rfc3339(time_ms)
+                ),
+            );
+            continue;
+        }
+        if let Some(end) = contract.ends_at_ms {
+            if time_ms >= end {
+                slots[i] = reject(
+                    i,
+                    id(),
+                    "contract_ended",
+                    format!(
+                        "contract {:?} ended at {}",
+                        ev.contract,
+                        contract.ends_at.as_deref().unwrap_or("")
+                    ),
+                );
+                continue;
+            }
+        }
+        let value = match lever.aggregation {
+            Aggregation::Count => Amount::ONE,
+            _ => ev.value.unwrap_or(Amount::ONE),
+        };
+        let record = EventRecord {
+            contract: contract.id.clone(),
+            lever: lever.id.clone(),
+            aggregation: lever.aggregation,
+            bucket: ev.bucket.as_ref().map(|b| b.to_string()),
+            time_ms,
+            value: value.0,
+            ordinal: 0,
+        };
+        let shard = state.counters.shard_of(&tenant.name, &contract.id);
+        match by_shard.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, v)) => v.push((i, record, ev.id.clone())),
+            None => by_shard.push((shard, vec![(i, record, ev.id.clone())])),
+        }
+        accepted_any = true;
+    }
+    if !accepted_any {
+        return Ok(None);
+    }
+
+    let first_seq = state.journal.reserve(by_shard.len() as u64);
+    let mut batch = WriteBatch::default();
+    let journal_cf = state.store.cf(cf::JOURNAL);
+    let dedupe_cf = state.store.cf(cf::DEDUPE);
+    let mut groups = Vec::with_capacity(by_shard.len());
+    for (g, (shard, items)) in by_shard.into_iter().enumerate() {
+        let seq = first_seq + g as u64;
+        let mut events = Vec::with_capacity(items.len());
+        for (pos, (_, mut rec, id)) in items.into_iter().enumerate() {
+            rec.ordinal = (seq << 20) | pos as u64;
+            batch.put_cf(
+                dedupe_cf,
+                dedupe_key(&tenant.name, id_hash(&id)),
+                encode_dedupe(now_ms, &id, &rec),
+            );
+            events.push(rec);
+        }
+        batch.put_cf(journal_cf, journal_key(seq), encode_journal(&tenant.name, &events));
+        groups.push((shard, seq, events));
+    }
+    Ok(Some(Plan { batch, groups }))
+}
+
+fn record_metrics(out: &Outcome) {
+    if out.accepted > 0 {
+        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "accepted")
+            .increment(out.accepted as u64);
+    }
+    if out.duplicates > 0 {
+        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "duplicate")
+            .increment(out.duplicates as u64);
+    }
+    for r in &out.errors {
+        metrics::counter!(names::INGEST_REJECTED_TOTAL, "code" => r.code).increment(1);
+    }
+    if out.rejected > 0 {
+        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "rejected")
+            .increment(out.rejected as u64);
+    }
+    metrics::histogram!(names::INGEST_BATCH_EVENTS)
+        .record((out.accepted + out.duplicates + out.rejected) as f64);
+}

@@ -1,0 +1,154 @@
+//! Group commit of accepted events (durability, SPEC 2.2).
+//!
+//! Requests hand their write batch (journal records + dedupe records) to one writer
+//! thread. The writer drains everything queued, writes each batch into the RocksDB WAL,
+//! and, with `durability = "fsync"`, fsyncs the WAL once for the whole group before
+//! answering every request in it. While one fsync runs, the next group queues up, so
+//! concurrent requests share fsyncs and no request pays a private one.
+//!
+//! With `durability = "buffered"` the writer answers right after the write (the data is
+//! in the OS page cache and survives `kill -9`); the flusher fsyncs the WAL every
+//! `flush_interval`, which bounds what a power loss can take.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use rocksdb::WriteBatch;
+use tokio::sync::oneshot;
+
+use crate::config::Durability;
+use crate::store::{Store, StoreError};
+use crate::telemetry::names;
+
+/// Largest number of requests committed as one group.
+const MAX_GROUP: usize = 4096;
+
+struct Commit {
+    batch: WriteBatch,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the group-commit writer.
+#[derive(Debug)]
+pub struct Journal {
+    tx: Sender<Commit>,
+    next_seq: AtomicU64,
+}
+
+/// Why a commit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The store refused the write or the fsync.
+    #[error("journal write failed: {0}")]
+    Store(String),
+    /// The writer has stopped (shutdown).
+    #[error("journal writer stopped")]
+    Stopped,
+}
+
+impl CommitError {
+    /// True when the failure was a full disk.
+    pub fn is_full(&self) -> bool {
+        matches!(self, CommitError::Store(s) if s.starts_with("storage full"))
+    }
+}
+
+impl Journal {
+    /// Starts the writer thread. `first_seq` is the next unused journal sequence number.
+    pub fn start(store: Store, durability: Durability, first_seq: u64) -> (Journal, JoinHandle<()>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Commit>(65_536);
+        let handle = std::thread::Builder::new()
+            .name("meterd-journal".into())
+            .spawn(move || writer(store, durability, rx))
+            .expect("spawn journal writer");
+        (
+            Journal {
+                tx,
+                next_seq: AtomicU64::new(first_seq),
+            },
+            handle,
+        )
+    }
+
+    /// Sets the next sequence number (after journal replay).
+    pub fn set_next(&self, seq: u64) {
+        self.next_seq.store(seq, Ordering::SeqCst);
+    }
+
+    /// Reserves `n` consecutive journal sequence numbers and returns the first.
+    pub fn reserve(&self, n: u64) -> u64 {
+        self.next_seq.fetch_add(n, Ordering::Relaxed)
+    }
+
+    /// Commits a batch durably (per the durability mode) and returns once it is.
+    pub async fn commit(&self, batch: WriteBatch) -> Result<(), CommitError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Commit { batch, done })
+            .map_err(|_| CommitError::Stopped)?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CommitError::Store(e)),
+            Err(_) => Err(CommitError::Stopped),
+        }
+    }
+
+    /// Same as [`Journal::commit`], for blocking callers (recovery, tests).
+    pub fn commit_blocking(&self, batch: WriteBatch) -> Result<(), CommitError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Commit { batch, done })
+            .map_err(|_| CommitError::Stopped)?;
+        match wait.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CommitError::Store(e)),
+            Err(_) => Err(CommitError::Stopped),
+        }
+    }
+}
+
+fn writer(store: Store, durability: Durability, rx: Receiver<Commit>) {
+    let group_size = metrics::histogram!(names::JOURNAL_GROUP_SIZE);
+    let fsync_secs = metrics::histogram!(names::JOURNAL_FSYNC_SECONDS);
+    let write_secs = metrics::histogram!(names::JOURNAL_WRITE_SECONDS);
+    let mut group: Vec<Commit> = Vec::with_capacity(MAX_GROUP);
+    let mut results: Vec<Result<(), String>> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(first) = rx.recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => group.push(c),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        results.clear();
+        let mut any_ok = false;
+        for c in group.iter_mut() {
+            let batch = std::mem::take(&mut c.batch);
+            let r = store.write(batch, false).map_err(|e| e.to_string());
+            any_ok |= r.is_ok();
+            results.push(r);
+        }
+        write_secs.record(started.elapsed().as_secs_f64());
+        if durability == Durability::Fsync && any_ok {
+            let t = Instant::now();
+            let synced: Result<(), StoreError> = store.sync_wal();
+            fsync_secs.record(t.elapsed().as_secs_f64());
+            if let Err(e) = synced {
+                let msg = e.to_string();
+                for r in results.iter_mut() {
+                    if r.is_ok() {
+                        *r = Err(msg.clone());
+                    }
+                }
+            }
+        }
+        group_size.record(group.len() as f64);
+        for (c, r) in group.drain(..).zip(results.drain(..)) {
+            let _ = c.done.send(r);
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! meterd: a usage-metering daemon.
+//!
+//! # Layout
+//!
+//! The request flow is request -> event -> dedupe -> journal -> counters -> flush ->
+//! store -> query:
+//!
+//! - [`app`]: wiring, start-up recovery and shutdown order.
+//! - [`config`]: file + environment + flags -> validated [`config::Config`].
+//! - [`http`]: hyper server, router (auth, roles, load shield), handlers, error mapping.
+//! - [`event`]: parsing and validating native events (exact decimals, per-event errors).
+//! - [`ingest`]: the per-request pipeline from parsed events to an acknowledged outcome.
+//! - [`dedupe`]: in-flight id claims and the exactly-once rules.
+//! - [`journal`]: group commit of accepted events into the RocksDB WAL.
+//! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] the
+//!   aggregations and the RocksDB merge operator.
+//! - [`flush`]: periodic flush of coalesced deltas into RocksDB, and journal replay.
+//! - [`store`]: RocksDB column families, key and record encodings.
+//! - [`query`]: usage queries over stored rows plus in-memory deltas.
+//! - [`registry`]: tenants, levers, contracts, API keys and roles.
+//! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
+//! - [`telemetry`]: metric names and descriptions, logging set-up.
+//! - [`state`]: the shared state handed to handlers.
+
+pub mod app;
+pub mod config;
+pub mod counters;
+pub mod decimal;
+pub mod dedupe;
+pub mod event;
+pub mod flush;
+pub mod http;
+pub mod ingest;
+pub mod journal;
+pub mod query;
+pub mod registry;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod window;

@@ -1,0 +1,228 @@
+//! Contracts: what a customer bought (SPEC 1, 5).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContractStatus {
+    /// Accepting usage.
+    Active,
+    /// Ended at `ends_at`; later events get `contract_ended`.
+    Ended,
+}
+
+/// One quota as written in a contract or plan body. Quota enforcement builds on this
+/// model; the core pipeline validates and stores it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaBody {
+    /// Lever name.
+    pub lever: String,
+    /// `day`, `week`, `month`, `billing_period` or `lifetime`.
+    pub period: String,
+    /// Limit as a decimal string (`-1` = unlimited).
+    #[serde(with = "amount_text")]
+    pub limit: String,
+    /// `hard` or `soft`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+}
+
+fn default_mode() -> String {
+    "hard".into()
+}
+
+/// Accepts a JSON number or a decimal string, keeping the exact text.
+mod amount_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(v: &str, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let raw: Box<RawValue> = Deserialize::deserialize(d)?;
+        let text = raw.get();
+        if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Ok(inner.to_string())
+        } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            Ok(text.to_string())
+        } else {
+            Err(serde::de::Error::custom("expected a number or a decimal string"))
+        }
+    }
+}
+
+/// The body of `PUT /v1/contracts/{contract}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContractBody {
+    /// Customer id.
+    pub customer: String,
+    /// Plan name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// IANA time zone (default `UTC`).
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+    /// Billing anchor (RFC 3339); default: creation time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    /// Parent contract (reseller pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Quotas overriding the plan's per lever and period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaBody>,
+    /// Threshold percentages for notifications.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<u32>,
+    /// Server field echoed back by clients; ignored.
+    #[serde(default, skip_serializing)]
+    pub id: Option<serde::de::IgnoredAny>,
+    /// Server field; ignored.
+    #[serde(default, skip_serializing)]
+    pub status: Option<serde::de::IgnoredAny>,
+    /// Server field; ignored.
+    #[serde(default, skip_serializing)]
+    pub ends_at: Option<serde::de::IgnoredAny>,
+    /// Server field; ignored.
+    #[serde(default, skip_serializing)]
+    pub created_at: Option<serde::de::IgnoredAny>,
+    /// Server field; ignored.
+    #[serde(default, skip_serializing)]
+    pub updated_at: Option<serde::de::IgnoredAny>,
+}
+
+fn default_tz() -> String {
+    "UTC".into()
+}
+
+/// Validates an external id (contract, customer, plan): 1..=128 bytes, no control
+/// characters and no `/` (ids appear in URL paths).
+pub fn valid_external_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control() || c == '/')
+}
+
+impl ContractBody {
+    /// Checks field contents; returns the offending field and reason. `lever_exists`
+    /// answers whether a quota's lever is defined.
+    pub fn validate(
+        &self,
+        lever_exists: impl Fn(&str) -> bool,
+    ) -> Result<(), (&'static str, String)> {
+        if !valid_external_id(&self.customer) {
+            return Err(("customer", "must be 1-128 bytes, no control characters or '/'".into()));
+        }
+        if let Some(p) = &self.plan {
+            if !valid_external_id(p) {
+                return Err(("plan", "must be 1-128 bytes, no control characters or '/'".into()));
+            }
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(("timezone", format!("unknown IANA time zone {:?}", self.timezone)));
+        }
+        if let Some(a) = &self.anchor {
+            if DateTime::parse_from_rfc3339(a).is_err() {
+                return Err(("anchor", "must be an RFC 3339 time".into()));
+            }
+        }
+        if let Some(p) = &self.parent {
+            if !valid_external_id(p) {
+                return Err(("parent", "must be 1-128 bytes, no control characters or '/'".into()));
+            }
+        }
+        if self.quotas.len() > 256 {
+            return Err(("quotas", "at most 256 quotas".into()));
+        }
+        for q in &self.quotas {
+            if !lever_exists(&q.lever) {
+                return Err(("quotas.lever", format!("unknown lever {:?}", q.lever)));
+            }
+            if !matches!(
+                q.period.as_str(),
+                "day" | "week" | "month" | "billing_period" | "lifetime"
+            ) {
+                return Err((
+                    "quotas.period",
+                    "must be day, week, month, billing_period or lifetime".into(),
+                ));
+            }
+            if q.limit != "-1" {
+                crate::decimal::Amount::parse_input(&q.limit)
+                    .map_err(|e| ("quotas.limit", format!("{e} (or -1 for unlimited)")))?;
+            }
+            if !matches!(q.mode.as_str(), "hard" | "soft") {
+                return Err(("quotas.mode", "must be hard or soft".into()));
+            }
+        }
+        if self.thresholds.len() > 16 || self.thresholds.iter().any(|t| *t == 0 || *t > 1000) {
+            return Err(("thresholds", "at most 16 percentages between 1 and 1000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A stored contract.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Contract {
+    /// External id.
+    pub id: String,
+    /// The caller's definition (stored nested; see [`Contract::view`] for the API shape).
+    pub body: ContractBody,
+    /// Lifecycle state.
+    pub status: ContractStatus,
+    /// End instant (RFC 3339) once ended or scheduled to end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_at: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last change.
+    pub updated_at: String,
+    /// `ends_at` in epoch milliseconds, for the ingest check.
+    #[serde(skip)]
+    pub ends_at_ms: Option<i64>,
+}
+
+impl Contract {
+    /// Recomputes derived fields after loading or changing.
+    pub fn finish(mut self) -> Contract {
+        self.ends_at_ms = self
+            .ends_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc).timestamp_millis());
+        self
+    }
+
+    /// The API representation at `now_ms`: the stored body plus `id` and the server
+    /// fields `status`, `ends_at`, `created_at`, `updated_at`.
+    pub fn view(&self, now_ms: i64) -> serde_json::Value {
+        let mut v = serde_json::to_value(&self.body).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("id".into(), self.id.clone().into());
+            let status = match self.status_at(now_ms) {
+                ContractStatus::Active => "active",
+                ContractStatus::Ended => "ended",
+            };
+            obj.insert("status".into(), status.into());
+            if let Some(e) = &self.ends_at {
+                obj.insert("ends_at".into(), e.clone().into());
+            }
+            obj.insert("created_at".into(), self.created_at.clone().into());
+            obj.insert("updated_at".into(), self.updated_at.clone().into());
+        }
+        v
+    }
+
+    /// Status as seen at `now_ms`: a contract whose `ends_at` has passed is ended.
+    pub fn status_at(&self, now_ms: i64) -> ContractStatus {
+        match self.ends_at_ms {
+            Some(end) if end <= now_ms => ContractStatus::Ended,
+            _ => ContractStatus::Active,
+        }
+    }
+}

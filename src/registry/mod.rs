@@ -1,0 +1,87 @@
+//! In-memory registry of tenants, levers and contracts, backed by the store.
+//!
+//! Lookups on the ingest path are lock-free reads of `DashMap`s holding `Arc`s; writes
+//! (admin PUTs) go to the store first and then replace the `Arc` here, so a lookup
+//! sees either the old or the new definition, never a half-written one.
+
+mod auth;
+mod contract;
+mod lever;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+pub use auth::{ApiKeys, Principal, Role};
+pub use contract::{valid_external_id, Contract, ContractBody, ContractStatus, QuotaBody};
+pub use lever::{Aggregation, Lever, LeverBody};
+
+use crate::config::Config;
+
+/// One tenant: its settings and its levers and contracts.
+#[derive(Debug)]
+pub struct Tenant {
+    /// Tenant name (key prefix in the store).
+    pub name: Arc<str>,
+    /// Dense index, used in in-memory keys.
+    pub index: u32,
+    /// Accepted lateness of event times.
+    pub lateness: Duration,
+    /// Levers by name.
+    pub levers: DashMap<String, Arc<Lever>>,
+    /// Contracts by external id.
+    pub contracts: DashMap<String, Arc<Contract>>,
+}
+
+/// All tenants known to this daemon (fixed by the configuration).
+#[derive(Debug)]
+pub struct Registry {
+    tenants: HashMap<String, Arc<Tenant>>,
+}
+
+impl Registry {
+    /// Builds the (empty) registry for the configured tenants.
+    pub fn new(cfg: &Config) -> Registry {
+        let mut tenants = HashMap::new();
+        for (i, t) in cfg.tenants.iter().enumerate() {
+            tenants.insert(
+                t.name.clone(),
+                Arc::new(Tenant {
+                    name: Arc::from(t.name.as_str()),
+                    index: i as u32,
+                    lateness: t.lateness,
+                    levers: DashMap::new(),
+                    contracts: DashMap::new(),
+                }),
+            );
+        }
+        Registry { tenants }
+    }
+
+    /// Returns the tenant named `name`.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
+    }
+
+    /// Iterates over all tenants.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+}
+
+impl Tenant {
+    /// Returns the live (not deleted) lever `name`.
+    pub fn lever(&self, name: &str) -> Option<Arc<Lever>> {
+        self.levers
+            .get(name)
+            .filter(|l| !l.deleted)
+            .map(|l| Arc::clone(&l))
+    }
+
+    /// Returns the contract `id`.
+    pub fn contract(&self, id: &str) -> Option<Arc<Contract>> {
+        self.contracts.get(id).map(|c| Arc::clone(&c))
+    }
+}

@@ -1,0 +1,47 @@
+//! Shared daemon state, built once by [`crate::app`] and handed to every handler.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::dedupe::Claims;
+use crate::journal::Journal;
+use crate::registry::{ApiKeys, Registry};
+use crate::store::Store;
+
+/// Everything a request needs.
+#[derive(Debug)]
+pub struct State {
+    /// Validated configuration.
+    pub cfg: Config,
+    /// The store.
+    pub store: Store,
+    /// Tenants, levers, contracts.
+    pub registry: Registry,
+    /// API keys.
+    pub keys: ApiKeys,
+    /// In-memory counters.
+    pub counters: Counters,
+    /// In-flight dedupe claims.
+    pub claims: Claims,
+    /// Group-commit writer.
+    pub journal: Journal,
+    /// True once recovery is done (and until shutdown starts).
+    pub ready: AtomicBool,
+    /// False after a failed journal write, until the next successful one.
+    pub storage_ok: AtomicBool,
+    /// Permits for concurrently processed API requests.
+    pub inflight: Arc<Semaphore>,
+    /// Serialises admin writes (levers, contracts).
+    pub admin_lock: tokio::sync::Mutex<()>,
+}
+
+impl State {
+    /// True when the daemon should receive traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst) && self.storage_ok.load(Ordering::SeqCst)
+    }
+}

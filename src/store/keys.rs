@@ -1,0 +1,191 @@
+//! Key encoding for every column family.
+//!
+//! Strings are length-prefixed (`len:u8, bytes`), so a prefix of components is a byte
+//! prefix of the key and no separator byte needs escaping. Times are big-endian with the
+//! sign bit flipped, so keys sort by time. Every user-data key starts with the tenant.
+//!
+//! | CF | key |
+//! |---|---|
+//! | `windows` | tenant, contract, lever, granularity:u8, start:i64, bucket? (`0` or `1`+str) |
+//! | `dedupe` | tenant, xxh3-128(id):16 |
+//! | `journal` | seq:u64 |
+//! | `admin` | kind:u8, tenant, name |
+
+use crate::window::Granularity;
+
+/// Longest string component accepted in a key.
+pub const MAX_COMPONENT: usize = 255;
+
+/// Appends a length-prefixed string. Callers validate lengths beforehand; longer input
+/// is truncated at a character boundary rather than corrupting the key.
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
+    let mut end = s.len().min(MAX_COMPONENT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.push(end as u8);
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// Reads a length-prefixed string, returning it and the rest.
+pub fn get_str(b: &[u8]) -> Option<(&str, &[u8])> {
+    let (&len, rest) = b.split_first()?;
+    let len = len as usize;
+    if rest.len() < len {
+        return None;
+    }
+    let s = std::str::from_utf8(&rest[..len]).ok()?;
+    Some((s, &rest[len..]))
+}
+
+/// Encodes a signed time so that byte order is numeric order.
+pub fn put_time(out: &mut Vec<u8>, t: i64) {
+    out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+}
+
+/// Inverse of [`put_time`].
+pub fn get_time(b: &[u8]) -> Option<(i64, &[u8])> {
+    if b.len() < 8 {
+        return None;
+    }
+    let v = u64::from_be_bytes(b[..8].try_into().ok()?) ^ (1 << 63);
+    Some((v as i64, &b[8..]))
+}
+
+/// Prefix of all window rows of one series (tenant, contract, lever) and granularity.
+pub fn window_prefix(tenant: &str, contract: &str, lever: &str, g: Granularity) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + contract.len() + lever.len() + 8);
+    put_str(&mut k, tenant);
+    put_str(&mut k, contract);
+    put_str(&mut k, lever);
+    k.push(g.code());
+    k
+}
+
+/// Full key of one window row.
+pub fn window_key(
+    tenant: &str,
+    contract: &str,
+    lever: &str,
+    g: Granularity,
+    start: i64,
+    bucket: Option<&str>,
+) -> Vec<u8> {
+    let mut k = window_prefix(tenant, contract, lever, g);
+    put_time(&mut k, start);
+    match bucket {
+        None => k.push(0),
+        Some(b) => {
+            k.push(1);
+            put_str(&mut k, b);
+        }
+    }
+    k
+}
+
+/// The parts of a window key after its series prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSuffix<'a> {
+    /// Window start.
+    pub start: i64,
+    /// Bucket, if any.
+    pub bucket: Option<&'a str>,
+}
+
+/// Decodes the part of a window key after a `window_prefix` of length `prefix_len`.
+pub fn decode_window_suffix(key: &[u8], prefix_len: usize) -> Option<WindowSuffix<'_>> {
+    let rest = key.get(prefix_len..)?;
+    let (start, rest) = get_time(rest)?;
+    let (&flag, rest) = rest.split_first()?;
+    let bucket = match flag {
+        0 if rest.is_empty() => None,
+        1 => {
+            let (b, rest) = get_str(rest)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            Some(b)
+        }
+        _ => return None,
+    };
+    Some(WindowSuffix { start, bucket })
+}
+
+/// Hash of an idempotency key.
+pub fn id_hash(id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(id.as_bytes())
+}
+
+/// Key of a dedupe record.
+pub fn dedupe_key(tenant: &str, id_hash: u128) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 17);
+    put_str(&mut k, tenant);
+    k.extend_from_slice(&id_hash.to_be_bytes());
+    k
+}
+
+/// Key of a journal record.
+pub fn journal_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// Kinds of admin records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminKind {
+    /// A lever definition.
+    Lever = 1,
+    /// A contract.
+    Contract = 2,
+}
+
+/// Key of an admin record.
+pub fn admin_key(kind: AdminKind, tenant: &str, name: &str) -> Vec<u8> {
+    let mut k = admin_prefix(kind, tenant);
+    put_str(&mut k, name);
+    k
+}
+
+/// Prefix of all admin records of one kind and tenant.
+pub fn admin_prefix(kind: AdminKind, tenant: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 2);
+    k.push(kind as u8);
+    put_str(&mut k, tenant);
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn window_keys_roundtrip_and_sort(
+            a in -10_000_000_000_000i64..10_000_000_000_000,
+            b in -10_000_000_000_000i64..10_000_000_000_000,
+            bucket in proptest::option::of("[a-z0-9-]{1,64}"),
+        ) {
+            let ka = window_key("t", "c", "l", Granularity::Minute, a, bucket.as_deref());
+            let kb = window_key("t", "c", "l", Granularity::Minute, b, bucket.as_deref());
+            let plen = window_prefix("t", "c", "l", Granularity::Minute).len();
+            let sa = decode_window_suffix(&ka, plen).unwrap();
+            prop_assert_eq!(sa.start, a);
+            prop_assert_eq!(sa.bucket, bucket.as_deref());
+            if a < b { prop_assert!(ka < kb); }
+        }
+
+        #[test]
+        fn prefixes_do_not_collide(x in "[a-z]{1,8}", y in "[a-z]{1,8}") {
+            // ("ab","c") and ("a","bc") must not share a series prefix.
+            let p1 = window_prefix("t", &x, &y, Granularity::Hour);
+            let p2 = window_prefix("t", &format!("{x}{y}"), "", Granularity::Hour);
+            prop_assert!(!p1.starts_with(&p2) && !p2.starts_with(&p1));
+        }
+    }
+
+    #[test]
+    fn decode_rejects_garbage() {
+        assert!(decode_window_suffix(b"", 0).is_none());
+        assert!(decode_window_suffix(&[0u8; 9][..], 0).is_none());
+    }
+}

@@ -1,0 +1,301 @@
+//! The embedded RocksDB store.
+//!
+//! Column families:
+//! - `windows`: aggregated usage rows, written only by the flusher as merge operands
+//!   ([`crate::counters::agg::merge_operator`]); never read-modify-written.
+//! - `journal`: accepted events not yet flushed into `windows`. A journal record and the
+//!   dedupe records of its events are one atomic write batch; the flusher deletes a
+//!   journal record in the same batch that merges its deltas into `windows`. So after any
+//!   crash each accepted event is either in the journal (replayed at start) or in
+//!   `windows`, exactly once.
+//! - `dedupe`: one record per accepted event id, removed by a compaction filter once older
+//!   than `dedupe_retention` (memory stays bounded: only in-flight ids live in RAM).
+//! - `admin`: lever and contract definitions (JSON).
+//! - `meta`: on-disk format version.
+
+pub mod keys;
+pub mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::counters::agg::merge_operator;
+
+/// On-disk format version written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Column family names.
+pub mod cf {
+    /// Usage windows.
+    pub const WINDOWS: &str = "windows";
+    /// Unflushed accepted events.
+    pub const JOURNAL: &str = "journal";
+    /// Idempotency records.
+    pub const DEDUPE: &str = "dedupe";
+    /// Levers and contracts.
+    pub const ADMIN: &str = "admin";
+    /// Format metadata.
+    pub const META: &str = "meta";
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// The data dir was written by an incompatible version.
+    #[error("data dir has on-disk format {found}, this meterd reads format {FORMAT_VERSION}; use a matching meterd version")]
+    IncompatibleFormat {
+        /// Version found on disk.
+        found: String,
+    },
+    /// A stored record could not be decoded.
+    #[error("corrupt record in column family {0}")]
+    Corrupt(&'static str),
+    /// The disk is full.
+    #[error("storage full: {0}")]
+    Full(String),
+}
+
+impl StoreError {
+    fn classify(e: rocksdb::Error) -> StoreError {
+        let s = e.to_string();
+        if s.contains("No space left") || s.contains("ENOSPC") {
+            StoreError::Full(s)
+        } else {
+            StoreError::Rocks(e)
+        }
+    }
+}
+
+/// Handle to the open store (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `path`.
+    pub fn open(path: &Path, dedupe_retention: Duration) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Full(format!("{path:?}: {e}")))?;
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_max_background_jobs(2);
+        db_opts.set_bytes_per_sync(1 << 20);
+        db_opts.set_keep_log_file_num(4);
+
+        let mut windows = Options::default();
+        windows.set_merge_operator_associative("meterd.agg.v1", merge_operator);
+        windows.set_block_based_table_factory(&bloom(false));
+        windows.set_compression_type(rocksdb::DBCompressionType::Lz4);
+
+        let mut dedupe = Options::default();
+        dedupe.set_block_based_table_factory(&bloom(true));
+        dedupe.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let retention_ms = dedupe_retention.as_millis() as i64;
+        dedupe.set_compaction_filter("meterd.dedupe.retention", move |_lvl: u32, _k: &[u8], v: &[u8]| {
+            match records::dedupe_accepted_ms(v) {
+                Some(at) if at + retention_ms < crate::window::now_ms() => {
+                    rocksdb::CompactionDecision::Remove
+                }
+                _ => rocksdb::CompactionDecision::Keep,
+            }
+        });
+        // Expired records sitting in cold files are still removed: files untouched for a
+        // day are compacted periodically, which runs the filter.
+        dedupe.set_periodic_compaction_seconds(86_400);
+
+        let journal = Options::default();
+        let admin = Options::default();
+        let meta = Options::default();
+
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(cf::WINDOWS, windows),
+            ColumnFamilyDescriptor::new(cf::JOURNAL, journal),
+            ColumnFamilyDescriptor::new(cf::DEDUPE, dedupe),
+            ColumnFamilyDescriptor::new(cf::ADMIN, admin),
+            ColumnFamilyDescriptor::new(cf::META, meta),
+        ];
+        let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(StoreError::classify)?;
+        let store = Store { db: Arc::new(db) };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    fn check_format(&self) -> Result<(), StoreError> {
+        let meta = self.cf(cf::META);
+        match self.db.get_cf(meta, b"format")? {
+            Some(v) => {
+                let found = String::from_utf8_lossy(&v).to_string();
+                if found != FORMAT_VERSION.to_string() {
+                    return Err(StoreError::IncompatibleFormat { found });
+                }
+            }
+            None => {
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                self.db
+                    .put_cf_opt(meta, b"format", FORMAT_VERSION.to_string(), &wo)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns a column family handle.
+    pub fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    /// Writes a batch; with `sync` the WAL is fsynced before returning.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(batch, &wo).map_err(StoreError::classify)
+    }
+
+    /// Fsyncs the write-ahead log (covering every earlier unsynced write).
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(StoreError::classify)
+    }
+
+    /// Point lookups of several keys in one column family.
+    pub fn multi_get(
+        &self,
+        cf_name: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let cf = self.cf(cf_name);
+        self.db
+            .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
+            .into_iter()
+            .map(|r| r.map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Point lookup.
+    pub fn get(&self, cf_name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf_name), key)?)
+    }
+
+    /// Calls `f` for every `(key, value)` whose key starts with `prefix`, starting at
+    /// `start` (which must itself start with `prefix`), in key order, until `f` returns
+    /// false.
+    pub fn scan_prefix(
+        &self,
+        cf_name: &str,
+        prefix: &[u8],
+        start: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(start.to_vec());
+        if let Some(upper) = prefix_successor(prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf_name),
+            ro,
+            IteratorMode::From(start, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every key in `[from, to)` of a column family.
+    pub fn scan_range(
+        &self,
+        cf_name: &str,
+        from: &[u8],
+        to: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), StoreError> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(from.to_vec());
+        ro.set_iterate_upper_bound(to.to_vec());
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf_name),
+            ro,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            f(&k, &v);
+        }
+        Ok(())
+    }
+
+    /// Iterates over a whole column family.
+    pub fn scan_all(
+        &self,
+        cf_name: &str,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.db.iterator_cf(self.cf(cf_name), IteratorMode::Start) {
+            let (k, v) = item?;
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    /// A RocksDB integer property of a column family (for metrics).
+    pub fn property_int(&self, cf_name: &str, name: &str) -> Option<u64> {
+        self.db
+            .property_int_value_cf(self.cf(cf_name), name)
+            .ok()
+            .flatten()
+    }
+
+    /// Flushes memtables and syncs the WAL (at shutdown).
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true)?;
+        for name in [cf::WINDOWS, cf::JOURNAL, cf::DEDUPE, cf::ADMIN] {
+            self.db.flush_cf(self.cf(name))?;
+        }
+        Ok(())
+    }
+}
+
+fn bloom(whole_key: bool) -> BlockBasedOptions {
+    let mut b = BlockBasedOptions::default();
+    b.set_bloom_filter(10.0, false);
+    b.set_whole_key_filtering(whole_key);
+    b.set_cache_index_and_filter_blocks(true);
+    b.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    b
+}
+
+/// Smallest byte string greater than every string with prefix `p`, if one exists.
+pub fn prefix_successor(p: &[u8]) -> Option<Vec<u8>> {
+    let mut v = p.to_vec();
+    while let Some(last) = v.pop() {
+        if last < 0xff {
+            v.push(last + 1);
+            return Some(v);
+        }
+    }
+    None
+}

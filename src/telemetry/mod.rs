@@ -1,0 +1,106 @@
+//! Metrics names and descriptions, and logging set-up (SPEC 7).
+//!
+//! Names follow `meterd_<subsystem>_<name>_<unit>[_total]`. Labels take bounded values
+//! only (outcomes, codes, routes, status classes): never a tenant-chosen id.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Metric names.
+pub mod names {
+    /// Events by outcome (`accepted`, `duplicate`, `rejected`).
+    pub const INGEST_EVENTS_TOTAL: &str = "meterd_ingest_events_total";
+    /// Rejected events by code.
+    pub const INGEST_REJECTED_TOTAL: &str = "meterd_ingest_rejected_events_total";
+    /// Events per ingest request.
+    pub const INGEST_BATCH_EVENTS: &str = "meterd_ingest_batch_size_events";
+    /// HTTP requests by route and status.
+    pub const HTTP_REQUESTS_TOTAL: &str = "meterd_http_requests_total";
+    /// HTTP request latency by route.
+    pub const HTTP_REQUEST_SECONDS: &str = "meterd_http_request_duration_seconds";
+    /// Requests refused by the in-flight limit.
+    pub const HTTP_SHED_TOTAL: &str = "meterd_http_shed_requests_total";
+    /// Requests processed by group commit at once.
+    pub const JOURNAL_GROUP_SIZE: &str = "meterd_journal_group_size_requests";
+    /// WAL fsync duration.
+    pub const JOURNAL_FSYNC_SECONDS: &str = "meterd_journal_fsync_duration_seconds";
+    /// WAL write duration of one group.
+    pub const JOURNAL_WRITE_SECONDS: &str = "meterd_journal_write_duration_seconds";
+    /// Flush duration.
+    pub const FLUSH_SECONDS: &str = "meterd_flush_duration_seconds";
+    /// Window rows written by flushes.
+    pub const FLUSH_ROWS_TOTAL: &str = "meterd_flush_rows_total";
+    /// Failed flushes.
+    pub const FLUSH_ERRORS_TOTAL: &str = "meterd_flush_errors_total";
+    /// In-memory window entries not yet flushed.
+    pub const COUNTERS_PENDING: &str = "meterd_counters_pending_entries";
+    /// Ids claimed by in-flight requests.
+    pub const DEDUPE_INFLIGHT: &str = "meterd_dedupe_inflight_ids";
+    /// 1 when ready.
+    pub const READY: &str = "meterd_ready_state";
+}
+
+/// Describes every metric once at start.
+pub fn describe() {
+    use names::*;
+    describe_counter!(INGEST_EVENTS_TOTAL, Unit::Count, "Ingested events by outcome (accepted, duplicate, rejected).");
+    describe_counter!(INGEST_REJECTED_TOTAL, Unit::Count, "Rejected events by rejection code.");
+    describe_histogram!(INGEST_BATCH_EVENTS, Unit::Count, "Events per ingest request.");
+    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "HTTP requests by route and status code.");
+    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency by route.");
+    describe_counter!(HTTP_SHED_TOTAL, Unit::Count, "Requests answered 429 because the in-flight limit was reached.");
+    describe_histogram!(JOURNAL_GROUP_SIZE, Unit::Count, "Requests committed together by one group commit.");
+    describe_histogram!(JOURNAL_FSYNC_SECONDS, Unit::Seconds, "Duration of write-ahead-log fsyncs.");
+    describe_histogram!(JOURNAL_WRITE_SECONDS, Unit::Seconds, "Duration of writing one commit group to the WAL (before fsync).");
+    describe_histogram!(FLUSH_SECONDS, Unit::Seconds, "Duration of one flush of counters into RocksDB windows.");
+    describe_counter!(FLUSH_ROWS_TOTAL, Unit::Count, "Window rows (merge operands) written by flushes.");
+    describe_counter!(FLUSH_ERRORS_TOTAL, Unit::Count, "Flushes that failed and were retried.");
+    describe_gauge!(COUNTERS_PENDING, Unit::Count, "In-memory window entries not yet flushed.");
+    describe_gauge!(DEDUPE_INFLIGHT, Unit::Count, "Event ids claimed by in-flight requests.");
+    describe_gauge!(READY, Unit::Count, "1 when recovery is done and the store is writable, else 0.");
+}
+
+/// Installs the Prometheus recorder and returns the handle that renders `/metrics`.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_events".into()),
+            &[1.0, 10.0, 100.0, 1000.0, 10000.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_requests".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0],
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Sets up `tracing` with `RUST_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
