@@ -328,8 +328,8 @@ mod tests {
         for bad in [&b"[{}"[..], b"nul", b"\"x\"", b"{\"a\":1}{", &[0xff, 0xfe]] {
             assert!(split_body(bad, BodyFormat::Json, 5).is_err());
         }
-        assert_eq!(split_body(b"  ", BodyFormat::Json, 5), Err(BodyError::Empty));
-        assert_eq!(split_body(b"[]", BodyFormat::Json, 5), Err(BodyError::Empty));
+        assert!(matches!(split_body(b"  ", BodyFormat::Json, 5), Err(BodyError::Empty)));
+        assert!(matches!(split_body(b"[]", BodyFormat::Json, 5), Err(BodyError::Empty)));
         let v = split_body(b"[1, \"x\", {}]", BodyFormat::Json, 5).unwrap();
         assert!(parse_event(v[0]).is_err());
         assert!(parse_event(v[1]).is_err());

@@ -186,6 +186,7 @@ mod tests {
     #[test]
     fn decode_rejects_garbage() {
         assert!(decode_window_suffix(b"", 0).is_none());
-        assert!(decode_window_suffix(&[0u8; 9][..], 0).is_none());
+        assert!(decode_window_suffix(&[0u8; 10][..], 0).is_none());
+        assert!(decode_window_suffix(&[0u8; 9][..], 0).is_some());
     }
 }
