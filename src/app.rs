@@ -44,15 +44,21 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
             return Err(StoreError::Corrupt("admin"));
         };
         let Some(t) = registry.tenant(tenant) else {
-            tracing::warn!(tenant, name, "stored definition of an unconfigured tenant ignored");
+            tracing::warn!(
+                tenant,
+                name,
+                "stored definition of an unconfigured tenant ignored"
+            );
             return Ok(());
         };
         if kind == AdminKind::Lever as u8 {
-            let mut l: Lever = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            let mut l: Lever =
+                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
             l.deleted = l.status == "deleted";
             t.levers.insert(name.to_string(), Arc::new(l));
         } else if kind == AdminKind::Contract as u8 {
-            let c: Contract = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            let c: Contract =
+                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
             t.contracts.insert(name.to_string(), Arc::new(c.finish()));
         }
         Ok(())
@@ -155,7 +161,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding listen address {}", state.cfg.listen))?;
     let metrics_l = TcpListener::bind(state.cfg.metrics_listen)
         .await
-        .with_context(|| format!("binding metrics_listen address {}", state.cfg.metrics_listen))?;
+        .with_context(|| {
+            format!(
+                "binding metrics_listen address {}",
+                state.cfg.metrics_listen
+            )
+        })?;
     let api_addr = api.local_addr()?;
     let metrics_addr = metrics_l.local_addr()?;
     println!("meterd listening on http://{api_addr} (metrics on http://{metrics_addr})");

@@ -82,7 +82,7 @@ impl Amount {
         let mantissa = dec.mantissa();
         let factor = 10i128.pow(SCALE - dec.scale());
         let nanos = mantissa.checked_mul(factor).ok_or(DecimalError::TooLarge)?;
-        if nanos > MAX_INPUT || nanos < -MAX_INPUT {
+        if !(-MAX_INPUT..=MAX_INPUT).contains(&nanos) {
             return Err(DecimalError::TooLarge);
         }
         Ok(Amount(nanos))
@@ -118,7 +118,7 @@ impl fmt::Display for Amount {
         write!(f, "{int}")?;
         if frac != 0 {
             let mut digits = SCALE as usize;
-            while frac % 10 == 0 {
+            while frac.is_multiple_of(10) {
                 frac /= 10;
                 digits -= 1;
             }
@@ -155,9 +155,16 @@ mod tests {
             ("0.000000001", "0.000000001"),
             ("1e3", "1000"),
             ("2.5E-3", "0.0025"),
-            ("999999999999999999.999999999", "999999999999999999.999999999"),
+            (
+                "999999999999999999.999999999",
+                "999999999999999999.999999999",
+            ),
         ] {
-            assert_eq!(Amount::parse_input(input).unwrap().to_string(), out, "{input}");
+            assert_eq!(
+                Amount::parse_input(input).unwrap().to_string(),
+                out,
+                "{input}"
+            );
         }
     }
 

@@ -85,10 +85,8 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
             let interval = state.cfg.flush_interval;
             let buffered = state.cfg.durability == Durability::Buffered;
             loop {
-                let stopping = !matches!(
-                    stop.recv_timeout(interval),
-                    Err(RecvTimeoutError::Timeout)
-                );
+                let stopping =
+                    !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
                 if let Err(e) = flush_once(&state.store, &state.counters) {
                     tracing::error!(error = %e, "flush failed; deltas kept for the next attempt");
                 }
@@ -100,7 +98,8 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
                     metrics::histogram!(names::JOURNAL_FSYNC_SECONDS)
                         .record(t.elapsed().as_secs_f64());
                 }
-                metrics::gauge!(names::COUNTERS_PENDING).set(state.counters.pending_entries() as f64);
+                metrics::gauge!(names::COUNTERS_PENDING)
+                    .set(state.counters.pending_entries() as f64);
                 metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
                 if stopping {
                     break;
@@ -143,4 +142,3 @@ pub fn recover(store: &Store, counters: &Counters) -> Result<(u64, usize), Store
     );
     Ok((next, events))
 }
-

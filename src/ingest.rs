@@ -22,8 +22,8 @@ use rocksdb::WriteBatch;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::decimal::Amount;
+use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event};
 use crate::journal::CommitError;
 use crate::registry::{Aggregation, Tenant};
@@ -239,6 +239,9 @@ async fn run_claimed<'a>(
     Ok(())
 }
 
+/// Accepted events of one shard with their ids, in input order.
+type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>)>);
+
 struct Plan {
     batch: WriteBatch,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
@@ -268,7 +271,7 @@ fn check_and_plan(
     let lateness_ms = tenant.lateness.as_millis() as i64;
 
     // Accepted events per shard, in input order.
-    let mut by_shard: Vec<(usize, Vec<(usize, EventRecord, Cow<'_, str>)>)> = Vec::new();
+    let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
     let mut accepted_any = false;
     for (n, &i) in claimed.iter().enumerate() {
         let Slot::Claimed(ev, _) = &slots[i] else {
@@ -280,7 +283,12 @@ fn check_and_plan(
         }
         let id = || Some(ev.id.to_string());
         let Some(lever) = tenant.lever(&ev.lever) else {
-            slots[i] = reject(i, id(), "unknown_lever", format!("lever {:?} does not exist", ev.lever));
+            slots[i] = reject(
+                i,
+                id(),
+                "unknown_lever",
+                format!("lever {:?} does not exist", ev.lever),
+            );
             continue;
         };
         let Some(contract) = tenant.contract(&ev.contract) else {
@@ -348,8 +356,8 @@ fn check_and_plan(
         };
         let shard = state.counters.shard_of(&tenant.name, &contract.id);
         match by_shard.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, v)) => v.push((i, record, ev.id.clone())),
-            None => by_shard.push((shard, vec![(i, record, ev.id.clone())])),
+            Some((_, v)) => v.push((record, ev.id.clone())),
+            None => by_shard.push((shard, vec![(record, ev.id.clone())])),
         }
         accepted_any = true;
     }
@@ -365,7 +373,7 @@ fn check_and_plan(
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        for (pos, (_, mut rec, id)) in items.into_iter().enumerate() {
+        for (pos, (mut rec, id)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
             batch.put_cf(
                 dedupe_cf,
@@ -374,7 +382,11 @@ fn check_and_plan(
             );
             events.push(rec);
         }
-        batch.put_cf(journal_cf, journal_key(seq), encode_journal(&tenant.name, &events));
+        batch.put_cf(
+            journal_cf,
+            journal_key(seq),
+            encode_journal(&tenant.name, &events),
+        );
         groups.push((shard, seq, events));
     }
     Ok(Some(Plan { batch, groups }))

@@ -57,7 +57,11 @@ impl CommitError {
 
 impl Journal {
     /// Starts the writer thread. `first_seq` is the next unused journal sequence number.
-    pub fn start(store: Store, durability: Durability, first_seq: u64) -> (Journal, JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        durability: Durability,
+        first_seq: u64,
+    ) -> (Journal, JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::bounded::<Commit>(65_536);
         let handle = std::thread::Builder::new()
             .name("meterd-journal".into())

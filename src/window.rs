@@ -155,7 +155,10 @@ mod tests {
     #[test]
     fn floors_and_formats() {
         let t = parse_rfc3339("2026-11-23T10:15:30.123Z").unwrap();
-        assert_eq!(rfc3339(Granularity::Minute.floor(t)), "2026-11-23T10:15:00Z");
+        assert_eq!(
+            rfc3339(Granularity::Minute.floor(t)),
+            "2026-11-23T10:15:00Z"
+        );
         assert_eq!(rfc3339(Granularity::Hour.floor(t)), "2026-11-23T10:00:00Z");
         assert_eq!(rfc3339(Granularity::Day.floor(t)), "2026-11-23T00:00:00Z");
         assert_eq!(rfc3339(t), "2026-11-23T10:15:30.123Z");

@@ -286,10 +286,18 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(err(file, "shards", "must be between 1 and 4096"));
     }
     if raw.max_body_bytes < 1024 || raw.max_body_bytes > 1 << 30 {
-        return Err(err(file, "max_body_bytes", "must be between 1024 and 1073741824"));
+        return Err(err(
+            file,
+            "max_body_bytes",
+            "must be between 1024 and 1073741824",
+        ));
     }
     if raw.max_batch_events == 0 || raw.max_batch_events > 1_000_000 {
-        return Err(err(file, "max_batch_events", "must be between 1 and 1000000"));
+        return Err(err(
+            file,
+            "max_batch_events",
+            "must be between 1 and 1000000",
+        ));
     }
     if raw.max_in_flight == 0 || raw.max_in_flight > 1_000_000 {
         return Err(err(file, "max_in_flight", "must be between 1 and 1000000"));

@@ -83,7 +83,9 @@ impl Counters {
     /// Creates `n` empty shards.
     pub fn new(n: usize) -> Counters {
         Counters {
-            shards: (0..n.max(1)).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..n.max(1))
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
             gate: RwLock::new(()),
             entries: AtomicUsize::new(0),
         }
@@ -114,7 +116,7 @@ impl Counters {
         let mut last: Option<(ContractKey, Arc<str>)> = None;
         for e in events {
             let (ck, lever) = match &last {
-                Some((ck, lv)) if &*ck.contract == e.contract && &**lv == e.lever => {
+                Some((ck, lv)) if *ck.contract == *e.contract && **lv == *e.lever => {
                     (ck.clone(), lv.clone())
                 }
                 _ => {

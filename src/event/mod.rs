@@ -180,12 +180,16 @@ fn string_field<'a>(
     if is_null(raw) {
         return Ok(None);
     }
-    let s = raw_str(raw.expect("checked")).ok_or_else(|| invalid(field, format!("`{field}` must be a string")))?;
+    let s = raw_str(raw.expect("checked"))
+        .ok_or_else(|| invalid(field, format!("`{field}` must be a string")))?;
     if s.is_empty() || s.len() > max {
         return Err(invalid(field, format!("`{field}` must be 1-{max} bytes")));
     }
     if s.chars().any(char::is_control) {
-        return Err(invalid(field, format!("`{field}` must not contain control characters")));
+        return Err(invalid(
+            field,
+            format!("`{field}` must not contain control characters"),
+        ));
     }
     Ok(Some(s))
 }
@@ -243,7 +247,10 @@ pub fn parse_event(raw: &RawValue) -> Parsed<'_> {
     let time_ms = if is_null(f.time) {
         None
     } else {
-        match raw_str(f.time.expect("checked")).as_deref().and_then(parse_rfc3339) {
+        match raw_str(f.time.expect("checked"))
+            .as_deref()
+            .and_then(parse_rfc3339)
+        {
             Some(t) => Some(t),
             None => {
                 return Err(with_id(invalid(
@@ -295,19 +302,40 @@ mod tests {
             (r#"{"id":5,"contract":"c","lever":"l"}"#, "id"),
             (r#"{"id":"a","lever":"l"}"#, "contract"),
             (r#"{"id":"a","contract":"c"}"#, "lever"),
-            (r#"{"id":"a","contract":"c","lever":"l","value":-1}"#, "value"),
-            (r#"{"id":"a","contract":"c","lever":"l","value":true}"#, "value"),
-            (r#"{"id":"a","contract":"c","lever":"l","value":"1e400"}"#, "value"),
-            (r#"{"id":"a","contract":"c","lever":"l","time":"yesterday"}"#, "time"),
-            (r#"{"id":"a","contract":"c","lever":"l","bucket":""}"#, "bucket"),
+            (
+                r#"{"id":"a","contract":"c","lever":"l","value":-1}"#,
+                "value",
+            ),
+            (
+                r#"{"id":"a","contract":"c","lever":"l","value":true}"#,
+                "value",
+            ),
+            (
+                r#"{"id":"a","contract":"c","lever":"l","value":"1e400"}"#,
+                "value",
+            ),
+            (
+                r#"{"id":"a","contract":"c","lever":"l","time":"yesterday"}"#,
+                "time",
+            ),
+            (
+                r#"{"id":"a","contract":"c","lever":"l","bucket":""}"#,
+                "bucket",
+            ),
         ];
         for (body, field) in cases {
             let (_, e) = one(body).unwrap_err();
             assert_eq!(e.field, field, "{body}");
         }
-        let long = format!(r#"{{"id":"{}","contract":"c","lever":"l"}}"#, "x".repeat(129));
+        let long = format!(
+            r#"{{"id":"{}","contract":"c","lever":"l"}}"#,
+            "x".repeat(129)
+        );
         assert_eq!(one(&long).unwrap_err().1.field, "id");
-        let at = format!(r#"{{"id":"{}","contract":"c","lever":"l"}}"#, "x".repeat(128));
+        let at = format!(
+            r#"{{"id":"{}","contract":"c","lever":"l"}}"#,
+            "x".repeat(128)
+        );
         assert!(one(&at).is_ok());
     }
 
@@ -322,14 +350,22 @@ mod tests {
             Err(BodyError::TooMany { .. })
         ));
         assert_eq!(
-            split_body(b"{}\n\n{}\r\n", BodyFormat::Ndjson, 2).unwrap().len(),
+            split_body(b"{}\n\n{}\r\n", BodyFormat::Ndjson, 2)
+                .unwrap()
+                .len(),
             2
         );
         for bad in [&b"[{}"[..], b"nul", b"\"x\"", b"{\"a\":1}{", &[0xff, 0xfe]] {
             assert!(split_body(bad, BodyFormat::Json, 5).is_err());
         }
-        assert!(matches!(split_body(b"  ", BodyFormat::Json, 5), Err(BodyError::Empty)));
-        assert!(matches!(split_body(b"[]", BodyFormat::Json, 5), Err(BodyError::Empty)));
+        assert!(matches!(
+            split_body(b"  ", BodyFormat::Json, 5),
+            Err(BodyError::Empty)
+        ));
+        assert!(matches!(
+            split_body(b"[]", BodyFormat::Json, 5),
+            Err(BodyError::Empty)
+        ));
         let v = split_body(b"[1, \"x\", {}]", BodyFormat::Json, 5).unwrap();
         assert!(parse_event(v[0]).is_err());
         assert!(parse_event(v[1]).is_err());

@@ -157,7 +157,10 @@ impl ApiError {
             .header(header::CONTENT_TYPE, "application/problem+json");
         if matches!(
             self.code,
-            ErrorCode::Overloaded | ErrorCode::NotReady | ErrorCode::StorageFull | ErrorCode::StorageUnavailable
+            ErrorCode::Overloaded
+                | ErrorCode::NotReady
+                | ErrorCode::StorageFull
+                | ErrorCode::StorageUnavailable
         ) {
             b = b.header(header::RETRY_AFTER, "1");
         }

@@ -56,7 +56,9 @@ impl Route {
             (Route::Levers | Route::Contracts | Route::ContractUsage(_), &Method::GET) => {
                 Some(Role::Read)
             }
-            (Route::Lever(_), &Method::GET) | (Route::Contract(_), &Method::GET) => Some(Role::Read),
+            (Route::Lever(_), &Method::GET) | (Route::Contract(_), &Method::GET) => {
+                Some(Role::Read)
+            }
             (Route::Lever(_), &Method::PUT | &Method::DELETE) => Some(Role::Admin),
             (Route::Contract(_), &Method::PUT) => Some(Role::Admin),
             (Route::ContractEnd(_), &Method::POST) => Some(Role::Admin),
@@ -92,7 +94,9 @@ fn allows(have: Role, need: Role) -> bool {
 
 fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
     let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let rest = v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))?;
+    let rest = v
+        .strip_prefix(b"Bearer ")
+        .or_else(|| v.strip_prefix(b"bearer "))?;
     let rest = rest.trim_ascii();
     (!rest.is_empty()).then_some(rest)
 }
@@ -141,14 +145,22 @@ async fn dispatch(
     match (&surface, req.method(), path.as_str()) {
         (_, &Method::GET, "/healthz") => return ("healthz", ops::healthz()),
         (_, &Method::GET, "/readyz") => return ("readyz", ops::readyz(&state)),
-        (Surface::Metrics(h), &Method::GET, "/metrics") => return ("metrics", ops::metrics(&state, h)),
+        (Surface::Metrics(h), &Method::GET, "/metrics") => {
+            return ("metrics", ops::metrics(&state, h))
+        }
         (Surface::Metrics(_), _, _) => {
-            return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response())
+            return (
+                "other",
+                ApiError::new(ErrorCode::NotFound, "no such route").into_response(),
+            )
         }
         _ => {}
     }
     if !path.starts_with("/v1/") {
-        return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response());
+        return (
+            "other",
+            ApiError::new(ErrorCode::NotFound, "no such route").into_response(),
+        );
     }
     let principal = match bearer(&req).and_then(|k| state.keys.authenticate(k)) {
         Some(p) => p,
@@ -166,7 +178,10 @@ async fn dispatch(
     let route = match parse_route(&path) {
         Ok(Some(r)) => r,
         Ok(None) => {
-            return ("other", ApiError::new(ErrorCode::NotFound, "no such route").into_response())
+            return (
+                "other",
+                ApiError::new(ErrorCode::NotFound, "no such route").into_response(),
+            )
         }
         Err(e) => return ("other", e.into_response()),
     };

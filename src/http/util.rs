@@ -34,10 +34,15 @@ pub async fn read_body(
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ApiError::new(
             ErrorCode::RequestTimeout,
-            format!("the body was not received within {}", humantime::format_duration(timeout)),
+            format!(
+                "the body was not received within {}",
+                humantime::format_duration(timeout)
+            ),
         )),
         Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 Err(too_large(limit))
             } else {
                 Err(ApiError::new(
@@ -62,7 +67,10 @@ pub fn query_map(query: Option<&str>) -> Result<HashMap<String, String>, ApiErro
     let mut out = HashMap::new();
     if let Some(q) = query {
         if q.len() > 8192 {
-            return Err(ApiError::new(ErrorCode::InvalidQuery, "query string too long"));
+            return Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                "query string too long",
+            ));
         }
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
             if out.insert(k.to_string(), v.to_string()).is_some() {
@@ -108,7 +116,10 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 /// `malformed_body`.
 pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(ErrorCode::MalformedBody, "a JSON body is required"));
+        return Err(ApiError::new(
+            ErrorCode::MalformedBody,
+            "a JSON body is required",
+        ));
     }
     serde_json::from_slice(body).map_err(|e| {
         let code = if e.is_syntax() || e.is_eof() {
@@ -122,10 +133,18 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Ap
 
 /// Checks that the request's content type is JSON (or absent).
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
         None => Ok(()),
         Some(ct) => {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if mime == "application/json" || mime.ends_with("+json") {
                 Ok(())
             } else {

@@ -154,7 +154,11 @@ fn collect(
 }
 
 /// Runs a usage query.
-pub fn usage(store: &Store, counters: &Counters, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+pub fn usage(
+    store: &Store,
+    counters: &Counters,
+    q: &UsageQuery,
+) -> Result<Vec<UsageRow>, StoreError> {
     let _gate = counters.gate_read();
     let deltas = counters.contract_deltas(&q.tenant, &q.contract);
     let mut rows = Vec::new();

@@ -51,7 +51,9 @@ mod amount_text {
         } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
             Ok(text.to_string())
         } else {
-            Err(serde::de::Error::custom("expected a number or a decimal string"))
+            Err(serde::de::Error::custom(
+                "expected a number or a decimal string",
+            ))
         }
     }
 }
@@ -115,15 +117,24 @@ impl ContractBody {
         lever_exists: impl Fn(&str) -> bool,
     ) -> Result<(), (&'static str, String)> {
         if !valid_external_id(&self.customer) {
-            return Err(("customer", "must be 1-128 bytes, no control characters or '/'".into()));
+            return Err((
+                "customer",
+                "must be 1-128 bytes, no control characters or '/'".into(),
+            ));
         }
         if let Some(p) = &self.plan {
             if !valid_external_id(p) {
-                return Err(("plan", "must be 1-128 bytes, no control characters or '/'".into()));
+                return Err((
+                    "plan",
+                    "must be 1-128 bytes, no control characters or '/'".into(),
+                ));
             }
         }
         if self.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(("timezone", format!("unknown IANA time zone {:?}", self.timezone)));
+            return Err((
+                "timezone",
+                format!("unknown IANA time zone {:?}", self.timezone),
+            ));
         }
         if let Some(a) = &self.anchor {
             if DateTime::parse_from_rfc3339(a).is_err() {
@@ -132,7 +143,10 @@ impl ContractBody {
         }
         if let Some(p) = &self.parent {
             if !valid_external_id(p) {
-                return Err(("parent", "must be 1-128 bytes, no control characters or '/'".into()));
+                return Err((
+                    "parent",
+                    "must be 1-128 bytes, no control characters or '/'".into(),
+                ));
             }
         }
         if self.quotas.len() > 256 {
@@ -160,7 +174,10 @@ impl ContractBody {
             }
         }
         if self.thresholds.len() > 16 || self.thresholds.iter().any(|t| *t == 0 || *t > 1000) {
-            return Err(("thresholds", "at most 16 percentages between 1 and 1000".into()));
+            return Err((
+                "thresholds",
+                "at most 16 percentages between 1 and 1000".into(),
+            ));
         }
         Ok(())
     }

@@ -107,14 +107,15 @@ impl Store {
         dedupe.set_block_based_table_factory(&bloom(true));
         dedupe.set_compression_type(rocksdb::DBCompressionType::Lz4);
         let retention_ms = dedupe_retention.as_millis() as i64;
-        dedupe.set_compaction_filter("meterd.dedupe.retention", move |_lvl: u32, _k: &[u8], v: &[u8]| {
-            match records::dedupe_accepted_ms(v) {
+        dedupe.set_compaction_filter(
+            "meterd.dedupe.retention",
+            move |_lvl: u32, _k: &[u8], v: &[u8]| match records::dedupe_accepted_ms(v) {
                 Some(at) if at + retention_ms < crate::window::now_ms() => {
                     rocksdb::CompactionDecision::Remove
                 }
                 _ => rocksdb::CompactionDecision::Keep,
-            }
-        });
+            },
+        );
         // Expired records sitting in cold files are still removed: files untouched for a
         // day are compacted periodically, which runs the filter.
         dedupe.set_periodic_compaction_seconds(86_400);

@@ -156,7 +156,11 @@ mod tests {
             contract: "ctr".into(),
             lever: "api".into(),
             aggregation: Aggregation::Latest,
-            bucket: if i % 2 == 0 { Some("eu".into()) } else { None },
+            bucket: if i.is_multiple_of(2) {
+                Some("eu".into())
+            } else {
+                None
+            },
             time_ms: 1_700_000_000_000 + i as i64,
             value: -(i as i128) * 7,
             ordinal: i,

@@ -43,21 +43,81 @@ pub mod names {
 /// Describes every metric once at start.
 pub fn describe() {
     use names::*;
-    describe_counter!(INGEST_EVENTS_TOTAL, Unit::Count, "Ingested events by outcome (accepted, duplicate, rejected).");
-    describe_counter!(INGEST_REJECTED_TOTAL, Unit::Count, "Rejected events by rejection code.");
-    describe_histogram!(INGEST_BATCH_EVENTS, Unit::Count, "Events per ingest request.");
-    describe_counter!(HTTP_REQUESTS_TOTAL, Unit::Count, "HTTP requests by route and status code.");
-    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency by route.");
-    describe_counter!(HTTP_SHED_TOTAL, Unit::Count, "Requests answered 429 because the in-flight limit was reached.");
-    describe_histogram!(JOURNAL_GROUP_SIZE, Unit::Count, "Requests committed together by one group commit.");
-    describe_histogram!(JOURNAL_FSYNC_SECONDS, Unit::Seconds, "Duration of write-ahead-log fsyncs.");
-    describe_histogram!(JOURNAL_WRITE_SECONDS, Unit::Seconds, "Duration of writing one commit group to the WAL (before fsync).");
-    describe_histogram!(FLUSH_SECONDS, Unit::Seconds, "Duration of one flush of counters into RocksDB windows.");
-    describe_counter!(FLUSH_ROWS_TOTAL, Unit::Count, "Window rows (merge operands) written by flushes.");
-    describe_counter!(FLUSH_ERRORS_TOTAL, Unit::Count, "Flushes that failed and were retried.");
-    describe_gauge!(COUNTERS_PENDING, Unit::Count, "In-memory window entries not yet flushed.");
-    describe_gauge!(DEDUPE_INFLIGHT, Unit::Count, "Event ids claimed by in-flight requests.");
-    describe_gauge!(READY, Unit::Count, "1 when recovery is done and the store is writable, else 0.");
+    describe_counter!(
+        INGEST_EVENTS_TOTAL,
+        Unit::Count,
+        "Ingested events by outcome (accepted, duplicate, rejected)."
+    );
+    describe_counter!(
+        INGEST_REJECTED_TOTAL,
+        Unit::Count,
+        "Rejected events by rejection code."
+    );
+    describe_histogram!(
+        INGEST_BATCH_EVENTS,
+        Unit::Count,
+        "Events per ingest request."
+    );
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP requests by route and status code."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency by route."
+    );
+    describe_counter!(
+        HTTP_SHED_TOTAL,
+        Unit::Count,
+        "Requests answered 429 because the in-flight limit was reached."
+    );
+    describe_histogram!(
+        JOURNAL_GROUP_SIZE,
+        Unit::Count,
+        "Requests committed together by one group commit."
+    );
+    describe_histogram!(
+        JOURNAL_FSYNC_SECONDS,
+        Unit::Seconds,
+        "Duration of write-ahead-log fsyncs."
+    );
+    describe_histogram!(
+        JOURNAL_WRITE_SECONDS,
+        Unit::Seconds,
+        "Duration of writing one commit group to the WAL (before fsync)."
+    );
+    describe_histogram!(
+        FLUSH_SECONDS,
+        Unit::Seconds,
+        "Duration of one flush of counters into RocksDB windows."
+    );
+    describe_counter!(
+        FLUSH_ROWS_TOTAL,
+        Unit::Count,
+        "Window rows (merge operands) written by flushes."
+    );
+    describe_counter!(
+        FLUSH_ERRORS_TOTAL,
+        Unit::Count,
+        "Flushes that failed and were retried."
+    );
+    describe_gauge!(
+        COUNTERS_PENDING,
+        Unit::Count,
+        "In-memory window entries not yet flushed."
+    );
+    describe_gauge!(
+        DEDUPE_INFLIGHT,
+        Unit::Count,
+        "Event ids claimed by in-flight requests."
+    );
+    describe_gauge!(
+        READY,
+        Unit::Count,
+        "1 when recovery is done and the store is writable, else 0."
+    );
 }
 
 /// Installs the Prometheus recorder and returns the handle that renders `/metrics`.

@@ -19,10 +19,12 @@ use crate::http::util::{
     decode_cursor, empty, encode_cursor, json, page_limit, parse_json, query_map, read_body,
     require_json, Body,
 };
-use crate::registry::{valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Tenant};
+use crate::registry::{
+    valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Tenant,
+};
 use crate::state::State;
-use crate::store::keys::{admin_key, admin_prefix, get_str, put_str, AdminKind};
 use crate::store::cf;
+use crate::store::keys::{admin_key, admin_prefix, get_str, put_str, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, rfc3339};
 
 /// Largest admin request body.
@@ -39,7 +41,13 @@ fn tenant(ctx: &Ctx) -> Result<Arc<Tenant>, ApiError> {
 async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
-    read_body(&parts.headers, b, MAX_ADMIN_BODY, ctx.state.cfg.body_read_timeout).await
+    read_body(
+        &parts.headers,
+        b,
+        MAX_ADMIN_BODY,
+        ctx.state.cfg.body_read_timeout,
+    )
+    .await
 }
 
 fn invalid((field, reason): (&'static str, String)) -> ApiError {
@@ -47,9 +55,19 @@ fn invalid((field, reason): (&'static str, String)) -> ApiError {
 }
 
 /// Persists one admin record with an fsync.
-pub fn persist(state: &State, kind: AdminKind, tenant: &str, name: &str, value: &[u8]) -> Result<(), ApiError> {
+pub fn persist(
+    state: &State,
+    kind: AdminKind,
+    tenant: &str,
+    name: &str,
+    value: &[u8],
+) -> Result<(), ApiError> {
     let mut batch = WriteBatch::default();
-    batch.put_cf(state.store.cf(cf::ADMIN), admin_key(kind, tenant, name), value);
+    batch.put_cf(
+        state.store.cf(cf::ADMIN),
+        admin_key(kind, tenant, name),
+        value,
+    );
     tokio::task::block_in_place(|| state.store.write(batch, true)).map_err(ApiError::from)
 }
 
@@ -58,7 +76,11 @@ fn not_found(what: &str, id: &str) -> ApiError {
 }
 
 /// `PUT /v1/levers/{lever}`.
-pub async fn put_lever(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn put_lever(
+    ctx: &Ctx,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if !valid_name(name) {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -92,7 +114,8 @@ pub async fn put_lever(ctx: &Ctx, name: &str, req: Request<Incoming>) -> Result<
         .map(|l| l.created_at.clone())
         .unwrap_or_else(|| now.clone());
     let lever = Lever::from_body(name, &b, created, now);
-    let enc = serde_json::to_vec(&lever).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let enc = serde_json::to_vec(&lever)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     persist(&ctx.state, AdminKind::Lever, &t.name, name, &enc)?;
     let status = if existing.as_ref().is_some_and(|l| !l.deleted) {
         StatusCode::OK
@@ -121,7 +144,8 @@ pub async fn delete_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiEr
     gone.deleted = true;
     gone.status = "deleted".into();
     gone.updated_at = rfc3339(now_ms());
-    let enc = serde_json::to_vec(&gone).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let enc =
+        serde_json::to_vec(&gone).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     persist(&ctx.state, AdminKind::Lever, &t.name, name, &enc)?;
     t.levers.insert(name.to_string(), Arc::new(gone));
     Ok(empty(StatusCode::NO_CONTENT))
@@ -151,30 +175,44 @@ fn page<T>(
     let mut items = Vec::new();
     let mut last: Option<String> = None;
     let mut more = false;
-    state.store.scan_prefix(cf::ADMIN, &prefix, &start, |k, _| {
-        let Some((name, _)) = get_str(&k[prefix.len()..]) else {
-            return true;
-        };
-        if let Some(item) = keep(name) {
-            if items.len() == limit {
-                more = true;
-                return false;
+    state
+        .store
+        .scan_prefix(cf::ADMIN, &prefix, &start, |k, _| {
+            let Some((name, _)) = get_str(&k[prefix.len()..]) else {
+                return true;
+            };
+            if let Some(item) = keep(name) {
+                if items.len() == limit {
+                    more = true;
+                    return false;
+                }
+                items.push(item);
+                last = Some(name.to_string());
             }
-            items.push(item);
-            last = Some(name.to_string());
-        }
-        true
-    })?;
-    Ok((items, if more { last.map(|l| encode_cursor(&l)) } else { None }))
+            true
+        })?;
+    Ok((
+        items,
+        if more {
+            last.map(|l| encode_cursor(&l))
+        } else {
+            None
+        },
+    ))
 }
 
 /// `GET /v1/levers`.
 pub fn list_levers(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let t = tenant(ctx)?;
     let q = query_map(req.uri().query())?;
-    let (items, next) = page(&ctx.state, AdminKind::Lever, &t.name, &q, |name| t.lever(name))?;
+    let (items, next) = page(&ctx.state, AdminKind::Lever, &t.name, &q, |name| {
+        t.lever(name)
+    })?;
     let items: Vec<&Lever> = items.iter().map(|l| &**l).collect();
-    Ok(json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
 }
 
 fn contract_view(c: &Contract) -> serde_json::Value {
@@ -182,7 +220,11 @@ fn contract_view(c: &Contract) -> serde_json::Value {
 }
 
 /// `PUT /v1/contracts/{contract}`.
-pub async fn put_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn put_contract(
+    ctx: &Ctx,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if !valid_external_id(id) {
         return Err(ApiError::new(
             ErrorCode::InvalidRequest,
@@ -225,7 +267,10 @@ pub async fn put_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result
     let contract = Contract {
         id: id.to_string(),
         body: b,
-        status: existing.as_ref().map(|c| c.status).unwrap_or(ContractStatus::Active),
+        status: existing
+            .as_ref()
+            .map(|c| c.status)
+            .unwrap_or(ContractStatus::Active),
         ends_at: existing.as_ref().and_then(|c| c.ends_at.clone()),
         created_at: existing
             .as_ref()
@@ -235,9 +280,14 @@ pub async fn put_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result
         ends_at_ms: None,
     }
     .finish();
-    let enc = serde_json::to_vec(&contract).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let enc = serde_json::to_vec(&contract)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     persist(&ctx.state, AdminKind::Contract, &t.name, id, &enc)?;
-    let status = if existing.is_some() { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let view = contract_view(&contract);
     t.contracts.insert(id.to_string(), Arc::new(contract));
     Ok(json(status, &view))
@@ -260,7 +310,10 @@ pub fn list_contracts(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Bod
             .filter(|c| customer.as_ref().is_none_or(|cu| &c.body.customer == cu))
             .map(|c| contract_view(&c))
     })?;
-    Ok(json(StatusCode::OK, &json!({"items": items, "next_cursor": next})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -271,7 +324,11 @@ struct EndBody {
 
 /// `POST /v1/contracts/{contract}/end`: events at or after `ends_at` (default now) get
 /// `contract_ended`.
-pub async fn end_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn end_contract(
+    ctx: &Ctx,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let bytes = body(ctx, req).await?;
     let b: EndBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         EndBody { ends_at: None }
@@ -281,7 +338,10 @@ pub async fn end_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result
     let now = now_ms();
     let ends_ms = match &b.ends_at {
         Some(t) => parse_rfc3339(t).ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidRequest, "`ends_at`: must be an RFC 3339 time")
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`ends_at`: must be an RFC 3339 time",
+            )
         })?,
         None => now,
     };
@@ -290,10 +350,15 @@ pub async fn end_contract(ctx: &Ctx, id: &str, req: Request<Incoming>) -> Result
     let c = t.contract(id).ok_or_else(|| not_found("contract", id))?;
     let mut updated = (*c).clone();
     updated.ends_at = Some(rfc3339(ends_ms));
-    updated.status = if ends_ms <= now { ContractStatus::Ended } else { ContractStatus::Active };
+    updated.status = if ends_ms <= now {
+        ContractStatus::Ended
+    } else {
+        ContractStatus::Active
+    };
     updated.updated_at = rfc3339(now);
     let updated = updated.finish();
-    let enc = serde_json::to_vec(&updated).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    let enc = serde_json::to_vec(&updated)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     persist(&ctx.state, AdminKind::Contract, &t.name, id, &enc)?;
     let view = contract_view(&updated);
     t.contracts.insert(id.to_string(), Arc::new(updated));

@@ -15,10 +15,17 @@ fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
         return Ok(BodyFormat::Json);
     };
     let ct = ct.to_str().unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" => Ok(BodyFormat::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Ok(BodyFormat::Ndjson),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+            Ok(BodyFormat::Ndjson)
+        }
         _ => Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
             format!("expected application/json or application/x-ndjson, got {ct:?}"),
@@ -31,7 +38,13 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     let format = body_format(&req)?;
     let cfg = &ctx.state.cfg;
     let (parts, body) = req.into_parts();
-    let bytes = read_body(&parts.headers, body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
+    let bytes = read_body(
+        &parts.headers,
+        body,
+        cfg.max_body_bytes,
+        cfg.body_read_timeout,
+    )
+    .await?;
     let now = now_ms();
     let tenant = ctx
         .state
@@ -41,9 +54,10 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
         .clone();
     let elems = split_body(&bytes, format, cfg.max_batch_events).map_err(|e| match e {
         BodyError::TooMany { .. } => ApiError::new(ErrorCode::BatchTooLarge, e.to_string()),
-        BodyError::Malformed(_) | BodyError::Empty => {
-            ApiError::new(ErrorCode::MalformedBody, format!("{e}; nothing was accepted"))
-        }
+        BodyError::Malformed(_) | BodyError::Empty => ApiError::new(
+            ErrorCode::MalformedBody,
+            format!("{e}; nothing was accepted"),
+        ),
     })?;
     let outcome = ingest(&ctx.state, &tenant, &elems, now).await?;
     Ok(json(StatusCode::OK, &outcome))

@@ -19,7 +19,11 @@ pub fn readyz(state: &State) -> Response<Body> {
     let recovered = state.ready.load(std::sync::atomic::Ordering::SeqCst);
     let storage = state.storage_ok.load(std::sync::atomic::Ordering::SeqCst);
     let ok = recovered && storage;
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let mut r = json(
         status,
         &json!({
@@ -40,7 +44,10 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     metrics::gauge!(names::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
     metrics::gauge!(names::COUNTERS_PENDING).set(state.counters.pending_entries() as f64);
     metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
-    if let Some(v) = state.store.property_int(cf::WINDOWS, "rocksdb.estimate-num-keys") {
+    if let Some(v) = state
+        .store
+        .property_int(cf::WINDOWS, "rocksdb.estimate-num-keys")
+    {
         metrics::gauge!("meterd_store_window_rows_estimate").set(v as f64);
     }
     let body = handle.render();

@@ -29,7 +29,10 @@ fn bad(msg: impl Into<String>) -> ApiError {
 pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     for k in q.keys() {
-        if !matches!(k.as_str(), "lever" | "from" | "to" | "window" | "tz" | "group_by") {
+        if !matches!(
+            k.as_str(),
+            "lever" | "from" | "to" | "window" | "tz" | "group_by"
+        ) {
             return Err(bad(format!("unknown parameter `{k}`")));
         }
     }
@@ -47,8 +50,9 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
     }
     let window = match q.get("window") {
         None => WindowSpec::None,
-        Some(w) => WindowSpec::parse(w)
-            .ok_or_else(|| bad("`window` must be minute, hour, day or none"))?,
+        Some(w) => {
+            WindowSpec::parse(w).ok_or_else(|| bad("`window` must be minute, hour, day or none"))?
+        }
     };
     match q.get("tz").map(String::as_str) {
         None | Some("UTC") | Some("Etc/UTC") | Some("Z") => {}
@@ -70,11 +74,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
     };
     let from = match q.get("from") {
         Some(t) => parse_rfc3339(t).ok_or_else(|| bad("`from` must be an RFC 3339 time"))?,
-        None => {
-            return Err(bad(
-                "`from` is required (RFC 3339); `to` defaults to now",
-            ))
-        }
+        None => return Err(bad("`from` is required (RFC 3339); `to` defaults to now")),
     };
     if from >= to {
         return Err(bad("`from` must be before `to`"));
