@@ -104,10 +104,11 @@ impl Claims {
 
     /// Publishes the owner's fate and releases its claims on `keys`.
     pub fn release(&self, owner: &Arc<Owner>, keys: &[ClaimKey], fate: Fate) {
-        owner.fate.send_replace(fate);
+        // Claims go first, so a woken waiter finds the ids free.
         for k in keys {
             self.table.remove_if(k, |_, v| Arc::ptr_eq(v, owner));
         }
+        owner.fate.send_replace(fate);
     }
 
     /// Number of ids currently claimed (a gauge).

@@ -20,10 +20,15 @@ use crate::store::records::decode_journal;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
 
+/// Meta key holding the highest journal sequence number whose deltas were flushed.
+pub const SEQ_HWM_KEY: &[u8] = b"journal_seq_hwm";
+
 /// Writes every pending delta to the store. Returns the number of window rows written.
 pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreError> {
     let started = Instant::now();
     let sets = counters.begin_flush();
+    // Read after the swap: every swapped delta has a sequence number at or below it.
+    let hwm = counters.max_seq();
     if sets.is_empty() {
         return Ok(0);
     }
@@ -53,6 +58,9 @@ pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreErro
             batch.delete_cf(journal, journal_key(*seq));
         }
     }
+    // Journal sequence numbers also order `latest` ties; the high-water mark keeps them
+    // increasing across restarts after the journal has been emptied.
+    batch.put_cf(store.cf(cf::META), SEQ_HWM_KEY, hwm.to_be_bytes());
     drop(sets);
     let result = {
         let _gate = counters.gate_write();
@@ -113,7 +121,15 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
 /// sequence number and the number of events replayed.
 pub fn recover(store: &Store, counters: &Counters) -> Result<(u64, usize), StoreError> {
     let started = Instant::now();
-    let mut next = 1u64;
+    let hwm = match store.get(cf::META, SEQ_HWM_KEY)? {
+        Some(v) => u64::from_be_bytes(
+            v.as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("meta"))?,
+        ),
+        None => 0,
+    };
+    let mut next = hwm + 1;
     let mut events = 0usize;
     store.scan_all(cf::JOURNAL, |k, v| {
         let seq = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("journal"))?);

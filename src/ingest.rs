@@ -15,6 +15,7 @@
 //! on the same worker are not starved.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -140,7 +141,9 @@ pub async fn ingest(
                             held.push(key);
                             Slot::Claimed(ev, key)
                         }
-                        Claim::OwnDuplicate => Slot::Duplicate,
+                        // A repeat within this request: decided after validation, so a
+                        // rejected first occurrence cannot swallow a valid repeat.
+                        Claim::OwnDuplicate => Slot::Claimed(ev, key),
                         Claim::Busy(other) => Slot::Waiting(ev, key, other),
                     }
                 }
@@ -182,27 +185,27 @@ async fn run_claimed<'a>(
     now_ms: i64,
     big: bool,
 ) -> Result<(), IngestError> {
-    // Wait for other requests holding our ids: committed -> duplicate, failed -> claim.
+    // Wait for other requests holding our ids, then claim them ourselves: whether the
+    // other request accepted, rejected or failed that event, the dedupe record (written
+    // before its claim was released) is what decides, not the other request's fate.
     loop {
         let mut waited = false;
         for slot in slots.iter_mut() {
             if let Slot::Waiting(_, key, other) = slot {
                 let key = *key;
-                let fate = other.outcome().await;
+                other.outcome().await;
                 waited = true;
                 let Slot::Waiting(ev, _, _) = std::mem::replace(slot, Slot::Duplicate) else {
                     unreachable!()
                 };
-                if fate != Fate::Committed {
-                    *slot = match state.claims.claim(key, owner) {
-                        Claim::Claimed => {
-                            held.push(key);
-                            Slot::Claimed(ev, key)
-                        }
-                        Claim::OwnDuplicate => Slot::Duplicate,
-                        Claim::Busy(o) => Slot::Waiting(ev, key, o),
-                    };
-                }
+                *slot = match state.claims.claim(key, owner) {
+                    Claim::Claimed => {
+                        held.push(key);
+                        Slot::Claimed(ev, key)
+                    }
+                    Claim::OwnDuplicate => Slot::Claimed(ev, key),
+                    Claim::Busy(o) => Slot::Waiting(ev, key, o),
+                };
             }
         }
         if !waited {
@@ -272,15 +275,19 @@ fn check_and_plan(
 
     // Accepted events per shard, in input order.
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
-    let mut accepted_any = false;
+    // Ids accepted earlier in this request: later occurrences are duplicates.
+    let mut taken: HashSet<u128> = HashSet::new();
     for (n, &i) in claimed.iter().enumerate() {
-        let Slot::Claimed(ev, _) = &slots[i] else {
+        let Slot::Claimed(ev, key) = &slots[i] else {
             unreachable!()
         };
-        if is_recorded(records[n].as_deref(), &ev.id, now_ms, retention_ms) {
+        if taken.contains(&key.1)
+            || is_recorded(records[n].as_deref(), &ev.id, now_ms, retention_ms)
+        {
             slots[i] = Slot::Duplicate;
             continue;
         }
+        let key = *key;
         let id = || Some(ev.id.to_string());
         let Some(lever) = tenant.lever(&ev.lever) else {
             slots[i] = reject(
@@ -359,9 +366,9 @@ fn check_and_plan(
             Some((_, v)) => v.push((record, ev.id.clone())),
             None => by_shard.push((shard, vec![(record, ev.id.clone())])),
         }
-        accepted_any = true;
+        taken.insert(key.1);
     }
-    if !accepted_any {
+    if taken.is_empty() {
         return Ok(None);
     }
 

@@ -21,7 +21,7 @@
 pub mod agg;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::store::records::EventRecord;
@@ -77,6 +77,7 @@ pub struct Counters {
     shards: Box<[Mutex<Shard>]>,
     gate: RwLock<()>,
     entries: AtomicUsize,
+    max_seq: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +89,7 @@ impl Counters {
                 .collect(),
             gate: RwLock::new(()),
             entries: AtomicUsize::new(0),
+            max_seq: AtomicU64::new(0),
         }
     }
 
@@ -105,6 +107,12 @@ impl Counters {
     /// Number of in-memory window entries not yet flushed (a gauge).
     pub fn pending_entries(&self) -> usize {
         self.entries.load(Ordering::Relaxed)
+    }
+
+    /// Highest journal sequence number applied so far. Every delta in memory or in a flush
+    /// set comes from a sequence number at or below it.
+    pub fn max_seq(&self) -> u64 {
+        self.max_seq.load(Ordering::SeqCst)
     }
 
     /// Adds the contributions of committed events (all owned by `shard`) and records
@@ -154,6 +162,7 @@ impl Counters {
             }
         }
         s.journal.push(seq);
+        self.max_seq.fetch_max(seq, Ordering::SeqCst);
         s.entries += added;
         self.entries.fetch_add(added, Ordering::Relaxed);
     }

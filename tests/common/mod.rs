@@ -36,7 +36,10 @@ pub fn config_text(top: &str, extra: &str) -> String {
     s.push_str(top);
     s.push('\n');
     for (tenant, keys) in [
-        ("default", [(ADMIN, "admin"), (INGEST, "ingest"), (READ, "read")]),
+        (
+            "default",
+            [(ADMIN, "admin"), (INGEST, "ingest"), (READ, "read")],
+        ),
         (
             "other",
             [
@@ -172,7 +175,13 @@ impl Daemon {
     }
 
     /// Sends a request with a key and optional JSON body; returns (status, JSON body).
-    pub fn req(&self, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut rb = self.client.request(m, self.url(path));
         if let Some(k) = key {
@@ -314,7 +323,10 @@ impl Drop for Daemon {
 
 /// Sends SIGTERM using the `kill` command (no libc dependency in tests).
 pub fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Reads a whole child pipe.
