@@ -125,7 +125,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let banner = "!".repeat(78);
         tracing::warn!("{banner}");
         tracing::warn!(
-            "DEVELOPMENT API KEYS ARE CONFIGURED (dev-admin-key / dev-ingest-key / dev-read-key)."
+            "DEVELOPMENT API KEYS ARE CONFIGURED (the well-known keys of config/meterd.toml)."
         );
         tracing::warn!("Anyone can read and write this meterd. Replace them before real use.");
         tracing::warn!("{banner}");

@@ -215,7 +215,7 @@ async fn dispatch(
             ApiError::new(ErrorCode::NotReady, "meterd is starting or stopping").into_response(),
         );
     }
-    let _permit = match state.inflight.clone().try_acquire_owned() {
+    let permit = match state.inflight.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
             metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
@@ -229,7 +229,25 @@ async fn dispatch(
             );
         }
     };
+    // The handler runs as its own task, holding the in-flight permit, so a client that
+    // disconnects cannot cancel it halfway (e.g. after its events are committed but
+    // before they are counted and their ids released).
     let ctx = Ctx { state, principal };
+    let task = tokio::spawn(async move {
+        let _permit = permit;
+        handle(ctx, route, req).await
+    });
+    let resp = match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler failed");
+            ApiError::new(ErrorCode::Internal, "the request handler failed").into_response()
+        }
+    };
+    (label, resp)
+}
+
+async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let result = match route {
         Route::Events => events::post(&ctx, req).await,
@@ -247,5 +265,5 @@ async fn dispatch(
         Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
         Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
     };
-    (label, result.unwrap_or_else(ApiError::into_response))
+    result.unwrap_or_else(ApiError::into_response)
 }

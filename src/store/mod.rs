@@ -106,6 +106,10 @@ impl Store {
         let mut dedupe = Options::default();
         dedupe.set_block_based_table_factory(&bloom(true));
         dedupe.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // Almost every lookup is for a new id: a memtable bloom filter answers those
+        // without walking the skiplist.
+        dedupe.set_memtable_prefix_bloom_ratio(0.1);
+        dedupe.set_memtable_whole_key_filtering(true);
         let retention_ms = dedupe_retention.as_millis() as i64;
         dedupe.set_compaction_filter(
             "meterd.dedupe.retention",

@@ -38,6 +38,8 @@ pub mod names {
     pub const DEDUPE_INFLIGHT: &str = "meterd_dedupe_inflight_ids";
     /// 1 when ready.
     pub const READY: &str = "meterd_ready_state";
+    /// RocksDB's estimate of stored window rows.
+    pub const STORE_WINDOW_ROWS: &str = "meterd_store_window_rows_estimate";
 }
 
 /// Describes every metric once at start.
@@ -117,6 +119,11 @@ pub fn describe() {
         READY,
         Unit::Count,
         "1 when recovery is done and the store is writable, else 0."
+    );
+    describe_gauge!(
+        STORE_WINDOW_ROWS,
+        Unit::Count,
+        "RocksDB's estimate of the number of stored window rows."
     );
 }
 

@@ -27,6 +27,9 @@ use crate::store::cf;
 use crate::store::keys::{admin_key, admin_prefix, get_str, put_str, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, rfc3339};
 
+/// Longest chain of parent contracts above a contract (reseller pools nest shallowly).
+pub const MAX_PARENT_DEPTH: usize = 8;
+
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
 
@@ -237,8 +240,11 @@ pub async fn put_contract(
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
     let _lock = ctx.state.admin_lock.lock().await;
     if let Some(parent) = &b.parent {
+        // Walk to the root: the parent must exist, the chain must not come back to this
+        // contract, and it may be at most MAX_PARENT_DEPTH deep.
         let mut at = parent.clone();
-        for _ in 0..=16 {
+        let mut depth = 1;
+        loop {
             if at == id {
                 return Err(ApiError::new(
                     ErrorCode::InvalidRequest,
@@ -252,7 +258,16 @@ pub async fn put_contract(
                 ));
             };
             match &p.body.parent {
-                Some(next) => at = next.clone(),
+                Some(next) if depth < MAX_PARENT_DEPTH => {
+                    at = next.clone();
+                    depth += 1;
+                }
+                Some(_) => return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "`parent`: parent chains may be at most {MAX_PARENT_DEPTH} contracts deep"
+                    ),
+                )),
                 None => break,
             }
         }

@@ -48,7 +48,7 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
         .store
         .property_int(cf::WINDOWS, "rocksdb.estimate-num-keys")
     {
-        metrics::gauge!("meterd_store_window_rows_estimate").set(v as f64);
+        metrics::gauge!(names::STORE_WINDOW_ROWS).set(v as f64);
     }
     let body = handle.render();
     Response::builder()
