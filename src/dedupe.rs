@@ -134,6 +134,27 @@ pub fn is_recorded(record: Option<&[u8]>, id: &str, now_ms: i64, retention_ms: i
 mod tests {
     use super::*;
 
+    #[test]
+    fn records_expire_after_retention() {
+        use crate::registry::Aggregation;
+        use crate::store::records::{encode_dedupe, EventRecord};
+        let ev = EventRecord {
+            contract: "c".into(),
+            lever: "l".into(),
+            aggregation: Aggregation::Sum,
+            bucket: None,
+            time_ms: 0,
+            value: 1,
+            ordinal: 0,
+        };
+        let rec = encode_dedupe(1_000, "id-1", &ev);
+        assert!(is_recorded(Some(&rec), "id-1", 1_000 + 60_000, 60_000));
+        assert!(!is_recorded(Some(&rec), "id-1", 1_000 + 60_001, 60_000));
+        // A hash collision with another id is not a duplicate.
+        assert!(!is_recorded(Some(&rec), "id-2", 1_000, 60_000));
+        assert!(!is_recorded(None, "id-1", 1_000, 60_000));
+    }
+
     #[tokio::test]
     async fn claims_are_exclusive_and_released() {
         let c = Claims::new();

@@ -274,6 +274,15 @@ impl Store {
             .flatten()
     }
 
+    /// Flushes a column family's memtable and compacts its whole key range (runs the
+    /// compaction filters; used by operations tooling and tests).
+    pub fn compact(&self, cf_name: &str) -> Result<(), StoreError> {
+        let cf = self.cf(cf_name);
+        self.db.flush_cf(cf)?;
+        self.db.compact_range_cf(cf, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// Flushes memtables and syncs the WAL (at shutdown).
     pub fn close(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true)?;
@@ -303,4 +312,61 @@ pub fn prefix_successor(p: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Aggregation;
+    use crate::store::keys::{dedupe_key, id_hash};
+    use crate::store::records::{encode_dedupe, EventRecord};
+
+    #[test]
+    fn expired_dedupe_records_are_removed_by_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let ev = EventRecord {
+            contract: "c".into(),
+            lever: "l".into(),
+            aggregation: Aggregation::Sum,
+            bucket: None,
+            time_ms: 0,
+            value: 1,
+            ordinal: 0,
+        };
+        let now = crate::window::now_ms();
+        let old = dedupe_key("t", id_hash("old"));
+        let fresh = dedupe_key("t", id_hash("fresh"));
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            store.cf(cf::DEDUPE),
+            &old,
+            encode_dedupe(now - 7_200_000, "old", &ev),
+        );
+        b.put_cf(
+            store.cf(cf::DEDUPE),
+            &fresh,
+            encode_dedupe(now - 60_000, "fresh", &ev),
+        );
+        store.write(b, true).unwrap();
+        store.compact(cf::DEDUPE).unwrap();
+        assert!(store.get(cf::DEDUPE, &old).unwrap().is_none());
+        assert!(store.get(cf::DEDUPE, &fresh).unwrap().is_some());
+    }
+
+    #[test]
+    fn refuses_an_incompatible_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+            let mut b = WriteBatch::default();
+            b.put_cf(store.cf(cf::META), b"format", b"999");
+            store.write(b, true).unwrap();
+        }
+        let err = Store::open(dir.path(), Duration::from_secs(3600)).unwrap_err();
+        assert!(
+            matches!(err, StoreError::IncompatibleFormat { .. }),
+            "{err}"
+        );
+    }
 }

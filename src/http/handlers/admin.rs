@@ -262,12 +262,14 @@ pub async fn put_contract(
                     at = next.clone();
                     depth += 1;
                 }
-                Some(_) => return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
+                Some(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
                         "`parent`: parent chains may be at most {MAX_PARENT_DEPTH} contracts deep"
                     ),
-                )),
+                    ))
+                }
                 None => break,
             }
         }
