@@ -23,7 +23,7 @@ use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
 use crate::journal::Journal;
-use crate::registry::{ApiKeys, Contract, Lever, LeverBody, Registry};
+use crate::registry::{ApiKeys, Contract, Lever, LeverBody, Plan, Registry};
 use crate::state::State;
 use crate::store::keys::{get_str, AdminKind};
 use crate::store::{cf, Store, StoreError};
@@ -40,7 +40,7 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
         let Some((tenant, rest)) = get_str(rest) else {
             return Err(StoreError::Corrupt("admin"));
         };
-        let Some((name, _)) = get_str(rest) else {
+        let Ok(name) = std::str::from_utf8(rest) else {
             return Err(StoreError::Corrupt("admin"));
         };
         let Some(t) = registry.tenant(tenant) else {
@@ -56,6 +56,9 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
                 serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
             l.deleted = l.status == "deleted";
             t.levers.insert(name.to_string(), Arc::new(l));
+        } else if kind == AdminKind::Plan as u8 {
+            let p: Plan = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            t.plans.insert(name.to_string(), Arc::new(p));
         } else if kind == AdminKind::Contract as u8 {
             let c: Contract =
                 serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;

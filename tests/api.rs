@@ -322,6 +322,14 @@ fn contracts_crud_and_validation() {
     let (s, b) = put(&d, "/v1/contracts/ctr_1", json!({"customer": "cus_1"}));
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["created_at"], created.as_str());
+    // A contract's plan must exist.
+    let (s, b) = put(
+        &d,
+        "/v1/contracts/ctr_1",
+        json!({"customer": "cus_1", "plan": "pro"}),
+    );
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(put(&d, "/v1/plans/pro", json!({"quotas": []})).0, 201);
     let (s, b) = put(
         &d,
         "/v1/contracts/ctr_1",
@@ -731,6 +739,7 @@ fn contract_end_refuses_later_events() {
     assert_eq!(get(&d, "/v1/contracts/past").1["status"], "ended");
 
     // Replacing an ended contract's definition does not revive it.
+    assert_eq!(put(&d, "/v1/plans/new", json!({"quotas": []})).0, 201);
     let (s, b) = put(
         &d,
         "/v1/contracts/past",
@@ -1552,4 +1561,59 @@ fn usage_query_errors() {
         "not_found",
     );
     assert_problem(&u(&format!("from={from}&lever=nope")), 404, "not_found");
+}
+
+/// Plans: create, idempotent replace, validation, listing, persistence.
+#[test]
+fn plans_crud_and_validation() {
+    let mut d = Daemon::start();
+    d.lever("calls", "sum");
+    let quota = json!({"lever": "calls", "period": "month", "limit": 1000, "mode": "hard"});
+    let (s, b) = put(&d, "/v1/plans/pro", json!({"quotas": [quota]}));
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["id"], "pro");
+    assert_eq!(b["quotas"][0]["limit"], "1000");
+    let created = b["created_at"].clone();
+    // The same body again, and the body GET returned, are idempotent.
+    let (s, b) = put(&d, "/v1/plans/pro", json!({"quotas": [quota]}));
+    assert_eq!(s, 200, "{b}");
+    let (_, got) = get(&d, "/v1/plans/pro");
+    assert_eq!(put(&d, "/v1/plans/pro", got.clone()).0, 200);
+    assert_eq!(got["created_at"], created);
+    // Validation names the field.
+    for bad in [
+        json!({"quotas": [{"lever": "nope", "period": "month", "limit": 1}]}),
+        json!({"quotas": [{"lever": "calls", "period": "year", "limit": 1}]}),
+        json!({"quotas": [{"lever": "calls", "period": "day", "limit": "-2"}]}),
+        json!({"quotas": [{"lever": "calls", "period": "day", "limit": 1, "mode": "firm"}]}),
+        json!({"quotas": [quota, quota]}),
+        json!({"thresholds": [0]}),
+        json!({"quotas": [], "bogus": 1}),
+    ] {
+        let (s, b) = put(&d, "/v1/plans/bad", bad.clone());
+        assert_eq!(s, 400, "{bad} -> {b}");
+    }
+    assert_eq!(get(&d, "/v1/plans/bad").0, 404);
+    assert_eq!(put(&d, "/v1/plans/basic", json!({})).0, 201);
+    let (s, list) = get(&d, "/v1/plans");
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["basic", "pro"]);
+    // Plans survive a restart, and contracts can reference them.
+    d.restart();
+    assert_eq!(get(&d, "/v1/plans/pro").1["quotas"][0]["limit"], "1000");
+    let (s, b) = put(
+        &d,
+        "/v1/contracts/c1",
+        json!({"customer": "x", "plan": "pro"}),
+    );
+    assert_eq!(s, 201, "{b}");
+    // Another tenant does not see them.
+    let (s, _) = d.req("GET", "/v1/plans/pro", Some(common::OTHER_READ), None);
+    assert_eq!(s, 404);
 }

@@ -34,6 +34,8 @@ enum Route {
     Contract(String),
     ContractEnd(String),
     ContractUsage(String),
+    Plans,
+    Plan(String),
 }
 
 impl Route {
@@ -46,6 +48,8 @@ impl Route {
             Route::Contract(_) => "contract",
             Route::ContractEnd(_) => "contract_end",
             Route::ContractUsage(_) => "contract_usage",
+            Route::Plans => "plans",
+            Route::Plan(_) => "plan",
         }
     }
 
@@ -53,14 +57,17 @@ impl Route {
     fn required(&self, method: &Method) -> Option<Role> {
         match (self, method) {
             (Route::Events, &Method::POST) => Some(Role::Ingest),
-            (Route::Levers | Route::Contracts | Route::ContractUsage(_), &Method::GET) => {
-                Some(Role::Read)
-            }
+            (
+                Route::Levers | Route::Contracts | Route::ContractUsage(_) | Route::Plans,
+                &Method::GET,
+            ) => Some(Role::Read),
             (Route::Lever(_), &Method::GET) | (Route::Contract(_), &Method::GET) => {
                 Some(Role::Read)
             }
             (Route::Lever(_), &Method::PUT | &Method::DELETE) => Some(Role::Admin),
             (Route::Contract(_), &Method::PUT) => Some(Role::Admin),
+            (Route::Plan(_), &Method::GET) => Some(Role::Read),
+            (Route::Plan(_), &Method::PUT) => Some(Role::Admin),
             (Route::ContractEnd(_), &Method::POST) => Some(Role::Admin),
             _ => None,
         }
@@ -84,6 +91,8 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
         ["v1", "contracts", c] => Route::Contract(d(c)?),
         ["v1", "contracts", c, "end"] => Route::ContractEnd(d(c)?),
         ["v1", "contracts", c, "usage"] => Route::ContractUsage(d(c)?),
+        ["v1", "plans"] => Route::Plans,
+        ["v1", "plans", p] => Route::Plan(d(p)?),
         _ => return Ok(None),
     }))
 }
@@ -264,6 +273,11 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
         },
         Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
         Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
+        Route::Plans => admin::list_plans(&ctx, &req),
+        Route::Plan(id) => match method {
+            Method::GET => admin::get_plan(&ctx, &id),
+            _ => admin::put_plan(&ctx, &id, req).await,
+        },
     };
     result.unwrap_or_else(ApiError::into_response)
 }

@@ -149,38 +149,57 @@ impl ContractBody {
                 ));
             }
         }
-        if self.quotas.len() > 256 {
-            return Err(("quotas", "at most 256 quotas".into()));
-        }
-        for q in &self.quotas {
-            if !lever_exists(&q.lever) {
-                return Err(("quotas.lever", format!("unknown lever {:?}", q.lever)));
-            }
-            if !matches!(
-                q.period.as_str(),
-                "day" | "week" | "month" | "billing_period" | "lifetime"
-            ) {
-                return Err((
-                    "quotas.period",
-                    "must be day, week, month, billing_period or lifetime".into(),
-                ));
-            }
-            if q.limit != "-1" {
-                crate::decimal::Amount::parse_input(&q.limit)
-                    .map_err(|e| ("quotas.limit", format!("{e} (or -1 for unlimited)")))?;
-            }
-            if !matches!(q.mode.as_str(), "hard" | "soft") {
-                return Err(("quotas.mode", "must be hard or soft".into()));
-            }
-        }
-        if self.thresholds.len() > 16 || self.thresholds.iter().any(|t| *t == 0 || *t > 1000) {
-            return Err((
-                "thresholds",
-                "at most 16 percentages between 1 and 1000".into(),
-            ));
-        }
+        validate_quotas(&self.quotas, &self.thresholds, lever_exists)?;
         Ok(())
     }
+}
+
+/// Validates quotas and thresholds of a contract or plan body.
+pub fn validate_quotas(
+    quotas: &[QuotaBody],
+    thresholds: &[u32],
+    lever_exists: impl Fn(&str) -> bool,
+) -> Result<(), (&'static str, String)> {
+    if quotas.len() > 256 {
+        return Err(("quotas", "at most 256 quotas".into()));
+    }
+    for (i, q) in quotas.iter().enumerate() {
+        if !lever_exists(&q.lever) {
+            return Err(("quotas.lever", format!("unknown lever {:?}", q.lever)));
+        }
+        if !matches!(
+            q.period.as_str(),
+            "day" | "week" | "month" | "billing_period" | "lifetime"
+        ) {
+            return Err((
+                "quotas.period",
+                "must be day, week, month, billing_period or lifetime".into(),
+            ));
+        }
+        if q.limit != "-1" {
+            crate::decimal::Amount::parse_input(&q.limit)
+                .map_err(|e| ("quotas.limit", format!("{e} (or -1 for unlimited)")))?;
+        }
+        if !matches!(q.mode.as_str(), "hard" | "soft") {
+            return Err(("quotas.mode", "must be hard or soft".into()));
+        }
+        if quotas[..i]
+            .iter()
+            .any(|o| o.lever == q.lever && o.period == q.period)
+        {
+            return Err((
+                "quotas",
+                format!("two quotas for lever {:?} and period {}", q.lever, q.period),
+            ));
+        }
+    }
+    if thresholds.len() > 16 || thresholds.iter().any(|t| *t == 0 || *t > 1000) {
+        return Err((
+            "thresholds",
+            "at most 16 percentages between 1 and 1000".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A stored contract.

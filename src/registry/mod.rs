@@ -7,6 +7,7 @@
 mod auth;
 mod contract;
 mod lever;
+mod plan;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use dashmap::DashMap;
 pub use auth::{ApiKeys, Principal, Role};
 pub use contract::{valid_external_id, Contract, ContractBody, ContractStatus, QuotaBody};
 pub use lever::{Aggregation, Lever, LeverBody};
+pub use plan::{Plan, PlanBody};
 
 use crate::config::Config;
 
@@ -33,6 +35,8 @@ pub struct Tenant {
     pub levers: DashMap<String, Arc<Lever>>,
     /// Contracts by external id.
     pub contracts: DashMap<String, Arc<Contract>>,
+    /// Plans by name.
+    pub plans: DashMap<String, Arc<Plan>>,
 }
 
 /// All tenants known to this daemon (fixed by the configuration).
@@ -54,6 +58,7 @@ impl Registry {
                     lateness: t.lateness,
                     levers: DashMap::new(),
                     contracts: DashMap::new(),
+                    plans: DashMap::new(),
                 }),
             );
         }
@@ -78,6 +83,11 @@ impl Tenant {
             .get(name)
             .filter(|l| !l.deleted)
             .map(|l| Arc::clone(&l))
+    }
+
+    /// Returns the plan `id`.
+    pub fn plan(&self, id: &str) -> Option<Arc<Plan>> {
+        self.plans.get(id).map(|p| Arc::clone(&p))
     }
 
     /// Returns the contract `id`.

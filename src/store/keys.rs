@@ -9,7 +9,7 @@
 //! | `windows` | tenant, contract, lever, granularity:u8, start:i64, bucket? (`0` or `1`+str) |
 //! | `dedupe` | tenant, xxh3-128(id):16 |
 //! | `journal` | seq:u64 |
-//! | `admin` | kind:u8, tenant, name |
+//! | `admin` | kind:u8, tenant, name (raw, last) |
 
 use crate::window::Granularity;
 
@@ -136,12 +136,15 @@ pub enum AdminKind {
     Lever = 1,
     /// A contract.
     Contract = 2,
+    /// A plan.
+    Plan = 3,
 }
 
-/// Key of an admin record.
+/// Key of an admin record. The name is the last component and is stored raw, so records
+/// list in byte order of their names.
 pub fn admin_key(kind: AdminKind, tenant: &str, name: &str) -> Vec<u8> {
     let mut k = admin_prefix(kind, tenant);
-    put_str(&mut k, name);
+    k.extend_from_slice(name.as_bytes());
     k
 }
 

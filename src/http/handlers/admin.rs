@@ -20,11 +20,12 @@ use crate::http::util::{
     require_json, Body,
 };
 use crate::registry::{
-    valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Tenant,
+    valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Plan, PlanBody,
+    Tenant,
 };
 use crate::state::State;
 use crate::store::cf;
-use crate::store::keys::{admin_key, admin_prefix, get_str, put_str, AdminKind};
+use crate::store::keys::{admin_key, admin_prefix, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, rfc3339};
 
 /// Longest chain of parent contracts above a contract (reseller pools nest shallowly).
@@ -168,7 +169,7 @@ fn page<T>(
         Some(c) => {
             let after = decode_cursor(c)?;
             let mut k = prefix.clone();
-            put_str(&mut k, &after);
+            k.extend_from_slice(after.as_bytes());
             // Strictly after the cursor's key.
             k.push(0);
             k
@@ -181,7 +182,7 @@ fn page<T>(
     state
         .store
         .scan_prefix(cf::ADMIN, &prefix, &start, |k, _| {
-            let Some((name, _)) = get_str(&k[prefix.len()..]) else {
+            let Ok(name) = std::str::from_utf8(&k[prefix.len()..]) else {
                 return true;
             };
             if let Some(item) = keep(name) {
@@ -238,6 +239,14 @@ pub async fn put_contract(
     let b: ContractBody = parse_json(&bytes)?;
     let t = tenant(ctx)?;
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
+    if let Some(p) = &b.plan {
+        if t.plan(p).is_none() {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("`plan`: plan {p:?} does not exist"),
+            ));
+        }
+    }
     let _lock = ctx.state.admin_lock.lock().await;
     if let Some(parent) = &b.parent {
         // Walk to the root: the parent must exist, the chain must not come back to this
@@ -380,4 +389,71 @@ pub async fn end_contract(
     let view = contract_view(&updated);
     t.contracts.insert(id.to_string(), Arc::new(updated));
     Ok(json(StatusCode::OK, &view))
+}
+
+/// `PUT /v1/plans/{plan}`: creates or replaces a plan. Contracts on the plan see the new
+/// quotas with their next event.
+pub async fn put_plan(
+    ctx: &Ctx,
+    id: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    if !valid_external_id(id) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "plan ids are 1-128 bytes without control characters or '/'",
+        ));
+    }
+    let bytes = body(ctx, req).await?;
+    let b: PlanBody = parse_json(&bytes)?;
+    let t = tenant(ctx)?;
+    b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
+    let _lock = ctx.state.admin_lock.lock().await;
+    let existing = t.plan(id);
+    if let Some(old) = &existing {
+        if old.body == b {
+            return Ok(json(StatusCode::OK, &old.view()));
+        }
+    }
+    let now = rfc3339(now_ms());
+    let plan = Plan {
+        id: id.to_string(),
+        body: b,
+        created_at: existing
+            .as_ref()
+            .map(|p| p.created_at.clone())
+            .unwrap_or_else(|| now.clone()),
+        updated_at: now,
+    };
+    let enc =
+        serde_json::to_vec(&plan).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+    persist(&ctx.state, AdminKind::Plan, &t.name, id, &enc)?;
+    let status = if existing.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let view = plan.view();
+    t.plans.insert(id.to_string(), Arc::new(plan));
+    Ok(json(status, &view))
+}
+
+/// `GET /v1/plans/{plan}`.
+pub fn get_plan(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let p = t.plan(id).ok_or_else(|| not_found("plan", id))?;
+    Ok(json(StatusCode::OK, &p.view()))
+}
+
+/// `GET /v1/plans?cursor=&limit=`.
+pub fn list_plans(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let t = tenant(ctx)?;
+    let q = query_map(req.uri().query())?;
+    let (items, next) = page(&ctx.state, AdminKind::Plan, &t.name, &q, |id| {
+        t.plan(id).map(|p| p.view())
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
 }
