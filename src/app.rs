@@ -18,11 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::counters::agg::AggValue;
 use crate::counters::Counters;
 use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
 use crate::journal::Journal;
+use crate::quota::state::{chain as quota_chain, QuotaBook, UsageKey};
 use crate::registry::{ApiKeys, Contract, Lever, LeverBody, Plan, Registry};
 use crate::state::State;
 use crate::store::keys::{get_str, AdminKind};
@@ -106,6 +108,47 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
     Ok(())
 }
 
+/// Oldest period end still relevant at `now`: events older than the largest lateness are
+/// refused, so periods that ended before it can no longer change.
+pub fn quota_horizon(cfg: &Config, now: i64) -> i64 {
+    let max_lateness = cfg
+        .tenants
+        .iter()
+        .map(|t| t.lateness)
+        .chain(std::iter::once(cfg.lateness))
+        .max()
+        .unwrap_or_default();
+    now - max_lateness.as_millis() as i64 - 10 * 60_000
+}
+
+/// Loads the usage rows of periods that can still change into the quota book.
+pub fn load_quotas(
+    store: &Store,
+    registry: &Registry,
+    book: &QuotaBook,
+    horizon_ms: i64,
+) -> Result<(), StoreError> {
+    store.scan_all(cf::QUOTA, |k, v| {
+        let key = UsageKey::decode(k).ok_or(StoreError::Corrupt("quota"))?;
+        let value = AggValue::decode(v).ok_or(StoreError::Corrupt("quota"))?;
+        if key.end < horizon_ms {
+            return Ok(());
+        }
+        let Some(t) = registry.tenant(&key.tenant) else {
+            return Ok(());
+        };
+        let Some(c) = t.contract(&key.contract) else {
+            return Ok(());
+        };
+        let root = quota_chain(t, &c)
+            .last()
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        book.load(key, value, &root);
+        Ok(())
+    })
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -144,10 +187,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     };
     let registry = Registry::new(&cfg);
     load_registry(&store, &registry, &cfg).context("loading levers and contracts")?;
+    let quotas = QuotaBook::new(cfg.shards);
+    load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
+        .context("loading quota usage")?;
     let (journal, journal_thread) = Journal::start(store.clone(), cfg.durability, 1);
     let state = Arc::new(State {
         keys: ApiKeys::new(&cfg.api_keys),
         counters: Counters::new(cfg.shards),
+        quotas,
         claims: Claims::new(),
         inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         ready: AtomicBool::new(false),

@@ -92,7 +92,9 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
         .spawn(move || {
             let interval = state.cfg.flush_interval;
             let buffered = state.cfg.durability == Durability::Buffered;
+            let mut rounds: u64 = 0;
             loop {
+                rounds += 1;
                 let stopping =
                     !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
                 if let Err(e) = flush_once(&state.store, &state.counters) {
@@ -109,6 +111,11 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
                 metrics::gauge!(names::COUNTERS_PENDING)
                     .set(state.counters.pending_entries() as f64);
                 metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
+                if rounds.is_multiple_of(60) {
+                    let horizon = crate::app::quota_horizon(&state.cfg, crate::window::now_ms());
+                    state.quotas.prune(horizon);
+                    metrics::gauge!(names::QUOTA_ROWS).set(state.quotas.len() as f64);
+                }
                 if stopping {
                     break;
                 }

@@ -15,7 +15,7 @@
 //! on the same worker are not starved.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -23,10 +23,12 @@ use rocksdb::WriteBatch;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event};
 use crate::journal::CommitError;
+use crate::quota::state::{chain as quota_chain, Reservation, UsageKey};
 use crate::registry::{Aggregation, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
@@ -220,8 +222,14 @@ async fn run_claimed<'a>(
     };
 
     // Phase 5: durable commit.
-    let commit = state.journal.commit(plan.batch).await;
+    let Plan {
+        batch,
+        groups,
+        reservations,
+    } = plan;
+    let commit = state.journal.commit(batch).await;
     if let Err(e) = commit {
+        state.quotas.rollback(&reservations);
         state.storage_ok.store(false, Ordering::SeqCst);
         tracing::error!(error = %e, "journal commit failed; events not acknowledged");
         return Err(e.into());
@@ -230,7 +238,7 @@ async fn run_claimed<'a>(
 
     // Phase 6: counters.
     maybe_blocking(big, || {
-        for (shard, seq, events) in &plan.groups {
+        for (shard, seq, events) in &groups {
             state.counters.apply(*shard, *seq, &tenant.name, events);
         }
     });
@@ -248,6 +256,7 @@ type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>)>);
 struct Plan {
     batch: WriteBatch,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
+    reservations: Vec<Reservation>,
 }
 
 fn check_and_plan(
@@ -277,6 +286,7 @@ fn check_and_plan(
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
     // Ids accepted earlier in this request: later occurrences are duplicates.
     let mut taken: HashSet<u128> = HashSet::new();
+    let mut reservations: Vec<Reservation> = Vec::new();
     for (n, &i) in claimed.iter().enumerate() {
         let Slot::Claimed(ev, key) = &slots[i] else {
             unreachable!()
@@ -352,6 +362,18 @@ fn check_and_plan(
             Aggregation::Count => Amount::ONE,
             _ => ev.value.unwrap_or(Amount::ONE),
         };
+        // The quota decision and the usage reservation are one step under the quota
+        // shard lock of the contract's chain (SPEC 3).
+        let chain = quota_chain(tenant, &contract);
+        if let Err(q) =
+            state
+                .quotas
+                .try_reserve(tenant, &chain, &lever, value, time_ms, &mut reservations)
+        {
+            metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "rejected").increment(1);
+            slots[i] = reject(i, id(), "quota_exceeded", q.to_string());
+            continue;
+        }
         let record = EventRecord {
             contract: contract.id.clone(),
             lever: lever.id.clone(),
@@ -396,7 +418,24 @@ fn check_and_plan(
         );
         groups.push((shard, seq, events));
     }
-    Ok(Some(Plan { batch, groups }))
+    // Quota usage rows, coalesced per row, commit with the events.
+    let mut rows: HashMap<&UsageKey, AggValue> = HashMap::new();
+    for r in &reservations {
+        rows.entry(&r.key)
+            .and_modify(|v| *v = v.merge(r.delta))
+            .or_insert(r.delta);
+    }
+    let quota_cf = state.store.cf(cf::QUOTA);
+    for (key, v) in rows {
+        batch.merge_cf(quota_cf, key.encode(), v.encode());
+    }
+    metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "allowed")
+        .increment(taken.len() as u64);
+    Ok(Some(Plan {
+        batch,
+        groups,
+        reservations,
+    }))
 }
 
 fn record_metrics(out: &Outcome) {

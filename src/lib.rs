@@ -17,6 +17,8 @@
 //! - [`flush`]: periodic flush of coalesced deltas into RocksDB, and journal replay.
 //! - [`store`]: RocksDB column families, key and record encodings.
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
+//! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
+//!   contract's time zone.
 //! - [`registry`]: tenants, levers, contracts, API keys and roles.
 //! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
 //! - [`telemetry`]: metric names and descriptions, logging set-up.
@@ -33,6 +35,7 @@ pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod query;
+pub mod quota;
 pub mod registry;
 pub mod state;
 pub mod store;

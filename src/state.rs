@@ -27,6 +27,8 @@ pub struct State {
     pub counters: Counters,
     /// In-flight dedupe claims.
     pub claims: Claims,
+    /// Quota usage and decisions.
+    pub quotas: crate::quota::state::QuotaBook,
     /// Group-commit writer.
     pub journal: Journal,
     /// True once recovery is done (and until shutdown starts).

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use super::handlers::{admin, events, ops, usage};
+use super::handlers::{admin, balance, events, ops, usage};
 use super::util::{decode_segment, Body};
 use super::Surface;
 use crate::registry::{Principal, Role};
@@ -34,6 +34,7 @@ enum Route {
     Contract(String),
     ContractEnd(String),
     ContractUsage(String),
+    ContractBalance(String),
     Plans,
     Plan(String),
 }
@@ -48,6 +49,7 @@ impl Route {
             Route::Contract(_) => "contract",
             Route::ContractEnd(_) => "contract_end",
             Route::ContractUsage(_) => "contract_usage",
+            Route::ContractBalance(_) => "contract_balance",
             Route::Plans => "plans",
             Route::Plan(_) => "plan",
         }
@@ -58,7 +60,11 @@ impl Route {
         match (self, method) {
             (Route::Events, &Method::POST) => Some(Role::Ingest),
             (
-                Route::Levers | Route::Contracts | Route::ContractUsage(_) | Route::Plans,
+                Route::Levers
+                | Route::Contracts
+                | Route::ContractUsage(_)
+                | Route::ContractBalance(_)
+                | Route::Plans,
                 &Method::GET,
             ) => Some(Role::Read),
             (Route::Lever(_), &Method::GET) | (Route::Contract(_), &Method::GET) => {
@@ -91,6 +97,7 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
         ["v1", "contracts", c] => Route::Contract(d(c)?),
         ["v1", "contracts", c, "end"] => Route::ContractEnd(d(c)?),
         ["v1", "contracts", c, "usage"] => Route::ContractUsage(d(c)?),
+        ["v1", "contracts", c, "balance"] => Route::ContractBalance(d(c)?),
         ["v1", "plans"] => Route::Plans,
         ["v1", "plans", p] => Route::Plan(d(p)?),
         _ => return Ok(None),
@@ -273,6 +280,7 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
         },
         Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
         Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
+        Route::ContractBalance(id) => balance::get(&ctx, &id, &req),
         Route::Plans => admin::list_plans(&ctx, &req),
         Route::Plan(id) => match method {
             Method::GET => admin::get_plan(&ctx, &id),

@@ -11,7 +11,9 @@
 //! - `dedupe`: one record per accepted event id, removed by a compaction filter once older
 //!   than `dedupe_retention` (memory stays bounded: only in-flight ids live in RAM).
 //! - `admin`: lever and contract definitions (JSON).
-//! - `meta`: on-disk format version.
+//! - `quota`: usage per contract, lever and quota period, written as merge operands in
+//!   the same batch as the events that caused it (see [`crate::quota::state`]).
+//! - `meta`: on-disk format version and the journal sequence high-water mark.
 
 pub mod keys;
 pub mod records;
@@ -42,6 +44,8 @@ pub mod cf {
     pub const ADMIN: &str = "admin";
     /// Format metadata.
     pub const META: &str = "meta";
+    /// Quota usage per contract, lever and period.
+    pub const QUOTA: &str = "quota";
 }
 
 /// Store failures.
@@ -124,6 +128,8 @@ impl Store {
         // day are compacted periodically, which runs the filter.
         dedupe.set_periodic_compaction_seconds(86_400);
 
+        let mut quota = Options::default();
+        quota.set_merge_operator_associative("meterd.agg.v1", merge_operator);
         let journal = Options::default();
         let admin = Options::default();
         let meta = Options::default();
@@ -134,6 +140,7 @@ impl Store {
             ColumnFamilyDescriptor::new(cf::DEDUPE, dedupe),
             ColumnFamilyDescriptor::new(cf::ADMIN, admin),
             ColumnFamilyDescriptor::new(cf::META, meta),
+            ColumnFamilyDescriptor::new(cf::QUOTA, quota),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(StoreError::classify)?;
         let store = Store { db: Arc::new(db) };
@@ -286,7 +293,7 @@ impl Store {
     /// Flushes memtables and syncs the WAL (at shutdown).
     pub fn close(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true)?;
-        for name in [cf::WINDOWS, cf::JOURNAL, cf::DEDUPE, cf::ADMIN] {
+        for name in [cf::WINDOWS, cf::JOURNAL, cf::DEDUPE, cf::ADMIN, cf::QUOTA] {
             self.db.flush_cf(self.cf(name))?;
         }
         Ok(())

@@ -38,6 +38,10 @@ pub mod names {
     pub const DEDUPE_INFLIGHT: &str = "meterd_dedupe_inflight_ids";
     /// 1 when ready.
     pub const READY: &str = "meterd_ready_state";
+    /// Quota decisions by outcome.
+    pub const QUOTA_DECISIONS_TOTAL: &str = "meterd_quota_decisions_total";
+    /// Quota usage rows held in memory.
+    pub const QUOTA_ROWS: &str = "meterd_quota_rows";
     /// RocksDB's estimate of stored window rows.
     pub const STORE_WINDOW_ROWS: &str = "meterd_store_window_rows_estimate";
 }
@@ -119,6 +123,16 @@ pub fn describe() {
         READY,
         Unit::Count,
         "1 when recovery is done and the store is writable, else 0."
+    );
+    describe_counter!(
+        QUOTA_DECISIONS_TOTAL,
+        Unit::Count,
+        "Quota decisions on events by outcome (allowed, rejected)."
+    );
+    describe_gauge!(
+        QUOTA_ROWS,
+        Unit::Count,
+        "Quota usage rows (contract, lever, period) held in memory."
     );
     describe_gauge!(
         STORE_WINDOW_ROWS,

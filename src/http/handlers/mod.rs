@@ -1,6 +1,7 @@
 //! Request handlers, one file per API area.
 
 pub mod admin;
+pub mod balance;
 pub mod events;
 pub mod ops;
 pub mod usage;

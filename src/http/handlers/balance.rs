@@ -1,0 +1,151 @@
+//! `GET /v1/contracts/{contract}/balance[?lever=]` (SPEC 3), answered from memory.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+
+use crate::decimal::Amount;
+use crate::http::error::{ApiError, ErrorCode};
+use crate::http::router::Ctx;
+use crate::http::util::{json, query_map, Body};
+use crate::quota::period::period_containing;
+use crate::quota::state::{chain, contract_anchor, contract_tz, effective_quotas, UsageKey};
+use crate::window::{now_ms, rfc3339};
+
+/// One lever and period of a balance.
+#[derive(Debug, Serialize)]
+pub struct BalanceRow {
+    /// Lever.
+    pub lever: String,
+    /// Period kind.
+    pub period: &'static str,
+    /// Current period start.
+    pub period_start: String,
+    /// Current period end (absent for lifetime).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_end: Option<String>,
+    /// Limit (`-1` = unlimited).
+    pub limit: String,
+    /// Extra allowance from grants.
+    pub granted: Amount,
+    /// Usage in the current period.
+    pub usage: Amount,
+    /// What is left before the limit (`null` when unlimited).
+    pub remaining: Option<Amount>,
+    /// Usage beyond limit plus grants.
+    pub overage: Amount,
+    /// `hard` or `soft`.
+    pub mode: &'static str,
+    /// Whether the contract may still use the lever (soft quotas always may).
+    pub has_access: bool,
+}
+
+/// Answers the balance of one contract.
+pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query_map(req.uri().query())?;
+    if let Some(k) = q.keys().find(|k| k.as_str() != "lever") {
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("unknown parameter `{k}`"),
+        ));
+    }
+    let tenant = ctx
+        .state
+        .registry
+        .tenant(&ctx.principal.tenant)
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))?;
+    let c = tenant.contract(contract).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("contract {contract:?} does not exist"),
+        )
+    })?;
+    let levers: Vec<String> = match q.get("lever") {
+        Some(l) => {
+            if tenant.levers.get(l.as_str()).is_none() {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("lever {l:?} does not exist"),
+                ));
+            }
+            vec![l.clone()]
+        }
+        None => {
+            let mut names: Vec<String> = tenant.levers.iter().map(|l| l.key().clone()).collect();
+            names.sort();
+            names
+        }
+    };
+    let now = now_ms();
+    let root = chain(&tenant, &c)
+        .last()
+        .map(|r| r.id.clone())
+        .unwrap_or_default();
+    let tz = contract_tz(&c);
+    let anchor = contract_anchor(&c);
+    let contract_id: Arc<str> = Arc::from(c.id.as_str());
+    let mut rows = Vec::new();
+    for lever in levers {
+        for eq in effective_quotas(&tenant, &c, &lever) {
+            let period = period_containing(eq.kind, now, tz, anchor);
+            let key = UsageKey {
+                tenant: tenant.name.clone(),
+                contract: contract_id.clone(),
+                lever: Arc::from(lever.as_str()),
+                kind: eq.kind,
+                start: period.start_ms,
+                end: period.end_ms,
+            };
+            let usage = ctx
+                .state
+                .quotas
+                .usage(&key, &root)
+                .map(|v| v.amount())
+                .unwrap_or(Amount::ZERO);
+            let granted = Amount::ZERO;
+            let (limit, remaining, overage, has_access) = match eq.limit {
+                None => ("-1".to_string(), None, Amount::ZERO, true),
+                Some(l) => {
+                    let allowance = l.saturating_add(granted);
+                    let remaining = if usage >= allowance {
+                        Amount::ZERO
+                    } else {
+                        allowance.saturating_sub(usage)
+                    };
+                    let overage = if usage > allowance {
+                        usage.saturating_sub(allowance)
+                    } else {
+                        Amount::ZERO
+                    };
+                    let access = !eq.hard || remaining > Amount::ZERO;
+                    (l.to_string(), Some(remaining), overage, access)
+                }
+            };
+            let lifetime = period.end_ms == i64::MAX;
+            rows.push(BalanceRow {
+                lever: lever.clone(),
+                period: eq.kind.as_str(),
+                period_start: if lifetime {
+                    c.created_at.clone()
+                } else {
+                    rfc3339(period.start_ms)
+                },
+                period_end: (!lifetime).then(|| rfc3339(period.end_ms)),
+                limit,
+                granted,
+                usage,
+                remaining,
+                overage,
+                mode: if eq.hard { "hard" } else { "soft" },
+                has_access,
+            });
+        }
+    }
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"contract": c.id, "levers": rows}),
+    ))
+}
