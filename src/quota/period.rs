@@ -246,7 +246,7 @@ fn locate(t_ms: i64, guess: i64, boundary: impl Fn(i64) -> Option<i64>) -> Optio
 fn resolve(tz: Tz, local: NaiveDateTime) -> Option<i64> {
     match tz.from_local_datetime(&local) {
         MappedLocalTime::Single(t) => Some(t.timestamp_millis()),
-        MappedLocalTime::Ambiguous(a, b) => Some(a.timestamp_millis().max(b.timestamp_millis())),
+        MappedLocalTime::Ambiguous(a, b) => Some(a.timestamp_millis().min(b.timestamp_millis())),
         MappedLocalTime::None => first_instant_after_gap(tz, local),
     }
 }
