@@ -60,7 +60,7 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
             t.levers.insert(name.to_string(), Arc::new(l));
         } else if kind == AdminKind::Plan as u8 {
             let p: Plan = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
-            t.plans.insert(name.to_string(), Arc::new(p));
+            t.plans.insert(name.to_string(), Arc::new(p.finish()));
         } else if kind == AdminKind::Contract as u8 {
             let c: Contract =
                 serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;

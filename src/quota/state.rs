@@ -98,30 +98,19 @@ pub fn effective_quotas(tenant: &Tenant, contract: &Contract, lever: &str) -> Ve
     let plan = contract.body.plan.as_deref().and_then(|p| tenant.plan(p));
     let plan_quotas = plan
         .as_ref()
-        .map(|p| p.body.quotas.as_slice())
+        .map(|p| p.parsed_quotas.as_slice())
         .unwrap_or(&[]);
-    for q in plan_quotas.iter().chain(contract.body.quotas.iter()) {
+    for q in plan_quotas.iter().chain(contract.parsed_quotas.iter()) {
         if q.lever != lever {
             continue;
         }
-        let Some(kind) = PeriodKind::parse(&q.period) else {
-            continue;
-        };
-        let limit = if q.limit == "-1" {
-            None
-        } else {
-            match Amount::parse_input(&q.limit) {
-                Ok(a) => Some(a),
-                Err(_) => continue,
-            }
-        };
         let eq = EffectiveQuota {
-            kind,
-            limit,
-            hard: q.mode != "soft",
+            kind: q.kind,
+            limit: q.limit,
+            hard: q.hard,
         };
         // Later entries (the contract's) override earlier ones (the plan's).
-        match out.iter_mut().find(|e| e.kind == kind) {
+        match out.iter_mut().find(|e| e.kind == q.kind) {
             Some(e) => *e = eq,
             None => out.push(eq),
         }
@@ -194,17 +183,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Time zone of a contract (UTC when unparseable, which validation prevents).
 pub fn contract_tz(c: &Contract) -> Tz {
-    c.body.timezone.parse().unwrap_or(Tz::UTC)
+    c.tz.unwrap_or(Tz::UTC)
 }
 
 /// Billing anchor of a contract: its `anchor`, else its creation time.
 pub fn contract_anchor(c: &Contract) -> i64 {
-    c.body
-        .anchor
-        .as_deref()
-        .and_then(crate::window::parse_rfc3339)
-        .or_else(|| crate::window::parse_rfc3339(&c.created_at))
-        .unwrap_or(0)
+    c.anchor_ms
+}
+
+type PeriodSet = [(PeriodKind, super::period::Period); 5];
+/// Cached periods: valid from, valid to, the set.
+type PeriodCache = HashMap<(Tz, i64), (i64, i64, PeriodSet)>;
+
+thread_local! {
+    /// Periods per (zone, anchor), valid while `t` stays inside all of them: period
+    /// boundaries change rarely, so most events reuse the last computation.
+    static PERIODS: std::cell::RefCell<PeriodCache> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// [`all_periods`], memoised per thread.
+pub fn periods_at(t_ms: i64, tz: Tz, anchor_ms: i64) -> PeriodSet {
+    PERIODS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((lo, hi, set)) = cache.get(&(tz, anchor_ms)) {
+            if *lo <= t_ms && t_ms < *hi {
+                return *set;
+            }
+        }
+        let set = all_periods(t_ms, tz, anchor_ms);
+        let lo = set
+            .iter()
+            .map(|(_, p)| p.start_ms)
+            .max()
+            .unwrap_or(i64::MIN);
+        let hi = set.iter().map(|(_, p)| p.end_ms).min().unwrap_or(i64::MAX);
+        if cache.len() >= 16_384 {
+            cache.clear();
+        }
+        cache.insert((tz, anchor_ms), (lo, hi, set));
+        set
+    })
 }
 
 impl QuotaBook {
@@ -248,7 +266,7 @@ impl QuotaBook {
         for c in chain {
             let quotas = effective_quotas(tenant, c, &lever.id);
             let contract: Arc<str> = Arc::from(c.id.as_str());
-            for (kind, period) in all_periods(time_ms, contract_tz(c), contract_anchor(c)) {
+            for (kind, period) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
                 let key = UsageKey {
                     tenant: tenant.name.clone(),
                     contract: contract.clone(),

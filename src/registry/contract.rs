@@ -221,6 +221,50 @@ pub struct Contract {
     /// `ends_at` in epoch milliseconds, for the ingest check.
     #[serde(skip)]
     pub ends_at_ms: Option<i64>,
+    /// Parsed time zone (derived).
+    #[serde(skip)]
+    pub tz: Option<chrono_tz::Tz>,
+    /// Billing anchor in epoch ms: `anchor`, else `created_at` (derived).
+    #[serde(skip)]
+    pub anchor_ms: i64,
+    /// Parsed quotas (derived).
+    #[serde(skip)]
+    pub parsed_quotas: Vec<ParsedQuota>,
+}
+
+/// A quota with its fields parsed, for the per-event decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedQuota {
+    /// Lever name.
+    pub lever: String,
+    /// Period kind.
+    pub kind: crate::quota::period::PeriodKind,
+    /// Limit; `None` is unlimited.
+    pub limit: Option<crate::decimal::Amount>,
+    /// Hard or soft.
+    pub hard: bool,
+}
+
+/// Parses validated quota bodies (invalid entries, which validation prevents, are
+/// skipped).
+pub fn parse_quotas(quotas: &[QuotaBody]) -> Vec<ParsedQuota> {
+    quotas
+        .iter()
+        .filter_map(|q| {
+            let kind = crate::quota::period::PeriodKind::parse(&q.period)?;
+            let limit = if q.limit == "-1" {
+                None
+            } else {
+                Some(crate::decimal::Amount::parse_input(&q.limit).ok()?)
+            };
+            Some(ParsedQuota {
+                lever: q.lever.clone(),
+                kind,
+                limit,
+                hard: q.mode != "soft",
+            })
+        })
+        .collect()
 }
 
 impl Contract {
@@ -231,6 +275,15 @@ impl Contract {
             .as_deref()
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc).timestamp_millis());
+        self.tz = self.body.timezone.parse().ok();
+        self.anchor_ms = self
+            .body
+            .anchor
+            .as_deref()
+            .or(Some(self.created_at.as_str()))
+            .and_then(crate::window::parse_rfc3339)
+            .unwrap_or(0);
+        self.parsed_quotas = parse_quotas(&self.body.quotas);
         self
     }
 

@@ -16,7 +16,9 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 pub use auth::{ApiKeys, Principal, Role};
-pub use contract::{valid_external_id, Contract, ContractBody, ContractStatus, QuotaBody};
+pub use contract::{
+    parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus, ParsedQuota, QuotaBody,
+};
 pub use lever::{Aggregation, Lever, LeverBody};
 pub use plan::{Plan, PlanBody};
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::contract::{validate_quotas, QuotaBody};
+use super::contract::{parse_quotas, validate_quotas, ParsedQuota, QuotaBody};
 
 /// The body of `PUT /v1/plans/{plan}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -54,9 +54,18 @@ pub struct Plan {
     pub created_at: String,
     /// Last change.
     pub updated_at: String,
+    /// Parsed quotas (derived).
+    #[serde(skip)]
+    pub parsed_quotas: Vec<ParsedQuota>,
 }
 
 impl Plan {
+    /// Recomputes derived fields after loading or changing.
+    pub fn finish(mut self) -> Plan {
+        self.parsed_quotas = parse_quotas(&self.body.quotas);
+        self
+    }
+
     /// The API representation: the stored body plus `id`, `created_at`, `updated_at`.
     pub fn view(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.body).unwrap_or_else(|_| serde_json::json!({}));

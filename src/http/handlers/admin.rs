@@ -304,6 +304,9 @@ pub async fn put_contract(
             .unwrap_or_else(|| now.clone()),
         updated_at: now,
         ends_at_ms: None,
+        tz: None,
+        anchor_ms: 0,
+        parsed_quotas: Vec::new(),
     }
     .finish();
     let enc = serde_json::to_vec(&contract)
@@ -424,7 +427,9 @@ pub async fn put_plan(
             .map(|p| p.created_at.clone())
             .unwrap_or_else(|| now.clone()),
         updated_at: now,
-    };
+        parsed_quotas: Vec::new(),
+    }
+    .finish();
     let enc =
         serde_json::to_vec(&plan).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
     persist(&ctx.state, AdminKind::Plan, &t.name, id, &enc)?;
