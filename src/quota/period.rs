@@ -69,14 +69,7 @@ impl PeriodKind {
     /// Parses the API name (`day`, `week`, `month`, `billing_period`, `lifetime`), as
     /// written in a contract's or plan's quota; returns `None` for anything else.
     pub fn parse(s: &str) -> Option<PeriodKind> {
-        match s {
-            "day" => Some(PeriodKind::Day),
-            "week" => Some(PeriodKind::Week),
-            "month" => Some(PeriodKind::Month),
-            "billing_period" => Some(PeriodKind::BillingPeriod),
-            "lifetime" => Some(PeriodKind::Lifetime),
-            _ => None,
-        }
+        PeriodKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
     /// Returns the API name; the inverse of [`PeriodKind::parse`].
@@ -105,14 +98,7 @@ impl PeriodKind {
     /// Decodes a storage-key byte; the inverse of [`PeriodKind::code`]. Returns `None`
     /// for an unknown byte.
     pub fn from_code(c: u8) -> Option<PeriodKind> {
-        match c {
-            b'd' => Some(PeriodKind::Day),
-            b'w' => Some(PeriodKind::Week),
-            b'm' => Some(PeriodKind::Month),
-            b'b' => Some(PeriodKind::BillingPeriod),
-            b'l' => Some(PeriodKind::Lifetime),
-            _ => None,
-        }
+        PeriodKind::ALL.into_iter().find(|k| k.code() == c)
     }
 }
 
@@ -463,6 +449,9 @@ mod tests {
             billing_period 2024-01-27T02:30+01:00
             Europe/Berlin 2024-10-27T02:45+01:00 2024-10-27T02:30+02:00 2024-11-27T02:30+01:00
             Europe/Berlin 2024-10-27T02:45+02:00 2024-10-27T02:30+02:00 2024-11-27T02:30+01:00
+            # Local 02:15 before the boundary, but its second occurrence is after it.
+            Europe/Berlin 2024-10-27T02:15+01:00 2024-10-27T02:30+02:00 2024-11-27T02:30+01:00
+            Europe/Berlin 2024-10-27T02:15+02:00 2024-09-27T02:30+02:00 2024-10-27T02:30+02:00
         ";
         check(table);
     }
@@ -504,58 +493,38 @@ mod tests {
     }
 
     #[test]
-    fn all_periods_lists_every_kind_in_order() {
-        let tz = chrono_tz::Europe::Berlin;
-        let (t, a) = (ms("2024-05-05T10:00Z"), ms("2024-01-20T08:00Z"));
-        let all = all_periods(t, tz, a);
-        for (i, (kind, p)) in all.into_iter().enumerate() {
-            assert_eq!(kind, PeriodKind::ALL[i]);
-            assert_eq!(p, period_containing(kind, t, tz, a));
-            assert!(p.contains(t));
-        }
-        assert_eq!(all[4].1, Period::LIFETIME);
-    }
-
-    #[test]
     fn extreme_instants_do_not_panic_and_still_tile() {
         let (lo, hi) = (MIN_SUPPORTED_MS, MAX_SUPPORTED_MS);
         let times = [i64::MIN, lo - 1, lo, 0, hi - 1, hi, i64::MAX - 1];
-        let zones = [
-            Tz::UTC,
-            Tz::Pacific__Kiritimati,
-            Tz::Etc__GMTPlus12,
-            Tz::America__Santiago,
-        ];
-        for tz in zones {
-            for kind in PeriodKind::ALL {
-                for anchor in [i64::MIN, 0, i64::MAX] {
-                    let _ = period_containing(kind, i64::MAX, tz, anchor);
-                    for t in times {
-                        let p = period_containing(kind, t, tz, anchor);
-                        assert!(p.contains(t), "{kind:?} {t} {p:?}");
-                        if p.end_ms < i64::MAX {
-                            let next = period_containing(kind, p.end_ms, tz, anchor);
-                            assert_eq!(next.start_ms, p.end_ms, "{kind:?} {t}");
-                        }
-                        if p.start_ms > i64::MIN {
-                            let prev = period_containing(kind, p.start_ms - 1, tz, anchor);
-                            assert_eq!(prev.end_ms, p.start_ms, "{kind:?} {t}");
-                        }
+        let zones = [Tz::UTC, Tz::Pacific__Kiritimati, Tz::Etc__GMTPlus12];
+        for (tz, kind) in zones
+            .into_iter()
+            .flat_map(|z| PeriodKind::ALL.map(|k| (z, k)))
+        {
+            for anchor in [i64::MIN, 0, i64::MAX] {
+                let _ = period_containing(kind, i64::MAX, tz, anchor);
+                for t in times {
+                    let p = period_containing(kind, t, tz, anchor);
+                    assert!(p.contains(t), "{kind:?} {t} {p:?}");
+                    if p.end_ms < i64::MAX {
+                        let next = period_containing(kind, p.end_ms, tz, anchor);
+                        assert_eq!(next.start_ms, p.end_ms, "{kind:?} {t}");
+                    }
+                    if p.start_ms > i64::MIN {
+                        let prev = period_containing(kind, p.start_ms - 1, tz, anchor);
+                        assert_eq!(prev.end_ms, p.start_ms, "{kind:?} {t}");
                     }
                 }
             }
         }
     }
 
-    /// Zones for the property tests: DST and not, half- and quarter-hour offsets, a
-    /// 30-minute DST shift (Lord Howe), nonexistent midnights and a skipped day (Apia).
+    /// Zones for the walks and property tests: DST and not, half- and quarter-hour
+    /// offsets, a 30-minute DST shift (Lord Howe), nonexistent midnights (Santiago,
+    /// Havana, Beirut, Sao Paulo) and a skipped day (Apia).
     const ZONES: &str = "UTC Europe/Berlin America/New_York Australia/Lord_Howe \
         America/St_Johns Pacific/Chatham Asia/Kolkata Asia/Kathmandu America/Santiago \
         America/Havana Asia/Beirut America/Sao_Paulo Pacific/Apia Australia/Sydney";
-
-    fn zone() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(ZONES.split_whitespace().collect::<Vec<_>>())
-    }
 
     /// 1990-01-01T00:00:00Z and 2100-01-01T00:00:00Z.
     const FROM_MS: i64 = 631_152_000_000;
@@ -577,91 +546,107 @@ mod tests {
         }
     }
 
-    /// Asserts that a period starts on a boundary of the right shape for its kind.
-    fn assert_boundary(kind: PeriodKind, tz: Tz, start: i64, anchor_ms: i64) {
-        let s = local(tz, start);
+    /// Asserts that `p` starts on a boundary of the right shape for its kind and has a
+    /// plausible length.
+    fn assert_shape(kind: PeriodKind, tz: Tz, p: Period, anchor_ms: i64) {
+        let s = local(tz, p.start_ms);
         let expected = match kind {
-            Day => s.date().and_time(NaiveTime::MIN),
-            Week => {
-                assert_eq!(s.weekday(), Weekday::Mon);
-                s.date().and_time(NaiveTime::MIN)
-            }
-            Month => {
-                assert_eq!(s.day(), 1);
-                s.date().and_time(NaiveTime::MIN)
-            }
-            BillingPeriod => {
-                // The expected start comes from chrono's own clamping month arithmetic.
+            Day | Week | Month => s.date().and_time(NaiveTime::MIN),
+            // The expected start comes from chrono's own clamping month arithmetic.
+            _ => {
                 let a = local(tz, anchor_ms);
                 let k = month_index(s.date()) - month_index(a.date());
                 let months = Months::new(u32::try_from(k.unsigned_abs()).unwrap());
-                let date = if k >= 0 {
-                    a.date().checked_add_months(months)
-                } else {
-                    a.date().checked_sub_months(months)
+                let date = match k >= 0 {
+                    true => a.date().checked_add_months(months),
+                    false => a.date().checked_sub_months(months),
                 };
                 let date = date.unwrap();
                 assert_eq!(date.day(), a.day().min(u32::from(date.num_days_in_month())));
                 date.and_time(a.time())
             }
-            PeriodKind::Lifetime => unreachable!(),
         };
-        assert_resolves(tz, start, expected);
+        assert_resolves(tz, p.start_ms, expected);
+        assert!(kind != Week || s.weekday() == Weekday::Mon, "{p:?}");
+        assert!(kind != Month || s.day() == 1, "{p:?}");
+        let len = p.end_ms - p.start_ms;
+        let ok = match kind {
+            Day => (22 * HOUR..=26 * HOUR).contains(&len),
+            // Samoa's week of 2011-12-26 lost a whole day.
+            Week if tz == Tz::Pacific__Apia && p.contains(ms("2011-12-30T10:00Z")) => {
+                len == 6 * DAY
+            }
+            Week => (7 * DAY - 2 * HOUR..=7 * DAY + 2 * HOUR).contains(&len),
+            _ => (27 * DAY..=32 * DAY).contains(&len),
+        };
+        assert!(ok, "{kind:?} {p:?} is {len} ms long");
     }
 
-    fn calendar_kind() -> impl Strategy<Value = PeriodKind> {
-        prop::sample::select(vec![Day, Week, Month, BillingPeriod])
+    /// Walks every period from 1990 to 2100 in every zone, so every DST transition in
+    /// that range is crossed: each period starts where the previous one ended, contains
+    /// its first and last millisecond, and has the right shape.
+    #[test]
+    fn walks_tile_1990_to_2100_in_every_zone() {
+        for tz in ZONES.split_whitespace().map(|z| z.parse::<Tz>().unwrap()) {
+            // Anchors whose local times fall in DST gaps at 00:00, 02:00 and 02:00-02:30.
+            let anchor = |s: &str| resolve(tz, s.parse().unwrap()).unwrap();
+            let runs = [
+                (Day, 0),
+                (Week, 0),
+                (Month, 0),
+                (BillingPeriod, anchor("2001-01-31T02:30:00")),
+                (BillingPeriod, anchor("2001-01-08T00:30:00")),
+                (BillingPeriod, anchor("2001-01-29T02:15:00")),
+            ];
+            for (kind, anchor) in runs {
+                let mut p = period_containing(kind, FROM_MS, tz, anchor);
+                while p.start_ms < TO_MS {
+                    assert_shape(kind, tz, p, anchor);
+                    assert_eq!(period_containing(kind, p.start_ms, tz, anchor), p);
+                    assert_eq!(period_containing(kind, p.end_ms - 1, tz, anchor), p);
+                    let next = period_containing(kind, p.end_ms, tz, anchor);
+                    assert_eq!(next.start_ms, p.end_ms, "{tz} {kind:?} {p:?}");
+                    p = next;
+                }
+            }
+        }
+    }
+
+    fn zone() -> impl Strategy<Value = Tz> {
+        let zones = ZONES.split_whitespace().map(|z| z.parse().unwrap());
+        prop::sample::select(zones.collect::<Vec<Tz>>())
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
+        /// For random instants, anchors and zones: every period contains the instant,
+        /// its neighbours end and start exactly at its limits, and it has the right shape.
         #[test]
-        fn periods_contain_tile_and_have_sane_lengths(
+        fn periods_contain_the_instant_and_tile(
             t in FROM_MS..TO_MS,
             anchor in FROM_MS..TO_MS,
-            zone in zone(),
-            kind in calendar_kind(),
+            tz in zone(),
         ) {
-            let tz: Tz = zone.parse().unwrap();
-            let p = period_containing(kind, t, tz, anchor);
-            prop_assert!(p.start_ms < p.end_ms, "{:?}", p);
-            prop_assert!(p.contains(t), "{:?} does not contain {}", p, t);
-            let next = period_containing(kind, p.end_ms, tz, anchor);
-            prop_assert_eq!(next.start_ms, p.end_ms);
-            let prev = period_containing(kind, p.start_ms - 1, tz, anchor);
-            prop_assert_eq!(prev.end_ms, p.start_ms);
-            assert_boundary(kind, tz, p.start_ms, anchor);
-            assert_boundary(kind, tz, next.start_ms, anchor);
-
-            let len = p.end_ms - p.start_ms;
-            match kind {
-                Day => prop_assert!((22 * HOUR..=26 * HOUR).contains(&len), "{}", len),
-                Week => {
-                    // Samoa's week of 2011-12-26 lost a whole day.
-                    let skipped = zone == "Pacific/Apia" && p.contains(ms("2011-12-30T10:00Z"));
-                    let days = if skipped { 6 } else { 7 };
-                    prop_assert!((len - days * DAY).abs() <= 2 * HOUR, "{}", len);
-                }
-                _ => prop_assert!((27 * DAY..=32 * DAY).contains(&len), "{}", len),
-            }
-        }
-
-        #[test]
-        fn all_periods_agree_and_nest(
-            t in FROM_MS..TO_MS,
-            anchor in FROM_MS..TO_MS,
-            zone in zone(),
-        ) {
-            let tz: Tz = zone.parse().unwrap();
             let all = all_periods(t, tz, anchor);
-            for (kind, p) in all {
-                prop_assert!(p.contains(t));
+            prop_assert_eq!(all.map(|(k, _)| k), PeriodKind::ALL);
+            prop_assert_eq!(all[4].1, Period::LIFETIME);
+            for (kind, p) in &all[..4] {
+                let (kind, p) = (*kind, *p);
                 prop_assert_eq!(p, period_containing(kind, t, tz, anchor));
+                prop_assert!(p.contains(t), "{:?} {:?} does not contain {}", kind, p, t);
+                let next = period_containing(kind, p.end_ms, tz, anchor);
+                prop_assert_eq!(next.start_ms, p.end_ms);
+                let prev = period_containing(kind, p.start_ms - 1, tz, anchor);
+                prop_assert_eq!(prev.end_ms, p.start_ms);
+                assert_shape(kind, tz, p, anchor);
+                assert_shape(kind, tz, next, anchor);
             }
-            // The day lies within its month.
-            let (d, m) = (all[0].1, all[2].1);
-            prop_assert!(m.start_ms <= d.start_ms && d.end_ms <= m.end_ms);
+            // The day lies within its week and within its month.
+            let d = all[0].1;
+            for outer in [all[1].1, all[2].1] {
+                prop_assert!(outer.start_ms <= d.start_ms && d.end_ms <= outer.end_ms);
+            }
         }
     }
 }
