@@ -28,7 +28,7 @@ use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event};
 use crate::journal::CommitError;
-use crate::quota::state::{chain as quota_chain, Reservation, UsageKey};
+use crate::quota::state::{Reservation, UsageKey};
 use crate::registry::{Aggregation, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
@@ -364,11 +364,10 @@ fn check_and_plan(
         };
         // The quota decision and the usage reservation are one step under the quota
         // shard lock of the contract's chain (SPEC 3).
-        let chain = quota_chain(tenant, &contract);
         if let Err(q) =
             state
                 .quotas
-                .try_reserve(tenant, &chain, &lever, value, time_ms, &mut reservations)
+                .try_reserve(tenant, &contract, &lever, value, time_ms, &mut reservations)
         {
             metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "rejected").increment(1);
             slots[i] = reject(i, id(), "quota_exceeded", q.to_string());

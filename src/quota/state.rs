@@ -25,8 +25,8 @@ use crate::decimal::Amount;
 use crate::registry::{Contract, Lever, Tenant};
 use crate::store::keys::{get_str, get_time, put_str, put_time};
 
-/// Longest parent chain followed (matches the admin API's limit).
-pub const MAX_CHAIN: usize = 8;
+/// Longest chain followed: a contract and the most ancestors the admin API allows.
+pub const MAX_CHAIN: usize = crate::http::handlers::admin::MAX_PARENT_DEPTH + 1;
 
 /// One period's usage of one contract and lever.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -247,22 +247,40 @@ impl QuotaBook {
 
     /// Checks an event against every hard limit of its contract chain and, when all have
     /// room, reserves its usage. On success the reservations are appended to `out`.
+    ///
+    /// The chain is resolved again under the shard lock: a concurrent re-parenting
+    /// ([`QuotaBook::rehome`]) changes the registry while holding the old and new root
+    /// shards, so a decision always sees the chain that owns its shard.
     pub fn try_reserve(
         &self,
         tenant: &Tenant,
-        chain: &[Arc<Contract>],
+        contract: &Arc<Contract>,
         lever: &Lever,
         value: Amount,
         time_ms: i64,
         out: &mut Vec<Reservation>,
     ) -> Result<(), QuotaExceeded> {
-        let root = &chain.last().expect("chain has the contract").id;
-        let shard = shard_of(&tenant.name, root, self.shards.len());
+        let mut current = contract.clone();
+        let (shard, chain, mut m) = loop {
+            let first = chain(tenant, &current);
+            let root = &first.last().expect("chain has the contract").id;
+            let shard = shard_of(&tenant.name, root, self.shards.len());
+            let m = lock(&self.shards[shard]);
+            let fresh_contract = tenant
+                .contract(&contract.id)
+                .unwrap_or_else(|| contract.clone());
+            let fresh = chain(tenant, &fresh_contract);
+            if fresh.last().map(|c| &c.id) == first.last().map(|c| &c.id) {
+                break (shard, fresh, m);
+            }
+            drop(m);
+            current = fresh_contract;
+        };
+        let chain = chain.as_slice();
         let delta = AggValue::of_event(lever.aggregation, value, time_ms, 0);
         let lever_name: Arc<str> = Arc::from(lever.id.as_str());
         let mut planned: Vec<(UsageKey, Option<AggValue>, AggValue)> =
             Vec::with_capacity(chain.len() * 5);
-        let mut m = lock(&self.shards[shard]);
         for c in chain {
             let quotas = effective_quotas(tenant, c, &lever.id);
             let contract: Arc<str> = Arc::from(c.id.as_str());
@@ -303,6 +321,50 @@ impl QuotaBook {
             });
         }
         Ok(())
+    }
+
+    /// Moves the usage rows of `moved` contracts (a re-parented contract and its
+    /// descendants) from the old root's shard to the new root's, and runs `update` (the
+    /// registry change) while holding both shards, so no decision sees a half-moved chain.
+    /// Lock order: lower shard index first (ingest holds one shard at a time).
+    pub fn rehome<R>(
+        &self,
+        tenant: &str,
+        moved: &std::collections::HashSet<String>,
+        old_root: &str,
+        new_root: &str,
+        update: impl FnOnce() -> R,
+    ) -> R {
+        let a = shard_of(tenant, old_root, self.shards.len());
+        let b = shard_of(tenant, new_root, self.shards.len());
+        if a == b {
+            let _g = lock(&self.shards[a]);
+            return update();
+        }
+        let (lo, hi) = (a.min(b), a.max(b));
+        let mut g_lo = lock(&self.shards[lo]);
+        let mut g_hi = lock(&self.shards[hi]);
+        let (from, to) = if a == lo {
+            (&mut *g_lo, &mut *g_hi)
+        } else {
+            (&mut *g_hi, &mut *g_lo)
+        };
+        let keys: Vec<UsageKey> = from
+            .keys()
+            .filter(|k| &*k.tenant == tenant && moved.contains(&*k.contract))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(v) = from.remove(&k) {
+                match to.get_mut(&k) {
+                    Some(cur) => *cur = cur.merge(v),
+                    None => {
+                        to.insert(k, v);
+                    }
+                }
+            }
+        }
+        update()
     }
 
     /// Undoes reservations whose commit failed, newest first.

@@ -19,6 +19,7 @@ use crate::http::util::{
     decode_cursor, empty, encode_cursor, json, page_limit, parse_json, query_map, read_body,
     require_json, Body,
 };
+use crate::quota::state::chain;
 use crate::registry::{
     valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Plan, PlanBody,
     Tenant,
@@ -219,6 +220,14 @@ pub fn list_levers(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>,
     ))
 }
 
+/// Root of a contract's parent chain, with `contract` standing in for its stored version.
+fn root_of(t: &Tenant, contract: &Arc<Contract>) -> String {
+    chain(t, contract)
+        .last()
+        .map(|c| c.id.clone())
+        .unwrap_or_default()
+}
+
 fn contract_view(c: &Contract) -> serde_json::Value {
     c.view(now_ms())
 }
@@ -318,7 +327,32 @@ pub async fn put_contract(
         StatusCode::CREATED
     };
     let view = contract_view(&contract);
-    t.contracts.insert(id.to_string(), Arc::new(contract));
+    let contract = Arc::new(contract);
+    let old_root = existing.as_ref().map(|c| root_of(&t, c));
+    let new_root = root_of(&t, &contract);
+    match old_root {
+        Some(old_root) if old_root != new_root => {
+            // Re-parenting moves the quota rows of this contract and its descendants to
+            // the new root's shard, atomically with the registry change.
+            // Snapshot first: no registry lookups while a map iterator holds a shard.
+            let all: Vec<Arc<Contract>> =
+                t.contracts.iter().map(|c| Arc::clone(c.value())).collect();
+            let moved: std::collections::HashSet<String> = all
+                .iter()
+                .filter(|c| chain(&t, c).iter().any(|a| a.id == id))
+                .map(|c| c.id.clone())
+                .chain(std::iter::once(id.to_string()))
+                .collect();
+            ctx.state
+                .quotas
+                .rehome(&t.name, &moved, &old_root, &new_root, || {
+                    t.contracts.insert(id.to_string(), contract.clone())
+                });
+        }
+        _ => {
+            t.contracts.insert(id.to_string(), contract.clone());
+        }
+    }
     Ok(json(status, &view))
 }
 
