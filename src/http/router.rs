@@ -26,6 +26,17 @@ pub struct Ctx {
     pub principal: Principal,
 }
 
+impl Ctx {
+    /// The caller's tenant.
+    pub fn tenant(&self) -> Result<Arc<crate::registry::Tenant>, ApiError> {
+        self.state
+            .registry
+            .tenant(&self.principal.tenant)
+            .cloned()
+            .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))
+    }
+}
+
 enum Route {
     Events,
     Levers,

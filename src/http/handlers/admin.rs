@@ -36,11 +36,7 @@ pub const MAX_PARENT_DEPTH: usize = 8;
 const MAX_ADMIN_BODY: usize = 256 * 1024;
 
 fn tenant(ctx: &Ctx) -> Result<Arc<Tenant>, ApiError> {
-    ctx.state
-        .registry
-        .tenant(&ctx.principal.tenant)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))
+    ctx.tenant()
 }
 
 async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {

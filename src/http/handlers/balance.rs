@@ -51,12 +51,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
             format!("unknown parameter `{k}`"),
         ));
     }
-    let tenant = ctx
-        .state
-        .registry
-        .tenant(&ctx.principal.tenant)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))?;
+    let tenant = ctx.tenant()?;
     let c = tenant.contract(contract).ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotFound,

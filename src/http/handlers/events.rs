@@ -46,12 +46,7 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     )
     .await?;
     let now = now_ms();
-    let tenant = ctx
-        .state
-        .registry
-        .tenant(&ctx.principal.tenant)
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))?
-        .clone();
+    let tenant = ctx.tenant()?;
     let elems = split_body(&bytes, format, cfg.max_batch_events).map_err(|e| match e {
         BodyError::TooMany { .. } => ApiError::new(ErrorCode::BatchTooLarge, e.to_string()),
         BodyError::Malformed(_) | BodyError::Empty => ApiError::new(

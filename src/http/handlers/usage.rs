@@ -36,12 +36,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
             return Err(bad(format!("unknown parameter `{k}`")));
         }
     }
-    let tenant = ctx
-        .state
-        .registry
-        .tenant(&ctx.principal.tenant)
-        .cloned()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))?;
+    let tenant = ctx.tenant()?;
     if tenant.contract(contract).is_none() {
         return Err(ApiError::new(
             ErrorCode::NotFound,
