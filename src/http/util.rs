@@ -133,28 +133,28 @@ pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, Ap
 
 /// Checks that the request's content type is JSON (or absent).
 pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    match headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
+    match media_type(headers) {
         None => Ok(()),
-        Some(ct) => {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if mime == "application/json" || mime.ends_with("+json") {
-                Ok(())
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!("expected application/json, got {ct:?}"),
-                ))
-            }
-        }
+        Some((mime, _)) if mime == "application/json" || mime.ends_with("+json") => Ok(()),
+        Some((_, ct)) => Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("expected application/json, got {ct:?}"),
+        )),
     }
+}
+
+/// The request's media type (lower case, without parameters) and the raw header value;
+/// `None` without a `Content-Type`.
+pub fn media_type(headers: &HeaderMap) -> Option<(String, &str)> {
+    let ct = headers.get(header::CONTENT_TYPE)?;
+    let ct = ct.to_str().unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    Some((mime, ct))
 }
 
 /// Encodes a page cursor (opaque to clients).

@@ -1,26 +1,19 @@
 //! `POST /v1/events` (SPEC 2.1).
 
 use hyper::body::Incoming;
-use hyper::{header, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 
 use crate::event::{split_body, BodyError, BodyFormat};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, read_body, Body};
+use crate::http::util::{json, media_type, read_body, Body};
 use crate::ingest::ingest;
 use crate::window::now_ms;
 
 fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
-    let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
+    let Some((mime, ct)) = media_type(req.headers()) else {
         return Ok(BodyFormat::Json);
     };
-    let ct = ct.to_str().unwrap_or("");
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
