@@ -546,55 +546,58 @@ fn hammer_value_one_reaches_the_hard_limit_exactly() {
 
 /// 8 clients race for a decimal hard limit with values 0.25..5: usage never exceeds the
 /// limit, equals the sum of acknowledged values, and no rejected event would have fitted.
+/// One limit is not a multiple of 0.25, the other is (so it must be reached exactly).
 #[test]
 fn hammer_mixed_values_never_rejects_an_event_that_fits() {
-    let limit = dec("123456.78");
     let d = start("");
-    plan(&d, "metered", vec![quota("month", "123456.78", "hard")]);
-    contract(&d, "mixed", json!({"plan": "metered"}));
-    let t0 = time_at(0);
-    let (progress, stop) = (AtomicU64::new(0), AtomicBool::new(false));
-    let load = Load {
-        base: d.base.clone(),
-        contracts: &["mixed"],
-        value: value_quarters,
-        time: t0.clone(),
-        quiet: 4,
-        progress: &progress,
-        stop: &stop,
-    };
-    let t = load.run(8, "h2", seed());
-    assert!(t.unknown.is_empty(), "requests failed");
-    assert_eq!(t.reported as usize, t.accepted.len());
-    assert_rejections(&t, "calls month limit 123456.78 reached for mixed");
-    let used = t.accepted_value();
-    assert!(used <= limit, "limit exceeded: {}", fmt_dec(used));
+    let seed = seed();
+    for (round, (id, limit_text)) in [("mixed-a", "4321.1"), ("mixed-b", "123456.75")]
+        .into_iter()
+        .enumerate()
+    {
+        let limit = dec(limit_text);
+        let plan_id = format!("metered-{round}");
+        plan(&d, &plan_id, vec![quota("month", limit_text, "hard")]);
+        contract(&d, id, json!({ "plan": plan_id }));
+        let t0 = time_at(0);
+        let (progress, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+        let load = Load {
+            base: d.base.clone(),
+            contracts: &[id],
+            value: value_quarters,
+            time: t0.clone(),
+            quiet: 4,
+            progress: &progress,
+            stop: &stop,
+        };
+        let t = load.run(8, id, seed.wrapping_add(round as u64 * 100));
+        assert!(t.unknown.is_empty(), "requests failed");
+        assert_eq!(t.reported as usize, t.accepted.len());
+        assert_rejections(
+            &t,
+            &format!("calls month limit {limit_text} reached for {id}"),
+        );
+        let used = t.accepted_value();
+        assert!(used <= limit, "limit exceeded: {}", fmt_dec(used));
 
-    let t0_ms = ms(&t0);
-    let bal = balance(&d, "mixed", None);
-    let month = row(&bal, LEVER, "month");
-    if let Some(u) = row_usage_at(&bal, "month", t0_ms) {
-        assert_eq!(u, used, "balance vs acknowledged: {month}");
-        assert_eq!(dec_field(month, "remaining"), limit - used, "{month}");
-        assert_eq!(month["limit"], "123456.78", "{month}");
+        let t0_ms = ms(&t0);
+        let bal = balance(&d, id, None);
+        let month = row(&bal, LEVER, "month");
+        if let Some(u) = row_usage_at(&bal, "month", t0_ms) {
+            assert_eq!(u, used, "balance vs acknowledged: {month}");
+            assert_eq!(dec_field(month, "remaining"), limit - used, "{month}");
+            assert_eq!(month["limit"], limit_text, "{month}");
+        }
+        assert_eq!(usage_near(&d, id, t0_ms), used, "usage API vs acknowledged");
+        let smallest = t.rejected.iter().map(|(e, _)| e.value).min();
+        let smallest = smallest.expect("rejections");
+        assert!(
+            smallest > limit - used,
+            "{id}: an event of {} was rejected although {} remained",
+            fmt_dec(smallest),
+            fmt_dec(limit - used)
+        );
     }
-    assert_eq!(
-        usage_near(&d, "mixed", t0_ms),
-        used,
-        "usage API vs acknowledged"
-    );
-    let smallest = t
-        .rejected
-        .iter()
-        .map(|(e, _)| e.value)
-        .min()
-        .expect("rejections");
-    assert!(
-        smallest > limit - used,
-        "an event of {} was rejected although {} remained",
-        fmt_dec(smallest),
-        fmt_dec(limit - used)
-    );
 }
 
 /// A reseller's hard limit is a pool shared by its children (which have larger or no
@@ -973,10 +976,11 @@ fn quota_changes_take_effect_on_the_next_event() {
 }
 
 /// Re-parenting a contract keeps the usage it already has: its own hard limit still
-/// counts the events accepted before the change.
+/// counts the events accepted before the change, also when a reseller with pooled usage
+/// gets a parent or a child leaves and rejoins it, and across a restart.
 #[test]
 fn reparenting_keeps_the_usage_of_a_contract() {
-    let d = start("");
+    let mut d = start("");
     contract(&d, "new-parent", json!({}));
     for c in ["orphan-1", "orphan-2", "orphan-3"] {
         let quotas = json!([quota("lifetime", 10, "hard")]);
@@ -994,6 +998,32 @@ fn reparenting_keeps_the_usage_of_a_contract() {
         assert_counts(&out, 4, 0, 1);
         assert_quota_error(&out, 4, &format!("calls lifetime limit 10 reached for {c}"));
     }
+
+    // A reseller with pooled usage gets a parent itself, then a child leaves it: the
+    // pool and the child keep their usage, across a restart too.
+    let pool = json!([quota("lifetime", 10, "hard")]);
+    contract(&d, "pool-1", json!({ "quotas": pool }));
+    contract(&d, "grand-1", json!({}));
+    contract(&d, "pool-kid", json!({"parent": "pool-1", "quotas": pool}));
+    let events: Vec<Value> = (0..6)
+        .map(|i| ev(&format!("pk-{i}"), "pool-kid", 1))
+        .collect();
+    assert_counts(&post(&d, Value::Array(events)), 6, 0, 0);
+    contract(&d, "pool-1", json!({"quotas": pool, "parent": "grand-1"}));
+    contract(&d, "pool-kid", json!({ "quotas": pool }));
+    d.restart();
+    for c in ["pool-1", "pool-kid"] {
+        let l = row(&balance(&d, c, None), LEVER, "lifetime").clone();
+        assert_eq!(l["usage"], "6", "{c} after re-parenting and restart: {l}");
+    }
+    contract(&d, "pool-kid", json!({"parent": "pool-1", "quotas": pool}));
+    let events: Vec<Value> = (6..11)
+        .map(|i| ev(&format!("pk-{i}"), "pool-kid", 1))
+        .collect();
+    let out = post(&d, Value::Array(events));
+    assert_counts(&out, 4, 0, 1);
+    let l = row(&balance(&d, "pool-1", None), LEVER, "lifetime").clone();
+    assert_eq!(l["usage"], "10", "{l}");
 }
 
 /// The deepest parent chain the admin API accepts (a contract under 8 ancestors) is
@@ -1030,6 +1060,43 @@ fn deepest_parent_chain_enforces_the_root_limit() {
     }
     let out = post(&d, ev("anc-1-1", "anc-1", 3));
     assert_quota_error(&out, 0, "calls lifetime limit 5 reached for anc-8");
+}
+
+/// Re-parenting a contract that has children under a long chain must not make its
+/// descendants escape the root's limit: either the admin API refuses the change (the
+/// descendants would be deeper than allowed) or the root's limit still applies to them.
+#[test]
+fn reparenting_a_subtree_keeps_it_under_the_root_limit() {
+    let d = start("");
+    contract(
+        &d,
+        "top-8",
+        json!({"quotas": [quota("lifetime", 5, "hard")]}),
+    );
+    for i in (1..8).rev() {
+        let parent = format!("top-{}", i + 1);
+        contract(&d, &format!("top-{i}"), json!({ "parent": parent }));
+    }
+    contract(&d, "sub", json!({}));
+    contract(&d, "sub-leaf", json!({"parent": "sub"}));
+    // `sub` gets 8 ancestors, which is allowed; `sub-leaf` would get 9.
+    let (s, b) = d.req(
+        "PUT",
+        "/v1/contracts/sub",
+        Some(ADMIN),
+        Some(&json!({"customer": "cus_quota", "parent": "top-1"})),
+    );
+    if s == 400 {
+        assert_eq!(b["code"], "invalid_request", "{b}");
+        return;
+    }
+    assert_eq!(s, 200, "{b}");
+    let out = post(&d, ev("sub-leaf-1", "sub-leaf", 6));
+    assert_eq!(
+        out["rejected"], 1,
+        "sub-leaf (9 ancestors after re-parenting `sub`) escaped the root's limit: {out}"
+    );
+    assert_quota_error(&out, 0, "calls lifetime limit 5 reached for top-8");
 }
 
 /// Periods are computed in the contract's zone: day, week and month start at local

@@ -287,6 +287,24 @@ pub async fn put_contract(
                 None => break,
             }
         }
+        // The contract's descendants move with it: none may end up deeper than allowed.
+        let below = t
+            .contracts
+            .iter()
+            .map(|c| Arc::clone(c.value()))
+            .collect::<Vec<_>>()
+            .iter()
+            .filter_map(|c| chain(&t, c).iter().position(|a| a.id == id))
+            .max()
+            .unwrap_or(0);
+        if depth + below > MAX_PARENT_DEPTH {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "`parent`: contracts under {id:?} would have more than {MAX_PARENT_DEPTH} ancestors"
+                ),
+            ));
+        }
     }
     let existing = t.contract(id);
     if let Some(old) = &existing {
