@@ -7,7 +7,8 @@
 //!   `kill -9` restart);
 //! - soft limits accept and report overage; `-1` and levers without quotas never reject;
 //! - plan and contract quota changes apply to the next event, a contract's quota beats its
-//!   plan's, and re-parenting a contract keeps the usage it has;
+//!   plan's, and re-parenting a contract (even under load) keeps the usage it has and
+//!   counts each event once;
 //! - the deepest parent chain the admin API accepts is enforced up to its root;
 //! - periods follow the contract's zone and billing anchor, and late events count toward
 //!   the period that contains their time;
@@ -338,14 +339,16 @@ struct Load<'a> {
 
 impl Load<'_> {
     /// Runs `n` clients concurrently until each has seen `quiet` fully rejected answers,
-    /// `stop` is set or the daemon stops answering.
+    /// `stop` is set or the daemon stops answering. Fails if that takes more than 30 s
+    /// (a limit that is not enforced never stops the clients).
     fn run(&self, n: usize, tag: &str, seed: u64) -> Tally {
         let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
         let t = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|i| {
                     let tag = format!("{tag}-{i}");
-                    s.spawn(move || self.client(&tag, seed.wrapping_add(i as u64)))
+                    s.spawn(move || self.client(&tag, seed.wrapping_add(i as u64), deadline))
                 })
                 .collect();
             Tally::merge(handles.into_iter().map(|h| h.join().unwrap()).collect())
@@ -361,7 +364,7 @@ impl Load<'_> {
         t
     }
 
-    fn client(&self, tag: &str, seed: u64) -> Tally {
+    fn client(&self, tag: &str, seed: u64, deadline: Instant) -> Tally {
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -370,6 +373,11 @@ impl Load<'_> {
         let mut tally = Tally::default();
         let (mut n, mut quiet) = (0u64, 0usize);
         while quiet < self.quiet && !self.stop.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: still accepting events after 30 s ({} accepted so far)",
+                self.progress.load(Ordering::SeqCst)
+            );
             let size = if rng.random_bool(0.2) {
                 rng.random_range(1..=3)
             } else {
@@ -1024,6 +1032,88 @@ fn reparenting_keeps_the_usage_of_a_contract() {
     assert_counts(&out, 4, 0, 1);
     let l = row(&balance(&d, "pool-1", None), LEVER, "lifetime").clone();
     assert_eq!(l["usage"], "10", "{l}");
+}
+
+/// A contract moves back and forth between two reseller pools while 6 clients post to
+/// it: every event counts exactly once toward the contract and toward exactly one pool,
+/// both pools fill up exactly, and that survives a restart.
+#[test]
+fn reparenting_under_load_counts_each_event_once() {
+    let mut d = start("");
+    let own = json!([quota("lifetime", 1_000_000, "hard")]);
+    contract(
+        &d,
+        "pool-x",
+        json!({"quotas": [quota("month", 3_000, "hard")]}),
+    );
+    contract(
+        &d,
+        "pool-y",
+        json!({"quotas": [quota("month", 5_000, "hard")]}),
+    );
+    contract(&d, "roam", json!({"parent": "pool-x", "quotas": own}));
+    let t0 = time_at(0);
+    let t0_ms = ms(&t0);
+    let (progress, stop, moving) = (
+        AtomicU64::new(0),
+        AtomicBool::new(false),
+        AtomicBool::new(true),
+    );
+    let load = Load {
+        base: d.base.clone(),
+        contracts: &["roam"],
+        value: value_one,
+        time: t0.clone(),
+        // Generous: a client must not give up while the other pool still has room.
+        quiet: 40,
+        progress: &progress,
+        stop: &stop,
+    };
+    let (t, moves) = std::thread::scope(|s| {
+        let mover = s.spawn(|| {
+            let mut moves = 0u32;
+            while moving.load(Ordering::SeqCst) {
+                let parent = ["pool-y", "pool-x"][moves as usize % 2];
+                contract(&d, "roam", json!({"parent": parent, "quotas": own}));
+                moves += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            moves
+        });
+        let t = load.run(6, "roam", seed());
+        moving.store(false, Ordering::SeqCst);
+        (t, mover.join().unwrap())
+    });
+    println!("{moves} re-parentings");
+    assert!(moves > 10, "only {moves} re-parentings");
+    assert!(t.unknown.is_empty(), "requests failed");
+    for (e, err) in &t.rejected {
+        let m = err["message"].as_str().unwrap_or_default();
+        assert!(
+            m == "calls month limit 3000 reached for pool-x"
+                || m == "calls month limit 5000 reached for pool-y",
+            "{}: {err}",
+            e.id
+        );
+    }
+    assert_eq!(t.accepted.len(), 8_000, "accepted events");
+    let check = |d: &Daemon, when: &str| {
+        for (c, want) in [("pool-x", 3_000), ("pool-y", 5_000)] {
+            if let Some(u) = row_usage_at(&balance(d, c, None), "month", t0_ms) {
+                assert_eq!(u, want * UNIT, "{c} {when}");
+            }
+        }
+        let l = row(&balance(d, "roam", None), LEVER, "lifetime").clone();
+        assert_eq!(l["usage"], "8000", "roam {when}: {l}");
+        assert_eq!(
+            usage_near(d, "roam", t0_ms),
+            8_000 * UNIT,
+            "usage API {when}"
+        );
+    };
+    check(&d, "after the load");
+    d.restart();
+    check(&d, "after a restart");
 }
 
 /// The deepest parent chain the admin API accepts (a contract under 8 ancestors) is
