@@ -35,10 +35,6 @@ pub const MAX_PARENT_DEPTH: usize = 8;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
 
-fn tenant(ctx: &Ctx) -> Result<Arc<Tenant>, ApiError> {
-    ctx.tenant()
-}
-
 async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
@@ -91,7 +87,7 @@ pub async fn put_lever(
     let bytes = body(ctx, req).await?;
     let b: LeverBody = parse_json(&bytes)?;
     b.validate().map_err(invalid)?;
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let _lock = ctx.state.admin_lock.lock().await;
     let existing = t.levers.get(name).map(|l| Arc::clone(&l));
     if let Some(old) = &existing {
@@ -130,7 +126,7 @@ pub async fn put_lever(
 
 /// `GET /v1/levers/{lever}`.
 pub fn get_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let l = t.lever(name).ok_or_else(|| not_found("lever", name))?;
     Ok(json(StatusCode::OK, &*l))
 }
@@ -138,7 +134,7 @@ pub fn get_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
 /// `DELETE /v1/levers/{lever}`: new events for it are refused; stored usage stays
 /// queryable, and the lever may be re-created with the same aggregation.
 pub async fn delete_lever(ctx: &Ctx, name: &str) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let _lock = ctx.state.admin_lock.lock().await;
     let l = t.lever(name).ok_or_else(|| not_found("lever", name))?;
     let mut gone = (*l).clone();
@@ -204,7 +200,7 @@ fn page<T>(
 
 /// `GET /v1/levers`.
 pub fn list_levers(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let (items, next) = page(&ctx.state, AdminKind::Lever, &t.name, &q, |name| {
         t.lever(name)
@@ -242,7 +238,7 @@ pub async fn put_contract(
     }
     let bytes = body(ctx, req).await?;
     let b: ContractBody = parse_json(&bytes)?;
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
     if let Some(p) = &b.plan {
         if t.plan(p).is_none() {
@@ -372,14 +368,14 @@ pub async fn put_contract(
 
 /// `GET /v1/contracts/{contract}`.
 pub fn get_contract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let c = t.contract(id).ok_or_else(|| not_found("contract", id))?;
     Ok(json(StatusCode::OK, &contract_view(&c)))
 }
 
 /// `GET /v1/contracts?customer=&cursor=&limit=`.
 pub fn list_contracts(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let customer = q.get("customer").cloned();
     let (items, next) = page(&ctx.state, AdminKind::Contract, &t.name, &q, |id| {
@@ -422,7 +418,7 @@ pub async fn end_contract(
         })?,
         None => now,
     };
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let _lock = ctx.state.admin_lock.lock().await;
     let c = t.contract(id).ok_or_else(|| not_found("contract", id))?;
     let mut updated = (*c).clone();
@@ -457,7 +453,7 @@ pub async fn put_plan(
     }
     let bytes = body(ctx, req).await?;
     let b: PlanBody = parse_json(&bytes)?;
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
     let _lock = ctx.state.admin_lock.lock().await;
     let existing = t.plan(id);
@@ -493,14 +489,14 @@ pub async fn put_plan(
 
 /// `GET /v1/plans/{plan}`.
 pub fn get_plan(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let p = t.plan(id).ok_or_else(|| not_found("plan", id))?;
     Ok(json(StatusCode::OK, &p.view()))
 }
 
 /// `GET /v1/plans?cursor=&limit=`.
 pub fn list_plans(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let t = tenant(ctx)?;
+    let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let (items, next) = page(&ctx.state, AdminKind::Plan, &t.name, &q, |id| {
         t.plan(id).map(|p| p.view())
