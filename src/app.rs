@@ -24,8 +24,9 @@ use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
 use crate::journal::Journal;
-use crate::quota::state::{chain as quota_chain, QuotaBook, UsageKey};
-use crate::registry::{ApiKeys, Contract, Lever, LeverBody, Plan, Registry};
+use crate::notify::Outbox;
+use crate::quota::state::{chain as quota_chain, QuotaBook, StoredKey};
+use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry};
 use crate::state::State;
 use crate::store::keys::{get_str, AdminKind};
 use crate::store::{cf, Store, StoreError};
@@ -65,6 +66,15 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
             let c: Contract =
                 serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
             t.contracts.insert(name.to_string(), Arc::new(c.finish()));
+        } else if kind == AdminKind::Grant as u8 {
+            let g: Grant = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            let current = t
+                .grants
+                .get(&g.contract)
+                .map(|gs| Arc::clone(&gs))
+                .unwrap_or_default();
+            t.grants
+                .insert(g.contract.clone(), Arc::new(current.with(g)));
         }
         Ok(())
     })?;
@@ -129,15 +139,21 @@ pub fn load_quotas(
     horizon_ms: i64,
 ) -> Result<(), StoreError> {
     store.scan_all(cf::QUOTA, |k, v| {
-        let key = UsageKey::decode(k).ok_or(StoreError::Corrupt("quota"))?;
+        let key = StoredKey::decode(k).ok_or(StoreError::Corrupt("quota"))?;
         let value = AggValue::decode(v).ok_or(StoreError::Corrupt("quota"))?;
-        if key.end < horizon_ms {
-            return Ok(());
-        }
-        let Some(t) = registry.tenant(&key.tenant) else {
+        let (tenant, contract) = match &key {
+            StoredKey::Usage(u) | StoredKey::Granted(u) => {
+                if u.end < horizon_ms {
+                    return Ok(());
+                }
+                (&u.tenant, &u.contract)
+            }
+            StoredKey::GrantUsed(g) => (&g.tenant, &g.contract),
+        };
+        let Some(t) = registry.tenant(tenant) else {
             return Ok(());
         };
-        let Some(c) = t.contract(&key.contract) else {
+        let Some(c) = t.contract(contract) else {
             return Ok(());
         };
         let root = quota_chain(t, &c)
@@ -190,8 +206,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let quotas = QuotaBook::new(cfg.shards);
     load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
         .context("loading quota usage")?;
+    let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
     let (journal, journal_thread) = Journal::start(store.clone(), cfg.durability, 1);
     let state = Arc::new(State {
+        outbox,
         keys: ApiKeys::new(&cfg.api_keys),
         counters: Counters::new(cfg.shards),
         quotas,
@@ -259,6 +277,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     let (flush_stop, flush_stop_rx) = crossbeam_channel::bounded::<()>(1);
     let flusher = flush::start(state.clone(), flush_stop_rx);
+    let notifier = tokio::spawn(
+        state
+            .outbox
+            .clone()
+            .run(state.clone(), wait_stop(stop_rx.clone())),
+    );
 
     shutdown_signal().await;
     state.ready.store(false, Ordering::SeqCst);
@@ -273,6 +297,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         _ = servers => {}
         _ = &mut deadline => tracing::warn!("shutdown grace period exceeded while draining"),
     }
+    // Undelivered notifications stay in the outbox for the next start.
+    let _ = notifier.await;
     drop(flush_stop);
     let st = state.clone();
     tokio::task::spawn_blocking(move || {

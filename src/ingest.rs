@@ -28,7 +28,7 @@ use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event};
 use crate::journal::CommitError;
-use crate::quota::state::{Reservation, UsageKey};
+use crate::quota::state::{Reserved, UsageKey};
 use crate::registry::{Aggregation, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
@@ -225,16 +225,18 @@ async fn run_claimed<'a>(
     let Plan {
         batch,
         groups,
-        reservations,
+        reserved,
+        outbox,
     } = plan;
     let commit = state.journal.commit(batch).await;
     if let Err(e) = commit {
-        state.quotas.rollback(&reservations);
+        state.quotas.rollback(&reserved);
         state.storage_ok.store(false, Ordering::SeqCst);
         tracing::error!(error = %e, "journal commit failed; events not acknowledged");
         return Err(e.into());
     }
     state.storage_ok.store(true, Ordering::SeqCst);
+    state.outbox.enqueue(outbox);
 
     // Phase 6: counters.
     maybe_blocking(big, || {
@@ -256,7 +258,9 @@ type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>)>);
 struct Plan {
     batch: WriteBatch,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
-    reservations: Vec<Reservation>,
+    reserved: Reserved,
+    /// Threshold notifications staged in the batch.
+    outbox: Vec<(u64, crate::notify::Entry)>,
 }
 
 fn check_and_plan(
@@ -286,7 +290,8 @@ fn check_and_plan(
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
     // Ids accepted earlier in this request: later occurrences are duplicates.
     let mut taken: HashSet<u128> = HashSet::new();
-    let mut reservations: Vec<Reservation> = Vec::new();
+    let mut reserved = Reserved::default();
+    let mut notifications: Vec<crate::notify::Entry> = Vec::new();
     for (n, &i) in claimed.iter().enumerate() {
         let Slot::Claimed(ev, key) = &slots[i] else {
             unreachable!()
@@ -364,14 +369,25 @@ fn check_and_plan(
         };
         // The quota decision and the usage reservation are one step under the quota
         // shard lock of the contract's chain (SPEC 3).
-        if let Err(q) =
-            state
-                .quotas
-                .try_reserve(tenant, &contract, &lever, value, time_ms, &mut reservations)
+        let crossed = reserved.crossings.len();
+        match state
+            .quotas
+            .try_reserve(tenant, &contract, &lever, value, time_ms, &mut reserved)
         {
-            metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "rejected").increment(1);
-            slots[i] = reject(i, id(), "quota_exceeded", q.to_string());
-            continue;
+            Ok(decision) => {
+                let (outcome, mode) = decision.labels();
+                metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => outcome, "mode" => mode)
+                    .increment(1);
+            }
+            Err(q) => {
+                metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "rejected", "mode" => "hard")
+                    .increment(1);
+                slots[i] = reject(i, id(), "quota_exceeded", q.to_string());
+                continue;
+            }
+        }
+        for c in &reserved.crossings[crossed..] {
+            notifications.push(crate::notify::entry_for(&tenant.name, c, &ev.id, now_ms));
         }
         let record = EventRecord {
             contract: contract.id.clone(),
@@ -418,22 +434,39 @@ fn check_and_plan(
         groups.push((shard, seq, events));
     }
     // Quota usage rows, coalesced per row, commit with the events.
-    let mut rows: HashMap<&UsageKey, AggValue> = HashMap::new();
-    for r in &reservations {
+    let mut rows: HashMap<&UsageKey, (AggValue, i128)> = HashMap::new();
+    for r in &reserved.rows {
         rows.entry(&r.key)
-            .and_modify(|v| *v = v.merge(r.delta))
-            .or_insert(r.delta);
+            .and_modify(|(v, g)| {
+                *v = v.merge(r.delta);
+                *g += r.granted.0;
+            })
+            .or_insert((r.delta, r.granted.0));
     }
     let quota_cf = state.store.cf(cf::QUOTA);
-    for (key, v) in rows {
+    for (key, (v, granted)) in rows {
         batch.merge_cf(quota_cf, key.encode(), v.encode());
+        if granted != 0 {
+            batch.merge_cf(
+                quota_cf,
+                key.encode_granted(),
+                AggValue::Sum(granted).encode(),
+            );
+        }
     }
-    metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "allowed")
-        .increment(taken.len() as u64);
+    let mut takes: HashMap<&crate::quota::state::GrantKey, i128> = HashMap::new();
+    for t in &reserved.takes {
+        *takes.entry(&t.key).or_default() += t.amount.0;
+    }
+    for (key, amount) in takes {
+        batch.merge_cf(quota_cf, key.encode(), AggValue::Sum(amount).encode());
+    }
+    let outbox = state.outbox.stage(&state.store, &mut batch, notifications);
     Ok(Some(Plan {
         batch,
         groups,
-        reservations,
+        reserved,
+        outbox,
     }))
 }
 

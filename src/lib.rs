@@ -18,7 +18,8 @@
 //! - [`store`]: RocksDB column families, key and record encodings.
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
 //! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
-//!   contract's time zone.
+//!   contract's time zone, period usage, grants and the atomic quota decision.
+//! - [`notify`]: the threshold-notification outbox and signed webhook delivery.
 //! - [`registry`]: tenants, levers, contracts, API keys and roles.
 //! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
 //! - [`telemetry`]: metric names and descriptions, logging set-up.
@@ -34,6 +35,7 @@ pub mod flush;
 pub mod http;
 pub mod ingest;
 pub mod journal;
+pub mod notify;
 pub mod query;
 pub mod quota;
 pub mod registry;

@@ -29,6 +29,8 @@ pub struct State {
     pub claims: Claims,
     /// Quota usage and decisions.
     pub quotas: crate::quota::state::QuotaBook,
+    /// Undelivered threshold notifications.
+    pub outbox: Arc<crate::notify::Outbox>,
     /// Group-commit writer.
     pub journal: Journal,
     /// True once recovery is done (and until shutdown starts).

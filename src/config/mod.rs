@@ -69,6 +69,41 @@ pub struct TenantConfig {
     pub name: String,
     /// Accepted lateness of event times.
     pub lateness: Duration,
+    /// Default threshold percentages.
+    pub thresholds: Vec<u32>,
+    /// Webhook for threshold notifications.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// A tenant's webhook.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// URL notifications are POSTed to.
+    pub url: String,
+    /// HMAC-SHA256 key.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("WebhookConfig")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Delivery settings shared by all webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// First retry delay.
+    pub retry_initial: Duration,
+    /// Largest retry delay.
+    pub retry_max: Duration,
+    /// Drop notifications older than this.
+    pub max_age: Duration,
 }
 
 /// The validated configuration the daemon runs with.
@@ -104,6 +139,8 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Webhook delivery settings.
+    pub webhooks: WebhookSettings,
     /// Tenants (every tenant named by a key, a lever or a `[[tenants]]` table).
     pub tenants: Vec<TenantConfig>,
     /// API keys.
@@ -305,14 +342,31 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     let header_read_timeout = dur("header_read_timeout", &raw.header_read_timeout)?;
     let body_read_timeout = dur("body_read_timeout", &raw.body_read_timeout)?;
     let shutdown_grace = dur("shutdown_grace", &raw.shutdown_grace)?;
+    let webhooks = WebhookSettings {
+        timeout: dur("webhook_timeout", &raw.webhook_timeout)?,
+        retry_initial: dur("webhook_retry_initial", &raw.webhook_retry_initial)?,
+        retry_max: dur("webhook_retry_max", &raw.webhook_retry_max)?,
+        max_age: dur("webhook_max_age", &raw.webhook_max_age)?,
+    };
     for (k, d) in [
         ("header_read_timeout", header_read_timeout),
         ("body_read_timeout", body_read_timeout),
         ("shutdown_grace", shutdown_grace),
+        ("webhook_timeout", webhooks.timeout),
+        ("webhook_retry_initial", webhooks.retry_initial),
+        ("webhook_retry_max", webhooks.retry_max),
+        ("webhook_max_age", webhooks.max_age),
     ] {
         if d.is_zero() {
             return Err(err(file, k, "must be greater than zero"));
         }
+    }
+    if webhooks.retry_max < webhooks.retry_initial {
+        return Err(err(
+            file,
+            "webhook_retry_max",
+            "must be at least webhook_retry_initial",
+        ));
     }
 
     let mut tenants: Vec<TenantConfig> = Vec::new();
@@ -331,9 +385,58 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
             Some(v) => dur(&format!("tenants[{i}].lateness"), v)?,
             None => lateness,
         };
+        if t.thresholds.len() > 16 || t.thresholds.iter().any(|p| *p == 0 || *p > 1000) {
+            return Err(err(
+                file,
+                format!("tenants[{i}].thresholds"),
+                "at most 16 percentages between 1 and 1000",
+            ));
+        }
+        let webhook = match (&t.webhook_url, &t.webhook_secret) {
+            (None, None) => None,
+            (Some(url), Some(secret)) => {
+                let ok = reqwest::Url::parse(url)
+                    .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                    .unwrap_or(false);
+                if !ok {
+                    return Err(err(
+                        file,
+                        format!("tenants[{i}].webhook_url"),
+                        "must be an absolute http:// or https:// URL",
+                    ));
+                }
+                if secret.len() < 16 {
+                    return Err(err(
+                        file,
+                        format!("tenants[{i}].webhook_secret"),
+                        "must be at least 16 bytes",
+                    ));
+                }
+                Some(WebhookConfig {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                })
+            }
+            (Some(_), None) => {
+                return Err(err(
+                    file,
+                    format!("tenants[{i}].webhook_secret"),
+                    "is required with webhook_url",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(err(
+                    file,
+                    format!("tenants[{i}].webhook_url"),
+                    "is required with webhook_secret",
+                ))
+            }
+        };
         tenants.push(TenantConfig {
             name: t.name.clone(),
             lateness,
+            thresholds: t.thresholds.clone(),
+            webhook,
         });
     }
     let mut ensure_tenant = |name: &str| {
@@ -341,6 +444,8 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
             tenants.push(TenantConfig {
                 name: name.to_string(),
                 lateness,
+                thresholds: Vec::new(),
+                webhook: None,
             });
         }
     };
@@ -455,6 +560,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         header_read_timeout,
         body_read_timeout,
         shutdown_grace,
+        webhooks,
         tenants,
         api_keys,
         levers,

@@ -49,6 +49,18 @@ pub struct RawConfig {
     /// Time allowed for draining and the final flush at shutdown.
     #[serde(default = "d_shutdown_grace")]
     pub shutdown_grace: String,
+    /// Time allowed for one webhook delivery attempt.
+    #[serde(default = "d_webhook_timeout")]
+    pub webhook_timeout: String,
+    /// Delay before the first webhook retry; doubles per attempt (with jitter).
+    #[serde(default = "d_webhook_retry_initial")]
+    pub webhook_retry_initial: String,
+    /// Longest delay between webhook retries.
+    #[serde(default = "d_webhook_retry_max")]
+    pub webhook_retry_max: String,
+    /// Age after which an undeliverable notification is dropped.
+    #[serde(default = "d_webhook_max_age")]
+    pub webhook_max_age: String,
     /// Per-tenant settings.
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
@@ -68,6 +80,13 @@ pub struct RawTenant {
     pub name: String,
     /// Lateness override for this tenant.
     pub lateness: Option<String>,
+    /// Default threshold percentages for quota notifications.
+    #[serde(default)]
+    pub thresholds: Vec<u32>,
+    /// Where threshold notifications are POSTed (`http` or `https`).
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key signing the notifications (at least 16 bytes).
+    pub webhook_secret: Option<String>,
 }
 
 /// One `[[api_keys]]` table.
@@ -146,4 +165,16 @@ fn d_body_read_timeout() -> String {
 }
 fn d_shutdown_grace() -> String {
     "30s".into()
+}
+fn d_webhook_timeout() -> String {
+    "10s".into()
+}
+fn d_webhook_retry_initial() -> String {
+    "1s".into()
+}
+fn d_webhook_retry_max() -> String {
+    "10m".into()
+}
+fn d_webhook_max_age() -> String {
+    "72h".into()
 }

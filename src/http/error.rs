@@ -25,6 +25,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The change conflicts with stored state.
     Conflict,
+    /// A per-resource count limit is reached (e.g. open grants of a contract).
+    LimitReached,
     /// Body exceeds `max_body_bytes`.
     PayloadTooLarge,
     /// More events than `max_batch_events`.
@@ -57,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BatchTooLarge => "batch_too_large",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
@@ -79,7 +82,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Conflict | ErrorCode::LimitReached => StatusCode::CONFLICT,
             ErrorCode::PayloadTooLarge | ErrorCode::BatchTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "Not found",
             ErrorCode::MethodNotAllowed => "Method not allowed",
             ErrorCode::Conflict => "Conflict",
+            ErrorCode::LimitReached => "Limit reached",
             ErrorCode::PayloadTooLarge => "Body too large",
             ErrorCode::BatchTooLarge => "Too many events",
             ErrorCode::UnsupportedMediaType => "Unsupported content type",

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use super::handlers::{admin, balance, events, ops, usage};
+use super::handlers::{admin, balance, events, grants, ops, usage};
 use super::util::{decode_segment, Body};
 use super::Surface;
 use crate::registry::{Principal, Role};
@@ -46,6 +46,7 @@ enum Route {
     ContractEnd(String),
     ContractUsage(String),
     ContractBalance(String),
+    ContractGrants(String),
     Plans,
     Plan(String),
 }
@@ -61,6 +62,7 @@ impl Route {
             Route::ContractEnd(_) => "contract_end",
             Route::ContractUsage(_) => "contract_usage",
             Route::ContractBalance(_) => "contract_balance",
+            Route::ContractGrants(_) => "contract_grants",
             Route::Plans => "plans",
             Route::Plan(_) => "plan",
         }
@@ -75,6 +77,7 @@ impl Route {
                 | Route::Contracts
                 | Route::ContractUsage(_)
                 | Route::ContractBalance(_)
+                | Route::ContractGrants(_)
                 | Route::Plans,
                 &Method::GET,
             ) => Some(Role::Read),
@@ -86,6 +89,7 @@ impl Route {
             (Route::Plan(_), &Method::GET) => Some(Role::Read),
             (Route::Plan(_), &Method::PUT) => Some(Role::Admin),
             (Route::ContractEnd(_), &Method::POST) => Some(Role::Admin),
+            (Route::ContractGrants(_), &Method::POST) => Some(Role::Admin),
             _ => None,
         }
     }
@@ -109,6 +113,7 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
         ["v1", "contracts", c, "end"] => Route::ContractEnd(d(c)?),
         ["v1", "contracts", c, "usage"] => Route::ContractUsage(d(c)?),
         ["v1", "contracts", c, "balance"] => Route::ContractBalance(d(c)?),
+        ["v1", "contracts", c, "grants"] => Route::ContractGrants(d(c)?),
         ["v1", "plans"] => Route::Plans,
         ["v1", "plans", p] => Route::Plan(d(p)?),
         _ => return Ok(None),
@@ -292,6 +297,10 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
         Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
         Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
         Route::ContractBalance(id) => balance::get(&ctx, &id, &req),
+        Route::ContractGrants(id) => match method {
+            Method::GET => grants::list(&ctx, &id, &req),
+            _ => grants::post(&ctx, &id, req).await,
+        },
         Route::Plans => admin::list_plans(&ctx, &req),
         Route::Plan(id) => match method {
             Method::GET => admin::get_plan(&ctx, &id),

@@ -1,4 +1,5 @@
-//! Quota usage per contract, lever and period, and the atomic quota decision (SPEC 3).
+//! Quota usage per contract, lever and period, grants, and the atomic quota decision
+//! (SPEC 3).
 //!
 //! Every accepted event adds to the usage of every period that contains its time (day,
 //! week, month, billing period, lifetime) of its contract and of each ancestor in the
@@ -12,6 +13,23 @@
 //!
 //! Usage of `sum` and `count` levers adds up; for `max` and `latest` levers the period's
 //! usage is the period's maximum or latest value.
+//!
+//! # Grants
+//!
+//! For additive levers each period row also holds `granted`: how much of the period's
+//! usage grants covered. A period with limit `L` admits usage up to `L + granted`; the
+//! part of an event beyond that is taken from the contract's grants in force at the
+//! event's time, earliest expiry first, and added to `granted` of every period row the
+//! event counts in (so a day and a month quota never charge the same unit of a grant
+//! twice). An event takes at most its own value from grants. A hard quota rejects the
+//! event when the grants cannot cover its excess; a soft quota takes what there is and
+//! reports the rest as overage.
+//!
+//! # Thresholds
+//!
+//! When the tenant has a webhook, a period whose usage moves from below to at or above
+//! `limit * threshold / 100` yields a [`Crossing`], which ingest writes to the outbox in
+//! the same batch (see [`crate::notify`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,36 +64,107 @@ pub struct UsageKey {
 }
 
 impl UsageKey {
+    /// Key of the row's usage in the `quota` column family.
+    pub fn encode(&self) -> Vec<u8> {
+        self.encode_as(self.kind.code())
+    }
+
+    /// Key of the row's grant-covered usage (the period code in upper case).
+    pub fn encode_granted(&self) -> Vec<u8> {
+        self.encode_as(self.kind.code().to_ascii_uppercase())
+    }
+
+    fn encode_as(&self, code: u8) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.tenant.len() + self.contract.len() + 40);
+        put_str(&mut k, &self.tenant);
+        put_str(&mut k, &self.contract);
+        put_str(&mut k, &self.lever);
+        k.push(code);
+        put_time(&mut k, self.start);
+        put_time(&mut k, self.end);
+        k
+    }
+}
+
+/// How much of one grant has been consumed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    /// Tenant.
+    pub tenant: Arc<str>,
+    /// Contract id.
+    pub contract: Arc<str>,
+    /// Lever name.
+    pub lever: Arc<str>,
+    /// Grant id.
+    pub id: Arc<str>,
+}
+
+/// Marker byte of grant-consumption keys (where usage keys have a period code).
+const GRANT_USED: u8 = b'#';
+
+impl GrantKey {
     /// Key in the `quota` column family.
     pub fn encode(&self) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.tenant.len() + self.contract.len() + 40);
         put_str(&mut k, &self.tenant);
         put_str(&mut k, &self.contract);
         put_str(&mut k, &self.lever);
-        k.push(self.kind.code());
-        put_time(&mut k, self.start);
-        put_time(&mut k, self.end);
+        k.push(GRANT_USED);
+        put_str(&mut k, &self.id);
         k
     }
+}
 
-    /// Inverse of [`UsageKey::encode`].
-    pub fn decode(b: &[u8]) -> Option<UsageKey> {
+/// A decoded key of the `quota` column family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredKey {
+    /// A period's usage.
+    Usage(UsageKey),
+    /// The part of a period's usage that grants covered.
+    Granted(UsageKey),
+    /// A grant's consumption.
+    GrantUsed(GrantKey),
+}
+
+impl StoredKey {
+    /// Decodes a key written by [`UsageKey::encode`], [`UsageKey::encode_granted`] or
+    /// [`GrantKey::encode`].
+    pub fn decode(b: &[u8]) -> Option<StoredKey> {
         let (tenant, b) = get_str(b)?;
         let (contract, b) = get_str(b)?;
         let (lever, b) = get_str(b)?;
-        let (&kind, b) = b.split_first()?;
+        let (&code, b) = b.split_first()?;
+        let (tenant, contract, lever) = (Arc::from(tenant), Arc::from(contract), Arc::from(lever));
+        if code == GRANT_USED {
+            let (id, b) = get_str(b)?;
+            if !b.is_empty() {
+                return None;
+            }
+            return Some(StoredKey::GrantUsed(GrantKey {
+                tenant,
+                contract,
+                lever,
+                id: Arc::from(id),
+            }));
+        }
         let (start, b) = get_time(b)?;
         let (end, b) = get_time(b)?;
         if !b.is_empty() {
             return None;
         }
-        Some(UsageKey {
-            tenant: Arc::from(tenant),
-            contract: Arc::from(contract),
-            lever: Arc::from(lever),
-            kind: PeriodKind::from_code(kind)?,
+        let granted = code.is_ascii_uppercase();
+        let key = UsageKey {
+            tenant,
+            contract,
+            lever,
+            kind: PeriodKind::from_code(code.to_ascii_lowercase())?,
             start,
             end,
+        };
+        Some(if granted {
+            StoredKey::Granted(key)
+        } else {
+            StoredKey::Usage(key)
         })
     }
 }
@@ -133,6 +222,20 @@ pub fn chain(tenant: &Tenant, contract: &Arc<Contract>) -> Vec<Arc<Contract>> {
     out
 }
 
+/// Threshold percentages in force for a contract: its own, else its plan's, else the
+/// tenant's.
+pub fn thresholds_of(tenant: &Tenant, c: &Contract) -> Vec<u32> {
+    if !c.body.thresholds.is_empty() {
+        return c.body.thresholds.clone();
+    }
+    if let Some(p) = c.body.plan.as_deref().and_then(|p| tenant.plan(p)) {
+        if !p.body.thresholds.is_empty() {
+            return p.body.thresholds.clone();
+        }
+    }
+    tenant.thresholds.clone()
+}
+
 /// A hard limit that an event would exceed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuotaExceeded {
@@ -159,22 +262,101 @@ impl std::fmt::Display for QuotaExceeded {
     }
 }
 
-/// Usage reserved by one event, to be rolled back if its commit fails.
+/// One period row in memory: usage and the part of it grants covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// Usage in the period.
+    pub value: AggValue,
+    /// Usage covered by grants (additive levers only).
+    pub granted: Amount,
+}
+
+/// Usage reserved by one event in one period row, to be rolled back if the commit fails.
 #[derive(Debug, Clone)]
 pub struct Reservation {
     shard: usize,
     /// The usage row.
     pub key: UsageKey,
-    prev: Option<AggValue>,
+    prev: Option<Row>,
     /// The event's contribution.
     pub delta: AggValue,
+    /// The part of the contribution taken from grants.
+    pub granted: Amount,
     new: AggValue,
 }
 
-/// In-memory usage of current (and recent) periods, sharded by root contract.
+/// Allowance taken from one grant by one event.
+#[derive(Debug, Clone)]
+pub struct GrantTake {
+    shard: usize,
+    /// The grant.
+    pub key: GrantKey,
+    /// Amount taken.
+    pub amount: Amount,
+}
+
+/// A threshold crossed by an event, to be written to the outbox with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    /// The period row (the event's contract or an ancestor).
+    pub key: UsageKey,
+    /// Threshold percentage.
+    pub threshold: u32,
+    /// Usage after the event.
+    pub usage: Amount,
+    /// The quota's limit.
+    pub limit: Amount,
+    /// `hard` or `soft`.
+    pub hard: bool,
+}
+
+/// Everything the events of one request reserved.
+#[derive(Debug, Default)]
+pub struct Reserved {
+    /// Period rows.
+    pub rows: Vec<Reservation>,
+    /// Grant consumption.
+    pub takes: Vec<GrantTake>,
+    /// Threshold crossings.
+    pub crossings: Vec<Crossing>,
+}
+
+/// How an admitted event related to its quotas (for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No finite quota applies.
+    Unlimited,
+    /// Within every limit; at least one hard quota applies.
+    WithinHard,
+    /// Within every limit; only soft quotas apply.
+    WithinSoft,
+    /// Accepted beyond a soft limit (and the grants).
+    Overage,
+}
+
+impl Decision {
+    /// `(outcome, mode)` metric labels.
+    pub fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Decision::Unlimited => ("allowed", "unlimited"),
+            Decision::WithinHard => ("allowed", "hard"),
+            Decision::WithinSoft => ("allowed", "soft"),
+            Decision::Overage => ("overage", "soft"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    rows: HashMap<UsageKey, Row>,
+    grant_used: HashMap<GrantKey, Amount>,
+}
+
+/// In-memory usage of current (and recent) periods and grant consumption, sharded by
+/// root contract.
 #[derive(Debug)]
 pub struct QuotaBook {
-    shards: Box<[Mutex<HashMap<UsageKey, AggValue>>]>,
+    shards: Box<[Mutex<Shard>]>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,28 +407,71 @@ pub fn periods_at(t_ms: i64, tz: Tz, anchor_ms: i64) -> PeriodSet {
     })
 }
 
+/// `limit * pct / 100`, exact to the nano-unit (rounded down).
+fn percent_of(limit: Amount, pct: u32) -> Amount {
+    Amount(limit.0.saturating_mul(pct as i128) / 100)
+}
+
+/// One planned row change of an event, before it is known to be admitted.
+struct Planned {
+    key: UsageKey,
+    prev: Option<Row>,
+    new: AggValue,
+}
+
 impl QuotaBook {
     /// Creates `n` empty shards.
     pub fn new(n: usize) -> QuotaBook {
         QuotaBook {
-            shards: (0..n.max(1)).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..n.max(1))
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
         }
     }
 
-    /// Loads a stored usage row (at start-up).
-    pub fn load(&self, key: UsageKey, value: AggValue, root: &str) {
-        let s = shard_of(&key.tenant, root, self.shards.len());
-        let mut m = lock(&self.shards[s]);
-        match m.get_mut(&key) {
-            Some(cur) => *cur = cur.merge(value),
-            None => {
-                m.insert(key, value);
+    fn shard_for(&self, tenant: &str, root: &str) -> &Mutex<Shard> {
+        &self.shards[shard_of(tenant, root, self.shards.len())]
+    }
+
+    /// Loads a stored row (at start-up).
+    pub fn load(&self, key: StoredKey, value: AggValue, root: &str) {
+        match key {
+            StoredKey::Usage(k) => {
+                let mut s = lock(self.shard_for(&k.tenant, root));
+                match s.rows.get_mut(&k) {
+                    Some(cur) => cur.value = cur.value.merge(value),
+                    None => {
+                        s.rows.insert(
+                            k,
+                            Row {
+                                value,
+                                granted: Amount::ZERO,
+                            },
+                        );
+                    }
+                }
+            }
+            StoredKey::Granted(k) => {
+                let mut s = lock(self.shard_for(&k.tenant, root));
+                let zero = AggValue::Sum(0);
+                let row = s.rows.entry(k).or_insert(Row {
+                    value: zero,
+                    granted: Amount::ZERO,
+                });
+                row.granted = row.granted.saturating_add(value.amount());
+            }
+            StoredKey::GrantUsed(k) => {
+                let mut s = lock(self.shard_for(&k.tenant, root));
+                let used = s.grant_used.entry(k).or_insert(Amount::ZERO);
+                *used = used.saturating_add(value.amount());
             }
         }
     }
 
     /// Checks an event against every hard limit of its contract chain and, when all have
-    /// room, reserves its usage. On success the reservations are appended to `out`.
+    /// room (counting the grants in force at the event's time), reserves its usage and
+    /// the grant allowance it takes. On success the reservations and any threshold
+    /// crossings are appended to `out`.
     ///
     /// The chain is resolved again under the shard lock: a concurrent re-parenting
     /// ([`QuotaBook::rehome`]) changes the registry while holding the old and new root
@@ -258,10 +483,10 @@ impl QuotaBook {
         lever: &Lever,
         value: Amount,
         time_ms: i64,
-        out: &mut Vec<Reservation>,
-    ) -> Result<(), QuotaExceeded> {
+        out: &mut Reserved,
+    ) -> Result<Decision, QuotaExceeded> {
         let mut current = contract.clone();
-        let (shard, chain, mut m) = loop {
+        let (shard, chain, mut guard) = loop {
             let first = chain(tenant, &current);
             let root = &first.last().expect("chain has the contract").id;
             let shard = shard_of(&tenant.name, root, self.shards.len());
@@ -276,14 +501,24 @@ impl QuotaBook {
             drop(m);
             current = fresh_contract;
         };
-        let chain = chain.as_slice();
+        let m = &mut *guard;
+        let additive = lever.aggregation.is_additive();
         let delta = AggValue::of_event(lever.aggregation, value, time_ms, 0);
+        let v = delta.amount();
         let lever_name: Arc<str> = Arc::from(lever.id.as_str());
-        let mut planned: Vec<(UsageKey, Option<AggValue>, AggValue)> =
-            Vec::with_capacity(chain.len() * 5);
-        for c in chain {
+        let notify = tenant.webhook.is_some();
+        let mut decision = Decision::Unlimited;
+        // Per chain member: its rows, the grant allowance the event takes, and crossings.
+        let mut planned: Vec<(Vec<Planned>, Amount, Vec<GrantTake>)> =
+            Vec::with_capacity(chain.len());
+        let mut crossings: Vec<Crossing> = Vec::new();
+        for c in &chain {
             let quotas = effective_quotas(tenant, c, &lever.id);
             let contract: Arc<str> = Arc::from(c.id.as_str());
+            let mut rows: Vec<Planned> = Vec::with_capacity(5);
+            // Allowance the hard and soft quotas need from grants.
+            let mut need_hard: Option<(Amount, &EffectiveQuota)> = None;
+            let mut need_soft = Amount::ZERO;
             for (kind, period) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
                 let key = UsageKey {
                     tenant: tenant.name.clone(),
@@ -293,39 +528,126 @@ impl QuotaBook {
                     start: period.start_ms,
                     end: period.end_ms,
                 };
-                let cur = m.get(&key).copied();
-                let new = cur.map(|v| v.merge(delta)).unwrap_or(delta);
-                if let Some(q) = quotas.iter().find(|q| q.kind == kind && q.hard) {
+                let prev = m.rows.get(&key).copied();
+                let new = prev.map(|r| r.value.merge(delta)).unwrap_or(delta);
+                let granted = prev.map(|r| r.granted).unwrap_or(Amount::ZERO);
+                if let Some(q) = quotas.iter().find(|q| q.kind == kind) {
                     if let Some(limit) = q.limit {
-                        if new.amount() > limit {
-                            return Err(QuotaExceeded {
-                                contract: c.id.clone(),
-                                lever: lever.id.clone(),
-                                kind,
-                                limit,
-                            });
+                        decision = match (decision, q.hard) {
+                            (_, true) => Decision::WithinHard,
+                            (Decision::Unlimited, false) => Decision::WithinSoft,
+                            (d, false) => d,
+                        };
+                        let allowance = limit.saturating_add(granted);
+                        let excess = new.amount().saturating_sub(allowance);
+                        if excess > Amount::ZERO {
+                            // Grants cover at most the event's own value, and only on
+                            // additive levers.
+                            let coverable = additive && excess <= v;
+                            if q.hard {
+                                if !coverable {
+                                    return Err(exceeded(c, lever, q, limit));
+                                }
+                                if need_hard.is_none_or(|(n, _)| excess > n) {
+                                    need_hard = Some((excess, q));
+                                }
+                            } else {
+                                need_soft = need_soft.max(if coverable { excess } else { v });
+                            }
+                        }
+                        if notify {
+                            let prev_amount = prev.map(|r| r.value.amount()).unwrap_or_default();
+                            let thresholds = thresholds_of(tenant, c);
+                            for t in thresholds {
+                                let level = percent_of(limit, t);
+                                if prev_amount < level && new.amount() >= level {
+                                    crossings.push(Crossing {
+                                        key: key.clone(),
+                                        threshold: t,
+                                        usage: new.amount(),
+                                        limit,
+                                        hard: q.hard,
+                                    });
+                                }
+                            }
                         }
                     }
                 }
-                planned.push((key, cur, new));
+                rows.push(Planned { key, prev, new });
+            }
+            let hard_need = need_hard.map(|(n, _)| n).unwrap_or_default();
+            let need = hard_need.max(need_soft);
+            let mut takes = Vec::new();
+            let mut taken = Amount::ZERO;
+            if additive && need > Amount::ZERO {
+                if let Some(grants) = tenant.grants.get(&c.id) {
+                    for g in grants.active(&lever.id, time_ms) {
+                        if taken >= need {
+                            break;
+                        }
+                        let key = GrantKey {
+                            tenant: tenant.name.clone(),
+                            contract: contract.clone(),
+                            lever: lever_name.clone(),
+                            id: Arc::from(g.id.as_str()),
+                        };
+                        let used = m.grant_used.get(&key).copied().unwrap_or_default();
+                        let left = g.amount.saturating_sub(used);
+                        if left <= Amount::ZERO {
+                            continue;
+                        }
+                        let take = left.min(need.saturating_sub(taken));
+                        taken = taken.saturating_add(take);
+                        takes.push(GrantTake {
+                            shard,
+                            key,
+                            amount: take,
+                        });
+                    }
+                }
+            }
+            if let Some((n, q)) = need_hard {
+                if taken < n {
+                    return Err(exceeded(c, lever, q, q.limit.unwrap_or_default()));
+                }
+            }
+            if need_soft > taken {
+                decision = Decision::Overage;
+            }
+            planned.push((rows, taken, takes));
+        }
+        for (rows, taken, takes) in planned {
+            for p in rows {
+                let granted = p.prev.map(|r| r.granted).unwrap_or_default();
+                m.rows.insert(
+                    p.key.clone(),
+                    Row {
+                        value: p.new,
+                        granted: granted.saturating_add(taken),
+                    },
+                );
+                out.rows.push(Reservation {
+                    shard,
+                    key: p.key,
+                    prev: p.prev,
+                    delta,
+                    granted: taken,
+                    new: p.new,
+                });
+            }
+            for t in takes {
+                let used = m.grant_used.entry(t.key.clone()).or_default();
+                *used = used.saturating_add(t.amount);
+                out.takes.push(t);
             }
         }
-        for (key, prev, new) in planned {
-            m.insert(key.clone(), new);
-            out.push(Reservation {
-                shard,
-                key,
-                prev,
-                delta,
-                new,
-            });
-        }
-        Ok(())
+        out.crossings.extend(crossings);
+        Ok(decision)
     }
 
-    /// Moves the usage rows of `moved` contracts (a re-parented contract and its
-    /// descendants) from the old root's shard to the new root's, and runs `update` (the
-    /// registry change) while holding both shards, so no decision sees a half-moved chain.
+    /// Moves the rows of `moved` contracts (a re-parented contract and its descendants)
+    /// from the old root's shard to the new root's, and runs `update` (the registry
+    /// change) while holding both shards, so no decision sees a half-moved chain.
     /// Lock order: lower shard index first (ingest holds one shard at a time).
     pub fn rehome<R>(
         &self,
@@ -350,68 +672,162 @@ impl QuotaBook {
             (&mut *g_hi, &mut *g_lo)
         };
         let keys: Vec<UsageKey> = from
+            .rows
             .keys()
             .filter(|k| &*k.tenant == tenant && moved.contains(&*k.contract))
             .cloned()
             .collect();
         for k in keys {
-            if let Some(v) = from.remove(&k) {
-                match to.get_mut(&k) {
-                    Some(cur) => *cur = cur.merge(v),
+            if let Some(v) = from.rows.remove(&k) {
+                match to.rows.get_mut(&k) {
+                    Some(cur) => {
+                        cur.value = cur.value.merge(v.value);
+                        cur.granted = cur.granted.saturating_add(v.granted);
+                    }
                     None => {
-                        to.insert(k, v);
+                        to.rows.insert(k, v);
                     }
                 }
+            }
+        }
+        let keys: Vec<GrantKey> = from
+            .grant_used
+            .keys()
+            .filter(|k| &*k.tenant == tenant && moved.contains(&*k.contract))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(v) = from.grant_used.remove(&k) {
+                let cur = to.grant_used.entry(k).or_default();
+                *cur = cur.saturating_add(v);
             }
         }
         update()
     }
 
     /// Undoes reservations whose commit failed, newest first.
-    pub fn rollback(&self, reservations: &[Reservation]) {
-        for r in reservations.iter().rev() {
+    pub fn rollback(&self, reserved: &Reserved) {
+        for r in reserved.rows.iter().rev() {
             let mut m = lock(&self.shards[r.shard]);
-            let Some(cur) = m.get(&r.key).copied() else {
+            let Some(cur) = m.rows.get(&r.key).copied() else {
                 continue;
             };
-            let restored = match (cur, r.delta) {
+            let value = match (cur.value, r.delta) {
                 (AggValue::Sum(c), AggValue::Sum(d)) => Some(AggValue::Sum(c - d)),
                 // Max/latest cannot be subtracted: restore only if nobody moved it since.
-                _ if cur == r.new => r.prev,
-                _ => Some(cur),
+                _ if cur.value == r.new => r.prev.map(|p| p.value),
+                _ => Some(cur.value),
             };
-            match restored {
-                Some(v) => {
-                    m.insert(r.key.clone(), v);
+            match value {
+                Some(value) => {
+                    m.rows.insert(
+                        r.key.clone(),
+                        Row {
+                            value,
+                            granted: cur.granted.saturating_sub(r.granted),
+                        },
+                    );
                 }
                 None => {
-                    m.remove(&r.key);
+                    m.rows.remove(&r.key);
                 }
+            }
+        }
+        for t in reserved.takes.iter().rev() {
+            let mut m = lock(&self.shards[t.shard]);
+            if let Some(used) = m.grant_used.get_mut(&t.key) {
+                *used = used.saturating_sub(t.amount);
             }
         }
     }
 
-    /// Usage of one period row (zero when absent), read under the row's shard lock.
-    pub fn usage(&self, key: &UsageKey, root: &str) -> Option<AggValue> {
-        let s = shard_of(&key.tenant, root, self.shards.len());
-        lock(&self.shards[s]).get(key).copied()
+    /// One period row (absent when nothing was used), read under the row's shard lock.
+    pub fn row(&self, key: &UsageKey, root: &str) -> Option<Row> {
+        lock(self.shard_for(&key.tenant, root))
+            .rows
+            .get(key)
+            .copied()
+    }
+
+    /// How much of each grant has been consumed, read under one shard lock.
+    pub fn grants_used(&self, keys: &[GrantKey], root: &str) -> Vec<Amount> {
+        let Some(first) = keys.first() else {
+            return Vec::new();
+        };
+        let s = lock(self.shard_for(&first.tenant, root));
+        keys.iter()
+            .map(|k| s.grant_used.get(k).copied().unwrap_or_default())
+            .collect()
     }
 
     /// Drops rows of periods that ended before `before_ms` (events that old are refused
     /// as too late, so their rows can no longer change).
     pub fn prune(&self, before_ms: i64) {
         for s in self.shards.iter() {
-            lock(s).retain(|k, _| k.end >= before_ms);
+            lock(s).rows.retain(|k, _| k.end >= before_ms);
         }
     }
 
-    /// Number of rows held (a gauge).
+    /// Number of period rows held (a gauge).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).rows.len()).sum()
     }
 
     /// True when no row is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn exceeded(c: &Contract, lever: &Lever, q: &EffectiveQuota, limit: Amount) -> QuotaExceeded {
+    QuotaExceeded {
+        contract: c.id.clone(),
+        lever: lever.id.clone(),
+        kind: q.kind,
+        limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_keys_roundtrip() {
+        let k = UsageKey {
+            tenant: Arc::from("t"),
+            contract: Arc::from("c"),
+            lever: Arc::from("l"),
+            kind: PeriodKind::BillingPeriod,
+            start: -5,
+            end: i64::MAX,
+        };
+        assert_eq!(
+            StoredKey::decode(&k.encode()),
+            Some(StoredKey::Usage(k.clone()))
+        );
+        assert_eq!(
+            StoredKey::decode(&k.encode_granted()),
+            Some(StoredKey::Granted(k.clone()))
+        );
+        let g = GrantKey {
+            tenant: Arc::from("t"),
+            contract: Arc::from("c"),
+            lever: Arc::from("l"),
+            id: Arc::from("pack-1"),
+        };
+        assert_eq!(
+            StoredKey::decode(&g.encode()),
+            Some(StoredKey::GrantUsed(g))
+        );
+        assert_eq!(StoredKey::decode(b"\x01t\x01c\x01l?"), None);
+    }
+
+    #[test]
+    fn percent_is_exact() {
+        let l = Amount::parse_input("10000").unwrap();
+        assert_eq!(percent_of(l, 80).to_string(), "8000");
+        let l = Amount::parse_input("0.000000003").unwrap();
+        assert_eq!(percent_of(l, 50).to_string(), "0.000000001");
     }
 }

@@ -35,7 +35,7 @@ fn default_mode() -> String {
 }
 
 /// Accepts a JSON number or a decimal string, keeping the exact text.
-mod amount_text {
+pub(crate) mod amount_text {
     use serde::{Deserialize, Deserializer, Serializer};
     use serde_json::value::RawValue;
 

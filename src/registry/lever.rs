@@ -17,6 +17,12 @@ pub enum Aggregation {
 }
 
 impl Aggregation {
+    /// Whether values add up (`sum`, `count`): only those can take grants, adjustments
+    /// and retractions.
+    pub fn is_additive(self) -> bool {
+        matches!(self, Aggregation::Sum | Aggregation::Count)
+    }
+
     /// Parses `sum`, `count`, `max`, `latest`.
     pub fn parse(s: &str) -> Option<Aggregation> {
         match s {

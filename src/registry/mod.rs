@@ -6,6 +6,7 @@
 
 mod auth;
 mod contract;
+mod grant;
 mod lever;
 mod plan;
 
@@ -19,6 +20,7 @@ pub use auth::{ApiKeys, Principal, Role};
 pub use contract::{
     parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus, ParsedQuota, QuotaBody,
 };
+pub use grant::{Grant, GrantBody, Grants, MAX_OPEN_GRANTS};
 pub use lever::{Aggregation, Lever, LeverBody};
 pub use plan::{Plan, PlanBody};
 
@@ -39,6 +41,12 @@ pub struct Tenant {
     pub contracts: DashMap<String, Arc<Contract>>,
     /// Plans by name.
     pub plans: DashMap<String, Arc<Plan>>,
+    /// Grants by contract id.
+    pub grants: DashMap<String, Arc<Grants>>,
+    /// Default threshold percentages (contracts and plans may set their own).
+    pub thresholds: Vec<u32>,
+    /// Where threshold crossings are delivered; none: crossings are not recorded.
+    pub webhook: Option<Arc<crate::config::WebhookConfig>>,
 }
 
 /// All tenants known to this daemon (fixed by the configuration).
@@ -61,6 +69,9 @@ impl Registry {
                     levers: DashMap::new(),
                     contracts: DashMap::new(),
                     plans: DashMap::new(),
+                    grants: DashMap::new(),
+                    thresholds: t.thresholds.clone(),
+                    webhook: t.webhook.clone().map(Arc::new),
                 }),
             );
         }

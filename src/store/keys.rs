@@ -138,6 +138,13 @@ pub enum AdminKind {
     Contract = 2,
     /// A plan.
     Plan = 3,
+    /// A grant; its name is `contract`, a NUL byte, then the grant id.
+    Grant = 4,
+}
+
+/// Admin record name of grant `id` of `contract` (ids cannot contain NUL).
+pub fn grant_name(contract: &str, id: &str) -> String {
+    format!("{contract}\0{id}")
 }
 
 /// Key of an admin record. The name is the last component and is stored raw, so records

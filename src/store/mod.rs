@@ -13,6 +13,8 @@
 //! - `admin`: lever and contract definitions (JSON).
 //! - `quota`: usage per contract, lever and quota period, written as merge operands in
 //!   the same batch as the events that caused it (see [`crate::quota::state`]).
+//! - `outbox`: threshold notifications not yet delivered, written in the same batch as
+//!   the usage that crossed the threshold (see [`crate::notify`]).
 //! - `meta`: on-disk format version and the journal sequence high-water mark.
 
 pub mod keys;
@@ -46,6 +48,8 @@ pub mod cf {
     pub const META: &str = "meta";
     /// Quota usage per contract, lever and period.
     pub const QUOTA: &str = "quota";
+    /// Threshold notifications not yet delivered.
+    pub const OUTBOX: &str = "outbox";
 }
 
 /// Store failures.
@@ -133,6 +137,7 @@ impl Store {
         let journal = Options::default();
         let admin = Options::default();
         let meta = Options::default();
+        let outbox = Options::default();
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(cf::WINDOWS, windows),
@@ -141,6 +146,7 @@ impl Store {
             ColumnFamilyDescriptor::new(cf::ADMIN, admin),
             ColumnFamilyDescriptor::new(cf::META, meta),
             ColumnFamilyDescriptor::new(cf::QUOTA, quota),
+            ColumnFamilyDescriptor::new(cf::OUTBOX, outbox),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(StoreError::classify)?;
         let store = Store { db: Arc::new(db) };

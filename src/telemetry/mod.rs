@@ -38,8 +38,18 @@ pub mod names {
     pub const DEDUPE_INFLIGHT: &str = "meterd_dedupe_inflight_ids";
     /// 1 when ready.
     pub const READY: &str = "meterd_ready_state";
-    /// Quota decisions by outcome.
+    /// Quota decisions by outcome and mode.
     pub const QUOTA_DECISIONS_TOTAL: &str = "meterd_quota_decisions_total";
+    /// Threshold crossings recorded in the outbox.
+    pub const QUOTA_THRESHOLD_CROSSINGS_TOTAL: &str = "meterd_quota_threshold_crossings_total";
+    /// Notifications waiting in the outbox.
+    pub const WEBHOOK_OUTBOX_DEPTH: &str = "meterd_webhook_outbox_depth";
+    /// Webhook delivery attempts by outcome.
+    pub const WEBHOOK_ATTEMPTS_TOTAL: &str = "meterd_webhook_attempts_total";
+    /// Notifications dropped after `webhook_max_age`.
+    pub const WEBHOOK_DROPPED_TOTAL: &str = "meterd_webhook_dropped_total";
+    /// Duration of one delivery attempt.
+    pub const WEBHOOK_DELIVERY_SECONDS: &str = "meterd_webhook_delivery_duration_seconds";
     /// Quota usage rows held in memory.
     pub const QUOTA_ROWS: &str = "meterd_quota_rows";
     /// RocksDB's estimate of stored window rows.
@@ -127,7 +137,33 @@ pub fn describe() {
     describe_counter!(
         QUOTA_DECISIONS_TOTAL,
         Unit::Count,
-        "Quota decisions on events by outcome (allowed, rejected)."
+        "Quota decisions on events by outcome (allowed, rejected, overage) and mode of the \
+         strictest finite quota that applied (hard, soft, unlimited)."
+    );
+    describe_counter!(
+        QUOTA_THRESHOLD_CROSSINGS_TOTAL,
+        Unit::Count,
+        "Quota threshold crossings written to the webhook outbox."
+    );
+    describe_gauge!(
+        WEBHOOK_OUTBOX_DEPTH,
+        Unit::Count,
+        "Threshold notifications not yet delivered."
+    );
+    describe_counter!(
+        WEBHOOK_ATTEMPTS_TOTAL,
+        Unit::Count,
+        "Webhook delivery attempts by outcome (delivered, failed)."
+    );
+    describe_counter!(
+        WEBHOOK_DROPPED_TOTAL,
+        Unit::Count,
+        "Notifications dropped undelivered after webhook_max_age."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Duration of one webhook delivery attempt."
     );
     describe_gauge!(
         QUOTA_ROWS,

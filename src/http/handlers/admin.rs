@@ -35,7 +35,7 @@ pub const MAX_PARENT_DEPTH: usize = 8;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
 
-async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+pub async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
     read_body(
@@ -47,7 +47,7 @@ async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiErro
     .await
 }
 
-fn invalid((field, reason): (&'static str, String)) -> ApiError {
+pub fn invalid((field, reason): (&'static str, String)) -> ApiError {
     ApiError::new(ErrorCode::InvalidRequest, format!("`{field}`: {reason}"))
 }
 
@@ -68,7 +68,7 @@ pub fn persist(
     tokio::task::block_in_place(|| state.store.write(batch, true)).map_err(ApiError::from)
 }
 
-fn not_found(what: &str, id: &str) -> ApiError {
+pub fn not_found(what: &str, id: &str) -> ApiError {
     ApiError::new(ErrorCode::NotFound, format!("{what} {id:?} does not exist"))
 }
 
@@ -154,10 +154,20 @@ fn page<T>(
     kind: AdminKind,
     tenant: &str,
     q: &std::collections::HashMap<String, String>,
+    keep: impl FnMut(&str) -> Option<T>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    page_under(state, admin_prefix(kind, tenant), q, keep)
+}
+
+/// Scans one page of admin records under `prefix` after the cursor; `keep` gets the rest
+/// of each key as the record's name.
+pub fn page_under<T>(
+    state: &State,
+    prefix: Vec<u8>,
+    q: &std::collections::HashMap<String, String>,
     mut keep: impl FnMut(&str) -> Option<T>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     let limit = page_limit(q)?;
-    let prefix = admin_prefix(kind, tenant);
     let start = match q.get("cursor") {
         Some(c) => {
             let after = decode_cursor(c)?;

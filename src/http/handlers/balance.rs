@@ -11,7 +11,9 @@ use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, query_map, Body};
 use crate::quota::period::period_containing;
-use crate::quota::state::{chain, contract_anchor, contract_tz, effective_quotas, UsageKey};
+use crate::quota::state::{
+    chain, contract_anchor, contract_tz, effective_quotas, GrantKey, UsageKey,
+};
 use crate::window::{now_ms, rfc3339};
 
 /// One lever and period of a balance.
@@ -40,6 +42,40 @@ pub struct BalanceRow {
     pub mode: &'static str,
     /// Whether the contract may still use the lever (soft quotas always may).
     pub has_access: bool,
+}
+
+/// What is left of the grants of `contract` on `lever` in force at `now`.
+fn grants_left(
+    ctx: &Ctx,
+    tenant: &crate::registry::Tenant,
+    contract: &Arc<str>,
+    lever: &str,
+    now: i64,
+    root: &str,
+) -> Amount {
+    let Some(grants) = tenant.grants.get(&**contract).map(|g| Arc::clone(&g)) else {
+        return Amount::ZERO;
+    };
+    if !tenant
+        .lever(lever)
+        .is_some_and(|l| l.aggregation.is_additive())
+    {
+        return Amount::ZERO;
+    }
+    let active: Vec<&crate::registry::Grant> = grants.active(lever, now).collect();
+    let keys: Vec<GrantKey> = active
+        .iter()
+        .map(|g| GrantKey {
+            tenant: tenant.name.clone(),
+            contract: contract.clone(),
+            lever: Arc::from(lever),
+            id: Arc::from(g.id.as_str()),
+        })
+        .collect();
+    let used = ctx.state.quotas.grants_used(&keys, root);
+    active.iter().zip(used).fold(Amount::ZERO, |acc, (g, u)| {
+        acc.saturating_add(g.amount.saturating_sub(u).max(Amount::ZERO))
+    })
 }
 
 /// Answers the balance of one contract.
@@ -94,13 +130,14 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
                 start: period.start_ms,
                 end: period.end_ms,
             };
-            let usage = ctx
-                .state
-                .quotas
-                .usage(&key, &root)
-                .map(|v| v.amount())
-                .unwrap_or(Amount::ZERO);
-            let granted = Amount::ZERO;
+            let row = ctx.state.quotas.row(&key, &root);
+            let usage = row.map(|r| r.value.amount()).unwrap_or(Amount::ZERO);
+            // Allowance from grants: what they covered in this period plus what is left
+            // of the grants in force now.
+            let granted = row
+                .map(|r| r.granted)
+                .unwrap_or(Amount::ZERO)
+                .saturating_add(grants_left(ctx, &tenant, &contract_id, &lever, now, &root));
             let (limit, remaining, overage, has_access) = match eq.limit {
                 None => ("-1".to_string(), None, Amount::ZERO, true),
                 Some(l) => {

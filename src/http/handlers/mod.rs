@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod balance;
 pub mod events;
+pub mod grants;
 pub mod ops;
 pub mod usage;
