@@ -117,6 +117,17 @@ fn cases() -> Vec<Case> {
             404,
             false,
         ),
+        c("GET", "/v1/contracts/{c}/balance", None, Key::Read, 200, 404, false),
+        c("GET", "/v1/contracts/{c}/grants", None, Key::Read, 200, 404, false),
+        c(
+            "POST",
+            "/v1/contracts/{c}/grants",
+            Some(json!({"id": "g-{c}", "lever": "{l}", "amount": 5})),
+            Key::Admin,
+            201,
+            404,
+            true,
+        ),
     ]
 }
 
@@ -167,8 +178,8 @@ fn send(
     (status, ct, www, body)
 }
 
-/// The default tenant's view of lever `lv{n}`, contract `ct{n}` and its usage.
-fn snapshot(d: &Daemon, n: usize, from: &str) -> (Value, Value, Value) {
+/// The default tenant's view of lever `lv{n}`, contract `ct{n}`, its usage and grants.
+fn snapshot(d: &Daemon, n: usize, from: &str) -> (Value, Value, Value, Value) {
     let lever = d.req("GET", &format!("/v1/levers/lv{n}"), Some(ADMIN), None);
     let contract = d.req("GET", &format!("/v1/contracts/ct{n}"), Some(ADMIN), None);
     let usage = d.req(
@@ -177,10 +188,17 @@ fn snapshot(d: &Daemon, n: usize, from: &str) -> (Value, Value, Value) {
         Some(ADMIN),
         None,
     );
+    let grants = d.req(
+        "GET",
+        &format!("/v1/contracts/ct{n}/grants"),
+        Some(ADMIN),
+        None,
+    );
     (
         json!([lever.0, lever.1]),
         json!([contract.0, contract.1]),
         json!([usage.0, usage.1["items"]]),
+        json!([grants.0, grants.1["items"]]),
     )
 }
 
@@ -268,7 +286,7 @@ fn role_and_tenant_matrix() {
             }
         }
     }
-    assert_eq!(checked, 100);
+    assert_eq!(checked, 130);
 
     // Methods a route does not support: 401 without a valid key, 405 for every role.
     d.contract("ct_m");
@@ -285,6 +303,9 @@ fn role_and_tenant_matrix() {
         ("GET", "/v1/contracts/ct_m/end"),
         ("PUT", "/v1/contracts/ct_m/end"),
         ("POST", "/v1/contracts/ct_m/usage"),
+        ("POST", "/v1/contracts/ct_m/balance"),
+        ("PUT", "/v1/contracts/ct_m/grants"),
+        ("DELETE", "/v1/contracts/ct_m/grants"),
     ];
     for (method, path) in unsupported {
         for key in KEYS {
