@@ -230,7 +230,7 @@ async fn run_claimed<'a>(
     } = plan;
     let commit = state.journal.commit(batch).await;
     if let Err(e) = commit {
-        state.quotas.rollback(&reserved);
+        state.quotas.rollback(tenant, &reserved);
         state.storage_ok.store(false, Ordering::SeqCst);
         tracing::error!(error = %e, "journal commit failed; events not acknowledged");
         return Err(e.into());

@@ -274,7 +274,6 @@ pub struct Row {
 /// Usage reserved by one event in one period row, to be rolled back if the commit fails.
 #[derive(Debug, Clone)]
 pub struct Reservation {
-    shard: usize,
     /// The usage row.
     pub key: UsageKey,
     prev: Option<Row>,
@@ -288,7 +287,6 @@ pub struct Reservation {
 /// Allowance taken from one grant by one event.
 #[derive(Debug, Clone)]
 pub struct GrantTake {
-    shard: usize,
     /// The grant.
     pub key: GrantKey,
     /// Amount taken.
@@ -486,7 +484,7 @@ impl QuotaBook {
         out: &mut Reserved,
     ) -> Result<Decision, QuotaExceeded> {
         let mut current = contract.clone();
-        let (shard, chain, mut guard) = loop {
+        let (chain, mut guard) = loop {
             let first = chain(tenant, &current);
             let root = &first.last().expect("chain has the contract").id;
             let shard = shard_of(&tenant.name, root, self.shards.len());
@@ -496,7 +494,7 @@ impl QuotaBook {
                 .unwrap_or_else(|| contract.clone());
             let fresh = chain(tenant, &fresh_contract);
             if fresh.last().map(|c| &c.id) == first.last().map(|c| &c.id) {
-                break (shard, fresh, m);
+                break (fresh, m);
             }
             drop(m);
             current = fresh_contract;
@@ -599,7 +597,6 @@ impl QuotaBook {
                         let take = left.min(need.saturating_sub(taken));
                         taken = taken.saturating_add(take);
                         takes.push(GrantTake {
-                            shard,
                             key,
                             amount: take,
                         });
@@ -627,7 +624,6 @@ impl QuotaBook {
                     },
                 );
                 out.rows.push(Reservation {
-                    shard,
                     key: p.key,
                     prev: p.prev,
                     delta,
@@ -705,10 +701,29 @@ impl QuotaBook {
         update()
     }
 
-    /// Undoes reservations whose commit failed, newest first.
-    pub fn rollback(&self, reserved: &Reserved) {
+    /// Locks the shard that owns `contract`'s rows now: the shard of its chain's root,
+    /// re-checked under the lock (a concurrent [`QuotaBook::rehome`] may move them).
+    fn lock_owner(&self, tenant: &Tenant, contract: &str) -> MutexGuard<'_, Shard> {
+        let root_now = || {
+            tenant
+                .contract(contract)
+                .and_then(|c| chain(tenant, &c).last().map(|r| r.id.clone()))
+                .unwrap_or_else(|| contract.to_string())
+        };
+        loop {
+            let root = root_now();
+            let guard = lock(self.shard_for(&tenant.name, &root));
+            if root_now() == root {
+                return guard;
+            }
+        }
+    }
+
+    /// Undoes reservations whose commit failed, newest first. Rows are looked up in the
+    /// shard that owns them now, so a re-parenting since the reservation is harmless.
+    pub fn rollback(&self, tenant: &Tenant, reserved: &Reserved) {
         for r in reserved.rows.iter().rev() {
-            let mut m = lock(&self.shards[r.shard]);
+            let mut m = self.lock_owner(tenant, &r.key.contract);
             let Some(cur) = m.rows.get(&r.key).copied() else {
                 continue;
             };
@@ -734,7 +749,7 @@ impl QuotaBook {
             }
         }
         for t in reserved.takes.iter().rev() {
-            let mut m = lock(&self.shards[t.shard]);
+            let mut m = self.lock_owner(tenant, &t.key.contract);
             if let Some(used) = m.grant_used.get_mut(&t.key) {
                 *used = used.saturating_sub(t.amount);
             }
