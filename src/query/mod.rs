@@ -11,9 +11,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use chrono_tz::Tz;
+
 use crate::counters::agg::AggValue;
 use crate::counters::{ContractDeltas, Counters};
 use crate::decimal::Amount;
+use crate::quota::period::{period_containing, PeriodKind};
 use crate::registry::{Aggregation, Lever};
 use crate::store::keys::{decode_window_suffix, put_time, window_prefix};
 use crate::store::{cf, Store, StoreError};
@@ -22,19 +25,24 @@ use crate::window::{cover, rfc3339, Granularity};
 /// Requested window size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowSpec {
-    /// One stored granularity.
+    /// One stored granularity (minute, hour; day in UTC).
     Stored(Granularity),
+    /// Calendar days or months in the query's time zone.
+    Calendar(PeriodKind),
     /// One total over the range.
     None,
 }
 
 impl WindowSpec {
-    /// Parses `minute`, `hour`, `day`, `none`.
-    pub fn parse(s: &str) -> Option<WindowSpec> {
+    /// Parses `minute`, `hour`, `day`, `month`, `none` for a query in `tz`.
+    pub fn parse(s: &str, tz: Tz) -> Option<WindowSpec> {
+        let utc = tz == Tz::UTC || tz == Tz::Etc__UTC;
         match s {
             "minute" => Some(WindowSpec::Stored(Granularity::Minute)),
             "hour" => Some(WindowSpec::Stored(Granularity::Hour)),
-            "day" => Some(WindowSpec::Stored(Granularity::Day)),
+            "day" if utc => Some(WindowSpec::Stored(Granularity::Day)),
+            "day" => Some(WindowSpec::Calendar(PeriodKind::Day)),
+            "month" => Some(WindowSpec::Calendar(PeriodKind::Month)),
             "none" => Some(WindowSpec::None),
             _ => None,
         }
@@ -44,9 +52,24 @@ impl WindowSpec {
     pub fn as_str(self) -> &'static str {
         match self {
             WindowSpec::Stored(g) => g.as_str(),
+            WindowSpec::Calendar(k) => k.as_str(),
             WindowSpec::None => "none",
         }
     }
+}
+
+/// The calendar windows of `kind` in `tz` that start in `[from, to)`.
+pub fn calendar_windows(kind: PeriodKind, tz: Tz, from: i64, to: i64) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    let mut p = period_containing(kind, from, tz, 0);
+    if p.start_ms < from {
+        p = period_containing(kind, p.end_ms, tz, 0);
+    }
+    while p.start_ms < to && p.end_ms > p.start_ms {
+        out.push((p.start_ms, p.end_ms));
+        p = period_containing(kind, p.end_ms, tz, 0);
+    }
+    out
 }
 
 /// A usage query for one contract.
@@ -64,6 +87,8 @@ pub struct UsageQuery {
     pub to: i64,
     /// Window size.
     pub window: WindowSpec,
+    /// Time zone of calendar windows.
+    pub tz: Tz,
     /// Group rows by bucket.
     pub group_by_bucket: bool,
     /// Lateness used for `final`.
@@ -164,7 +189,22 @@ pub fn usage(
     let mut rows = Vec::new();
     for lever in &q.levers {
         let mut acc = Acc::new();
+        // Row start -> row end, for windows of varying length.
+        let mut ends: BTreeMap<i64, i64> = BTreeMap::new();
         let len: Option<i64> = match q.window {
+            WindowSpec::Calendar(kind) => {
+                for (ws, we) in calendar_windows(kind, q.tz, q.from, q.to) {
+                    ends.insert(ws, we);
+                    // Minute-aligned edges (zones with sub-hour offsets), then the fewest
+                    // stored rows.
+                    let s = Granularity::Minute.ceil(ws);
+                    let e = Granularity::Minute.ceil(we);
+                    for (g, ps, pe) in cover(s, e) {
+                        collect(store, &deltas, q, &lever.id, g, ps, pe, |_| ws, &mut acc)?;
+                    }
+                }
+                Some(0)
+            }
             WindowSpec::Stored(g) => {
                 let s = g.ceil(q.from);
                 let e = g.ceil(q.to);
@@ -182,6 +222,7 @@ pub fn usage(
         };
         for ((start, bucket), v) in acc {
             let (start, end) = match len {
+                Some(0) => (start, ends.get(&start).copied().unwrap_or(start)),
                 Some(l) => (start, start + l),
                 None => (q.from, q.to),
             };

@@ -9,6 +9,8 @@ use serde_json::json;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, query_map, Body};
+use chrono_tz::Tz;
+
 use crate::query::{usage, UsageQuery, WindowSpec};
 use crate::window::{now_ms, parse_rfc3339, Granularity, DAY_MS};
 
@@ -17,7 +19,9 @@ fn max_range_ms(w: WindowSpec) -> i64 {
     match w {
         WindowSpec::Stored(Granularity::Minute) => 31 * DAY_MS,
         WindowSpec::Stored(Granularity::Hour) => 400 * DAY_MS,
-        WindowSpec::Stored(Granularity::Day) | WindowSpec::None => 100 * 366 * DAY_MS,
+        WindowSpec::Stored(Granularity::Day) | WindowSpec::Calendar(_) | WindowSpec::None => {
+            100 * 366 * DAY_MS
+        }
     }
 }
 
@@ -37,26 +41,23 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
         }
     }
     let tenant = ctx.tenant()?;
-    if tenant.contract(contract).is_none() {
+    let Some(c) = tenant.contract(contract) else {
         return Err(ApiError::new(
             ErrorCode::NotFound,
             format!("contract {contract:?} does not exist"),
         ));
-    }
+    };
+    let tz: Tz = match q.get("tz") {
+        None => c.tz.unwrap_or(Tz::UTC),
+        Some(z) => z
+            .parse()
+            .map_err(|_| bad(format!("`tz` {z:?} is not an IANA time zone")))?,
+    };
     let window = match q.get("window") {
         None => WindowSpec::None,
-        Some(w) => {
-            WindowSpec::parse(w).ok_or_else(|| bad("`window` must be minute, hour, day or none"))?
-        }
+        Some(w) => WindowSpec::parse(w, tz)
+            .ok_or_else(|| bad("`window` must be minute, hour, day, month or none"))?,
     };
-    match q.get("tz").map(String::as_str) {
-        None | Some("UTC") | Some("Etc/UTC") | Some("Z") => {}
-        Some(other) => {
-            return Err(bad(format!(
-                "`tz` {other:?} is not supported yet: windows are UTC-aligned"
-            )))
-        }
-    }
     let group_by_bucket = match q.get("group_by").map(String::as_str) {
         None => false,
         Some("bucket") => true,
@@ -100,6 +101,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
         from,
         to,
         window,
+        tz,
         group_by_bucket,
         lateness_ms: tenant.lateness.as_millis() as i64,
         now_ms: now,
@@ -111,7 +113,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
         &json!({
             "contract": contract,
             "window": window.as_str(),
-            "tz": "UTC",
+            "tz": tz.name(),
             "from": crate::window::rfc3339(from),
             "to": crate::window::rfc3339(to),
             "items": rows,
