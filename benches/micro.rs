@@ -162,6 +162,7 @@ fn filled(input: &FlushInput) -> Counters {
 fn bench_flush(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), Duration::from_secs(35 * 86_400)).expect("open store");
+    let revisions = meterd::revision::Revisions::load(&store).expect("revisions");
     let input = flush_input(&Counters::new(SHARDS));
     assert_eq!(filled(&input).pending_entries(), FLUSH_WINDOWS);
 
@@ -174,7 +175,7 @@ fn bench_flush(c: &mut Criterion) {
         b.iter_batched(
             || filled(&input),
             |counters| {
-                let rows = flush_once(&store, &counters).expect("flush");
+                let rows = flush_once(&store, &counters, &revisions).expect("flush");
                 assert_eq!(rows, FLUSH_WINDOWS);
                 // Returned so that dropping the drained counters is not timed.
                 counters

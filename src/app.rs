@@ -27,6 +27,7 @@ use crate::journal::Journal;
 use crate::notify::Outbox;
 use crate::quota::state::{chain as quota_chain, QuotaBook, StoredKey};
 use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry};
+use crate::revision::Revisions;
 use crate::state::State;
 use crate::store::keys::{get_str, AdminKind};
 use crate::store::{cf, Store, StoreError};
@@ -197,7 +198,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let store = {
         let path = cfg.data_dir.clone();
         let retention = cfg.dedupe_retention;
-        tokio::task::spawn_blocking(move || Store::open(&path, retention))
+        let windows = cfg.window_retention;
+        tokio::task::spawn_blocking(move || Store::open_with(&path, retention, windows))
             .await?
             .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?
     };
@@ -207,9 +209,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
         .context("loading quota usage")?;
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
+    let revisions = Revisions::load(&store).context("loading revisions")?;
     let (journal, journal_thread) = Journal::start(store.clone(), cfg.durability, 1);
     let state = Arc::new(State {
         outbox,
+        revisions,
         keys: ApiKeys::new(&cfg.api_keys),
         counters: Counters::new(cfg.shards),
         quotas,
@@ -304,7 +308,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || {
         let _ = flusher.join();
         // Final flush of anything applied after the flusher's last pass.
-        if let Err(e) = flush::flush_once(&st.store, &st.counters) {
+        if let Err(e) = flush::flush_once(&st.store, &st.counters, &st.revisions) {
             tracing::error!(error = %e, "final flush failed; the journal keeps the events");
         }
         st.store.close()

@@ -14,6 +14,7 @@ use rocksdb::WriteBatch;
 
 use crate::config::Durability;
 use crate::counters::Counters;
+use crate::revision::Revisions;
 use crate::state::State;
 use crate::store::keys::{journal_key, window_key};
 use crate::store::records::decode_journal;
@@ -23,8 +24,14 @@ use crate::telemetry::names;
 /// Meta key holding the highest journal sequence number whose deltas were flushed.
 pub const SEQ_HWM_KEY: &[u8] = b"journal_seq_hwm";
 
-/// Writes every pending delta to the store. Returns the number of window rows written.
-pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreError> {
+/// Writes every pending delta to the store, stamping each changed row with a new
+/// revision of its tenant ([`crate::revision`]). Returns the number of window rows
+/// written.
+pub fn flush_once(
+    store: &Store,
+    counters: &Counters,
+    revisions: &Revisions,
+) -> Result<usize, StoreError> {
     let started = Instant::now();
     let sets = counters.begin_flush();
     // Read after the swap: every swapped delta has a sequence number at or below it.
@@ -36,6 +43,7 @@ pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreErro
     let journal = store.cf(cf::JOURNAL);
     let mut batch = WriteBatch::default();
     let mut rows = 0usize;
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut value = Vec::with_capacity(33);
     for set in &sets {
         for (ck, deltas) in &set.deltas {
@@ -50,7 +58,8 @@ pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreErro
                 );
                 value.clear();
                 v.encode_into(&mut value);
-                batch.merge_cf(windows, key, &value);
+                batch.merge_cf(windows, &key, &value);
+                keys.push(key);
                 rows += 1;
             }
         }
@@ -62,6 +71,13 @@ pub fn flush_once(store: &Store, counters: &Counters) -> Result<usize, StoreErro
     // increasing across restarts after the journal has been emptied.
     batch.put_cf(store.cf(cf::META), SEQ_HWM_KEY, hwm.to_be_bytes());
     drop(sets);
+    let mut stamp = revisions.begin();
+    if let Err(e) = stamp.stamp(store, &mut batch, &keys) {
+        counters.abort_flush();
+        metrics::counter!(names::FLUSH_ERRORS_TOTAL).increment(1);
+        return Err(e);
+    }
+    drop(keys);
     let result = {
         let _gate = counters.gate_write();
         let r = store.write(batch, false);
@@ -97,7 +113,7 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
                 rounds += 1;
                 let stopping =
                     !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
-                if let Err(e) = flush_once(&state.store, &state.counters) {
+                if let Err(e) = flush_once(&state.store, &state.counters, &state.revisions) {
                     tracing::error!(error = %e, "flush failed; deltas kept for the next attempt");
                 }
                 if buffered {

@@ -19,6 +19,7 @@
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
 //! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
 //!   contract's time zone, period usage, grants and the atomic quota decision.
+//! - [`revision`]: per-tenant revisions of stored usage rows, the changes feed index.
 //! - [`notify`]: the threshold-notification outbox and signed webhook delivery.
 //! - [`registry`]: tenants, levers, contracts, API keys and roles.
 //! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
@@ -39,6 +40,7 @@ pub mod notify;
 pub mod query;
 pub mod quota;
 pub mod registry;
+pub mod revision;
 pub mod state;
 pub mod store;
 pub mod telemetry;

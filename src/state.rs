@@ -31,6 +31,8 @@ pub struct State {
     pub quotas: crate::quota::state::QuotaBook,
     /// Undelivered threshold notifications.
     pub outbox: Arc<crate::notify::Outbox>,
+    /// Revisions; its lock serialises writes to stored usage rows.
+    pub revisions: crate::revision::Revisions,
     /// Group-commit writer.
     pub journal: Journal,
     /// True once recovery is done (and until shutdown starts).

@@ -125,6 +125,8 @@ pub struct Config {
     pub lateness: Duration,
     /// Dedupe retention.
     pub dedupe_retention: Duration,
+    /// How long window rows are kept, per granularity.
+    pub window_retention: crate::store::WindowRetention,
     /// Counter shards.
     pub shards: usize,
     /// Body limit in bytes.
@@ -439,6 +441,50 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
             webhook,
         });
     }
+    let retention = |key: &str, v: &str| -> Result<Option<Duration>, ConfigError> {
+        if v == "forever" {
+            return Ok(None);
+        }
+        let d = dur(key, v)?;
+        let max_lateness = tenants
+            .iter()
+            .map(|t| t.lateness)
+            .chain(std::iter::once(lateness))
+            .max()
+            .unwrap_or_default();
+        if d < Duration::from_secs(86400) || d < max_lateness {
+            return Err(err(
+                file,
+                key,
+                "must be \"forever\" or at least 1 day and at least every tenant's lateness",
+            ));
+        }
+        Ok(Some(d))
+    };
+    let window_retention = crate::store::WindowRetention {
+        minute: retention("retention_minute", &raw.retention_minute)?,
+        hour: retention("retention_hour", &raw.retention_hour)?,
+        day: retention("retention_day", &raw.retention_day)?,
+    };
+    let longer = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(a), Some(b)) => a >= b,
+    };
+    if !longer(window_retention.hour, window_retention.minute) {
+        return Err(err(
+            file,
+            "retention_hour",
+            "must be at least retention_minute (coarser windows are kept at least as long)",
+        ));
+    }
+    if !longer(window_retention.day, window_retention.hour) {
+        return Err(err(
+            file,
+            "retention_day",
+            "must be at least retention_hour (coarser windows are kept at least as long)",
+        ));
+    }
     let mut ensure_tenant = |name: &str| {
         if !tenants.iter().any(|t| t.name == name) {
             tenants.push(TenantConfig {
@@ -553,6 +599,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         flush_interval,
         lateness,
         dedupe_retention,
+        window_retention,
         shards: raw.shards,
         max_body_bytes: raw.max_body_bytes,
         max_batch_events: raw.max_batch_events,

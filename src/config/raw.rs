@@ -28,6 +28,15 @@ pub struct RawConfig {
     /// How long idempotency keys are remembered.
     #[serde(default = "d_dedupe_retention")]
     pub dedupe_retention: String,
+    /// How long minute windows are kept (`forever` keeps them).
+    #[serde(default = "d_retention_minute")]
+    pub retention_minute: String,
+    /// How long hour windows are kept.
+    #[serde(default = "d_retention_hour")]
+    pub retention_hour: String,
+    /// How long day windows are kept.
+    #[serde(default = "d_retention_day")]
+    pub retention_day: String,
     /// Number of counter shards.
     #[serde(default = "d_shards")]
     pub shards: usize,
@@ -177,4 +186,13 @@ fn d_webhook_retry_max() -> String {
 }
 fn d_webhook_max_age() -> String {
     "72h".into()
+}
+fn d_retention_minute() -> String {
+    "7d".into()
+}
+fn d_retention_hour() -> String {
+    "400d".into()
+}
+fn d_retention_day() -> String {
+    "forever".into()
 }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use super::handlers::{admin, balance, events, grants, ops, usage};
+use super::handlers::{admin, balance, changes, events, grants, ops, usage};
 use super::util::{decode_segment, Body};
 use super::Surface;
 use crate::registry::{Principal, Role};
@@ -39,6 +39,7 @@ impl Ctx {
 
 enum Route {
     Events,
+    Changes,
     Levers,
     Lever(String),
     Contracts,
@@ -55,6 +56,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Route::Events => "events",
+            Route::Changes => "changes",
             Route::Levers => "levers",
             Route::Lever(_) => "lever",
             Route::Contracts => "contracts",
@@ -74,6 +76,7 @@ impl Route {
             (Route::Events, &Method::POST) => Some(Role::Ingest),
             (
                 Route::Levers
+                | Route::Changes
                 | Route::Contracts
                 | Route::ContractUsage(_)
                 | Route::ContractBalance(_)
@@ -106,6 +109,7 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     };
     Ok(Some(match segs.as_slice() {
         ["v1", "events"] => Route::Events,
+        ["v1", "changes"] => Route::Changes,
         ["v1", "levers"] => Route::Levers,
         ["v1", "levers", l] => Route::Lever(d(l)?),
         ["v1", "contracts"] => Route::Contracts,
@@ -283,6 +287,7 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
     let method = req.method().clone();
     let result = match route {
         Route::Events => events::post(&ctx, req).await,
+        Route::Changes => changes::get(&ctx, &req),
         Route::Levers => admin::list_levers(&ctx, &req),
         Route::Lever(name) => match method {
             Method::GET => admin::get_lever(&ctx, &name),

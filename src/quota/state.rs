@@ -596,10 +596,7 @@ impl QuotaBook {
                         }
                         let take = left.min(need.saturating_sub(taken));
                         taken = taken.saturating_add(take);
-                        takes.push(GrantTake {
-                            key,
-                            amount: take,
-                        });
+                        takes.push(GrantTake { key, amount: take });
                     }
                 }
             }

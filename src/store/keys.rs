@@ -111,6 +111,42 @@ pub fn decode_window_suffix(key: &[u8], prefix_len: usize) -> Option<WindowSuffi
     Some(WindowSuffix { start, bucket })
 }
 
+/// A decoded window key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowKey<'a> {
+    /// Tenant.
+    pub tenant: &'a str,
+    /// Contract id.
+    pub contract: &'a str,
+    /// Lever name.
+    pub lever: &'a str,
+    /// Granularity.
+    pub gran: Granularity,
+    /// Window start.
+    pub start: i64,
+    /// Bucket, if any.
+    pub bucket: Option<&'a str>,
+}
+
+/// Decodes a full key written by [`window_key`].
+pub fn decode_window_key(key: &[u8]) -> Option<WindowKey<'_>> {
+    let (tenant, b) = get_str(key)?;
+    let (contract, b) = get_str(b)?;
+    let (lever, b) = get_str(b)?;
+    let (&g, _) = b.split_first()?;
+    let gran = Granularity::from_code(g)?;
+    let prefix_len = key.len() - b.len() + 1;
+    let s = decode_window_suffix(key, prefix_len)?;
+    Some(WindowKey {
+        tenant,
+        contract,
+        lever,
+        gran,
+        start: s.start,
+        bucket: s.bucket,
+    })
+}
+
 /// Hash of an idempotency key.
 pub fn id_hash(id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(id.as_bytes())
@@ -191,6 +227,17 @@ mod tests {
             let p2 = window_prefix("t", &format!("{x}{y}"), "", Granularity::Hour);
             prop_assert!(!p1.starts_with(&p2) && !p2.starts_with(&p1));
         }
+    }
+
+    #[test]
+    fn full_window_keys_roundtrip() {
+        let k = window_key("t", "c", "l", Granularity::Day, -86_400_000, Some("eu"));
+        let d = decode_window_key(&k).unwrap();
+        assert_eq!(
+            (d.tenant, d.contract, d.lever, d.gran, d.start, d.bucket),
+            ("t", "c", "l", Granularity::Day, -86_400_000, Some("eu"))
+        );
+        assert!(decode_window_key(&k[..k.len() - 1]).is_none());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //!   the same batch as the events that caused it (see [`crate::quota::state`]).
 //! - `outbox`: threshold notifications not yet delivered, written in the same batch as
 //!   the usage that crossed the threshold (see [`crate::notify`]).
+//! - `changes`, `rowrev`: the changes feed index (see [`crate::revision`]).
 //! - `meta`: on-disk format version and the journal sequence high-water mark.
 
 pub mod keys;
@@ -50,6 +51,50 @@ pub mod cf {
     pub const QUOTA: &str = "quota";
     /// Threshold notifications not yet delivered.
     pub const OUTBOX: &str = "outbox";
+    /// The changes feed: tenant and revision -> window key.
+    pub const CHANGES: &str = "changes";
+    /// Latest revision of each window row.
+    pub const ROWREV: &str = "rowrev";
+}
+
+/// How long window rows are kept, per granularity (`None`: forever).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowRetention {
+    /// Minute rows.
+    pub minute: Option<Duration>,
+    /// Hour rows.
+    pub hour: Option<Duration>,
+    /// Day rows.
+    pub day: Option<Duration>,
+}
+
+impl WindowRetention {
+    /// True when some granularity expires.
+    pub fn any(&self) -> bool {
+        self.minute.is_some() || self.hour.is_some() || self.day.is_some()
+    }
+
+    /// Whether the window row with key `k` ended longer than its retention before `now`.
+    pub fn expired(&self, k: &[u8], now_ms: i64) -> bool {
+        use crate::window::Granularity;
+        let parse = || -> Option<(Granularity, i64)> {
+            let (_, b) = keys::get_str(k)?;
+            let (_, b) = keys::get_str(b)?;
+            let (_, b) = keys::get_str(b)?;
+            let (&g, b) = b.split_first()?;
+            let (start, _) = keys::get_time(b)?;
+            Some((Granularity::from_code(g)?, start))
+        };
+        let Some((g, start)) = parse() else {
+            return false;
+        };
+        let keep = match g {
+            Granularity::Minute => self.minute,
+            Granularity::Hour => self.hour,
+            Granularity::Day => self.day,
+        };
+        keep.is_some_and(|d| start + g.len_ms() + d.as_millis() as i64 <= now_ms)
+    }
 }
 
 /// Store failures.
@@ -98,6 +143,15 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the store under `path`.
     pub fn open(path: &Path, dedupe_retention: Duration) -> Result<Store, StoreError> {
+        Store::open_with(path, dedupe_retention, WindowRetention::default())
+    }
+
+    /// Opens the store, removing window rows older than `windows` during compaction.
+    pub fn open_with(
+        path: &Path,
+        dedupe_retention: Duration,
+        windows_retention: WindowRetention,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Full(format!("{path:?}: {e}")))?;
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
@@ -110,6 +164,21 @@ impl Store {
         windows.set_merge_operator_associative("meterd.agg.v1", merge_operator);
         windows.set_block_based_table_factory(&bloom(false));
         windows.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if windows_retention.any() {
+            windows.set_compaction_filter(
+                "meterd.windows.retention",
+                move |_lvl: u32, k: &[u8], _v: &[u8]| {
+                    if windows_retention.expired(k, crate::window::now_ms()) {
+                        rocksdb::CompactionDecision::Remove
+                    } else {
+                        rocksdb::CompactionDecision::Keep
+                    }
+                },
+            );
+            // Rows in files no write touches any more are still removed: such files are
+            // compacted daily, which runs the filter.
+            windows.set_periodic_compaction_seconds(86_400);
+        }
 
         let mut dedupe = Options::default();
         dedupe.set_block_based_table_factory(&bloom(true));
@@ -138,6 +207,9 @@ impl Store {
         let admin = Options::default();
         let meta = Options::default();
         let outbox = Options::default();
+        let changes = Options::default();
+        let mut rowrev = Options::default();
+        rowrev.set_block_based_table_factory(&bloom(true));
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(cf::WINDOWS, windows),
@@ -147,6 +219,8 @@ impl Store {
             ColumnFamilyDescriptor::new(cf::META, meta),
             ColumnFamilyDescriptor::new(cf::QUOTA, quota),
             ColumnFamilyDescriptor::new(cf::OUTBOX, outbox),
+            ColumnFamilyDescriptor::new(cf::CHANGES, changes),
+            ColumnFamilyDescriptor::new(cf::ROWREV, rowrev),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(StoreError::classify)?;
         let store = Store { db: Arc::new(db) };
@@ -204,6 +278,51 @@ impl Store {
             .into_iter()
             .map(|r| r.map_err(StoreError::from))
             .collect()
+    }
+
+    /// Reads up to `limit` entries of the changes feed of `tenant` after revision `after`
+    /// whose window key passes `keep`, each with its window row's value, all in one
+    /// snapshot. Returns `(revision, window key, value)`; the value is `None` for a row
+    /// removed by retention.
+    #[allow(clippy::type_complexity)]
+    pub fn changes_after(
+        &self,
+        tenant: &str,
+        after: u64,
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<(u64, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+        let snap = self.db.snapshot();
+        let prefix = crate::revision::changes_key(tenant, 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        let start = crate::revision::changes_key(tenant, after.saturating_add(1));
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        ro.set_iterate_lower_bound(start.clone());
+        if let Some(upper) = prefix_successor(prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let windows = self.cf(cf::WINDOWS);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf::CHANGES),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            let rev = crate::revision::changes_rev(&k, prefix.len())
+                .ok_or(StoreError::Corrupt("changes"))?;
+            if !keep(&v) {
+                continue;
+            }
+            let value = snap.get_cf(windows, &v)?;
+            out.push((rev, v.to_vec(), value));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Point lookup.

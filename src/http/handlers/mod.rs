@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod changes;
 pub mod events;
 pub mod grants;
 pub mod ops;
