@@ -90,16 +90,18 @@ impl Revisions {
 impl Stamp<'_> {
     /// Adds to `batch` a new revision for each distinct window key in `keys` (full keys
     /// of the `windows` column family, which start with the tenant). Revisions issued
-    /// for a batch that then fails to commit are skipped, never reused.
+    /// for a batch that then fails to commit are skipped, never reused. Returns the
+    /// highest revision issued (0 when `keys` is empty).
     pub fn stamp(
         &mut self,
         store: &Store,
         batch: &mut WriteBatch,
         keys: &[Vec<u8>],
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if keys.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
+        let mut highest = 0;
         let previous = store.multi_get(cf::ROWREV, keys)?;
         let changes = store.cf(cf::CHANGES);
         let rowrev = store.cf(cf::ROWREV);
@@ -119,6 +121,7 @@ impl Stamp<'_> {
             batch.put_cf(changes, changes_key(tenant, rev), key);
             batch.put_cf(rowrev, key, rev.to_be_bytes());
             touched.insert(tenant.to_string(), rev);
+            highest = highest.max(rev);
         }
         let meta = store.cf(cf::META);
         for (tenant, rev) in touched {
@@ -126,6 +129,6 @@ impl Stamp<'_> {
             k.extend_from_slice(tenant.as_bytes());
             batch.put_cf(meta, k, rev.to_be_bytes());
         }
-        Ok(())
+        Ok(highest)
     }
 }

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use super::handlers::{admin, balance, changes, events, grants, ops, usage};
+use super::handlers::{admin, balance, changes, corrections, events, grants, ops, usage};
 use super::util::{decode_segment, Body};
 use super::Surface;
 use crate::registry::{Principal, Role};
@@ -48,6 +48,8 @@ enum Route {
     ContractUsage(String),
     ContractBalance(String),
     ContractGrants(String),
+    ContractAdjustments(String),
+    Event(String),
     Plans,
     Plan(String),
 }
@@ -65,6 +67,8 @@ impl Route {
             Route::ContractUsage(_) => "contract_usage",
             Route::ContractBalance(_) => "contract_balance",
             Route::ContractGrants(_) => "contract_grants",
+            Route::ContractAdjustments(_) => "contract_adjustments",
+            Route::Event(_) => "event",
             Route::Plans => "plans",
             Route::Plan(_) => "plan",
         }
@@ -81,6 +85,7 @@ impl Route {
                 | Route::ContractUsage(_)
                 | Route::ContractBalance(_)
                 | Route::ContractGrants(_)
+                | Route::ContractAdjustments(_)
                 | Route::Plans,
                 &Method::GET,
             ) => Some(Role::Read),
@@ -93,6 +98,8 @@ impl Route {
             (Route::Plan(_), &Method::PUT) => Some(Role::Admin),
             (Route::ContractEnd(_), &Method::POST) => Some(Role::Admin),
             (Route::ContractGrants(_), &Method::POST) => Some(Role::Admin),
+            (Route::ContractAdjustments(_), &Method::POST) => Some(Role::Admin),
+            (Route::Event(_), &Method::DELETE) => Some(Role::Admin),
             _ => None,
         }
     }
@@ -118,6 +125,8 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
         ["v1", "contracts", c, "usage"] => Route::ContractUsage(d(c)?),
         ["v1", "contracts", c, "balance"] => Route::ContractBalance(d(c)?),
         ["v1", "contracts", c, "grants"] => Route::ContractGrants(d(c)?),
+        ["v1", "contracts", c, "adjustments"] => Route::ContractAdjustments(d(c)?),
+        ["v1", "events", id] => Route::Event(d(id)?),
         ["v1", "plans"] => Route::Plans,
         ["v1", "plans", p] => Route::Plan(d(p)?),
         _ => return Ok(None),
@@ -306,6 +315,11 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
             Method::GET => grants::list(&ctx, &id, &req),
             _ => grants::post(&ctx, &id, req).await,
         },
+        Route::ContractAdjustments(id) => match method {
+            Method::GET => corrections::list(&ctx, &id, &req),
+            _ => corrections::post_adjustment(&ctx, &id, req).await,
+        },
+        Route::Event(id) => corrections::retract(&ctx, &id).await,
         Route::Plans => admin::list_plans(&ctx, &req),
         Route::Plan(id) => match method {
             Method::GET => admin::get_plan(&ctx, &id),

@@ -753,6 +753,45 @@ impl QuotaBook {
         }
     }
 
+    /// The period rows an event of `contract` on `lever` at `time_ms` counts in: every
+    /// period of the contract and of each ancestor.
+    pub fn rows_of(
+        tenant: &Tenant,
+        contract: &Arc<Contract>,
+        lever: &str,
+        time_ms: i64,
+    ) -> Vec<UsageKey> {
+        let lever: Arc<str> = Arc::from(lever);
+        let mut out = Vec::new();
+        for c in chain(tenant, contract) {
+            let id: Arc<str> = Arc::from(c.id.as_str());
+            for (kind, p) in periods_at(time_ms, contract_tz(&c), contract_anchor(&c)) {
+                out.push(UsageKey {
+                    tenant: tenant.name.clone(),
+                    contract: id.clone(),
+                    lever: lever.clone(),
+                    kind,
+                    start: p.start_ms,
+                    end: p.end_ms,
+                });
+            }
+        }
+        out
+    }
+
+    /// Subtracts `amount` from the usage of `keys` (a retraction that has been
+    /// committed). Rows no longer held (periods past the horizon) are left alone.
+    pub fn subtract(&self, tenant: &Tenant, keys: &[UsageKey], amount: Amount) {
+        for k in keys {
+            let mut m = self.lock_owner(tenant, &k.contract);
+            if let Some(row) = m.rows.get_mut(k) {
+                if let AggValue::Sum(v) = row.value {
+                    row.value = AggValue::Sum(v - amount.0);
+                }
+            }
+        }
+    }
+
     /// One period row (absent when nothing was used), read under the row's shard lock.
     pub fn row(&self, key: &UsageKey, root: &str) -> Option<Row> {
         lock(self.shard_for(&key.tenant, root))

@@ -17,6 +17,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 
 pub use auth::{ApiKeys, Principal, Role};
+pub(crate) use contract::amount_text;
 pub use contract::{
     parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus, ParsedQuota, QuotaBody,
 };

@@ -176,6 +176,13 @@ pub enum AdminKind {
     Plan = 3,
     /// A grant; its name is `contract`, a NUL byte, then the grant id.
     Grant = 4,
+    /// An audit log entry (adjustment or retraction); its name is `contract`, a NUL
+    /// byte, then its revision as 20 decimal digits.
+    Audit = 5,
+    /// Adjustment idempotency index: `contract`, NUL, id -> audit entry name.
+    AdjustmentId = 6,
+    /// Retraction index: event id -> audit entry name.
+    RetractionId = 7,
 }
 
 /// Admin record name of grant `id` of `contract` (ids cannot contain NUL).

@@ -138,13 +138,31 @@ pub fn dedupe_accepted_ms(b: &[u8]) -> Option<i64> {
 
 /// Decodes a dedupe record into acceptance time, id and event.
 pub fn decode_dedupe(b: &[u8]) -> Option<(i64, String, EventRecord)> {
+    decode_dedupe_full(b).map(|(a, id, ev, _)| (a, id, ev))
+}
+
+/// Marker byte appended to the dedupe record of a retracted event.
+const RETRACTED: u8 = 1;
+
+/// The dedupe record of a retracted event: still a duplicate for its id, no longer
+/// retractable.
+pub fn mark_retracted(record: &[u8]) -> Vec<u8> {
+    let mut out = record.to_vec();
+    out.push(RETRACTED);
+    out
+}
+
+/// Decodes a dedupe record into acceptance time, id, event and whether it was retracted.
+pub fn decode_dedupe_full(b: &[u8]) -> Option<(i64, String, EventRecord, bool)> {
     let accepted = dedupe_accepted_ms(b)?;
     let (id, rest) = get_str(&b[9..])?;
     let (ev, rest) = EventRecord::decode(rest)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    Some((accepted, id.to_string(), ev))
+    let retracted = match rest {
+        [] => false,
+        [RETRACTED] => true,
+        _ => return None,
+    };
+    Some((accepted, id.to_string(), ev, retracted))
 }
 
 #[cfg(test)]
@@ -180,5 +198,13 @@ mod tests {
         let enc = encode_dedupe(42, "req-1", &ev(3));
         assert_eq!(dedupe_accepted_ms(&enc), Some(42));
         assert_eq!(decode_dedupe(&enc), Some((42, "req-1".into(), ev(3))));
+        let gone = mark_retracted(&enc);
+        assert_eq!(dedupe_accepted_ms(&gone), Some(42));
+        assert_eq!(decode_dedupe(&gone), Some((42, "req-1".into(), ev(3))));
+        assert_eq!(
+            decode_dedupe_full(&gone),
+            Some((42, "req-1".into(), ev(3), true))
+        );
+        assert_eq!(decode_dedupe_full(&mark_retracted(&gone)), None);
     }
 }

@@ -154,18 +154,18 @@ fn page<T>(
     kind: AdminKind,
     tenant: &str,
     q: &std::collections::HashMap<String, String>,
-    keep: impl FnMut(&str) -> Option<T>,
+    mut keep: impl FnMut(&str) -> Option<T>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
-    page_under(state, admin_prefix(kind, tenant), q, keep)
+    page_under(state, admin_prefix(kind, tenant), q, |name, _| keep(name))
 }
 
 /// Scans one page of admin records under `prefix` after the cursor; `keep` gets the rest
-/// of each key as the record's name.
+/// of each key as the record's name, and the record.
 pub fn page_under<T>(
     state: &State,
     prefix: Vec<u8>,
     q: &std::collections::HashMap<String, String>,
-    mut keep: impl FnMut(&str) -> Option<T>,
+    mut keep: impl FnMut(&str, &[u8]) -> Option<T>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     let limit = page_limit(q)?;
     let start = match q.get("cursor") {
@@ -184,11 +184,11 @@ pub fn page_under<T>(
     let mut more = false;
     state
         .store
-        .scan_prefix(cf::ADMIN, &prefix, &start, |k, _| {
+        .scan_prefix(cf::ADMIN, &prefix, &start, |k, v| {
             let Ok(name) = std::str::from_utf8(&k[prefix.len()..]) else {
                 return true;
             };
-            if let Some(item) = keep(name) {
+            if let Some(item) = keep(name, v) {
                 if items.len() == limit {
                     more = true;
                     return false;

@@ -141,7 +141,9 @@ pub fn list(
         .unwrap_or_default();
     let mut prefix = admin_prefix(AdminKind::Grant, &t.name);
     prefix.extend_from_slice(grant_name(contract, "").as_bytes());
-    let (items, next) = page_under(&ctx.state, prefix, &q, |id| grants.get(id).map(Arc::clone))?;
+    let (items, next) = page_under(&ctx.state, prefix, &q, |id, _| {
+        grants.get(id).map(Arc::clone)
+    })?;
     let refs: Vec<&Grant> = items.iter().map(|g| &**g).collect();
     let views = views(ctx, &t, contract, &refs);
     Ok(json(
