@@ -1,8 +1,6 @@
 //! The one place where errors become HTTP responses: a closed set of stable codes, each
 //! with its status, rendered as `application/problem+json` (RFC 9457) with a `code`.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
 
@@ -137,7 +135,7 @@ impl ApiError {
     }
 
     /// Renders the problem+json response.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<crate::http::util::Body> {
         #[derive(Serialize)]
         struct Problem<'a> {
             #[serde(rename = "type")]
@@ -171,7 +169,7 @@ impl ApiError {
         if self.code == ErrorCode::Unauthorized {
             b = b.header(header::WWW_AUTHENTICATE, "Bearer");
         }
-        b.body(Full::new(Bytes::from(body)))
+        b.body(crate::http::util::full(body))
             .expect("static response parts are valid")
     }
 }

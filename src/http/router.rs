@@ -40,6 +40,7 @@ impl Ctx {
 enum Route {
     Events,
     Changes,
+    Usage,
     Levers,
     Lever(String),
     Contracts,
@@ -59,6 +60,7 @@ impl Route {
         match self {
             Route::Events => "events",
             Route::Changes => "changes",
+            Route::Usage => "usage",
             Route::Levers => "levers",
             Route::Lever(_) => "lever",
             Route::Contracts => "contracts",
@@ -81,6 +83,7 @@ impl Route {
             (
                 Route::Levers
                 | Route::Changes
+                | Route::Usage
                 | Route::Contracts
                 | Route::ContractUsage(_)
                 | Route::ContractBalance(_)
@@ -117,6 +120,7 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     Ok(Some(match segs.as_slice() {
         ["v1", "events"] => Route::Events,
         ["v1", "changes"] => Route::Changes,
+        ["v1", "usage"] => Route::Usage,
         ["v1", "levers"] => Route::Levers,
         ["v1", "levers", l] => Route::Lever(d(l)?),
         ["v1", "contracts"] => Route::Contracts,
@@ -297,6 +301,7 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
     let result = match route {
         Route::Events => events::post(&ctx, req).await,
         Route::Changes => changes::get(&ctx, &req),
+        Route::Usage => usage::list(&ctx, &req),
         Route::Levers => admin::list_levers(&ctx, &req),
         Route::Lever(name) => match method {
             Method::GET => admin::get_lever(&ctx, &name),

@@ -11,8 +11,31 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorCode};
 
-/// Response body type.
-pub type Body = Full<Bytes>;
+/// Response body type: a whole body, or a stream (large exports).
+pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A whole response body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A streamed response body fed by a channel; an `Err` item aborts the response (the
+/// client sees a truncated transfer rather than a silently short result).
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|item| item.map(|r| r.map(hyper::body::Frame::data)))
+    }
+}
 
 /// Reads a whole body of at most `limit` bytes within `timeout`.
 pub async fn read_body(
@@ -98,7 +121,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
         Ok(v) => Response::builder()
             .status(status)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(v)))
+            .body(full(v))
             .expect("static response parts are valid"),
         Err(e) => ApiError::new(ErrorCode::Internal, e.to_string()).into_response(),
     }
@@ -108,7 +131,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
 pub fn empty(status: StatusCode) -> Response<Body> {
     Response::builder()
         .status(status)
-        .body(Full::new(Bytes::new()))
+        .body(full(Bytes::new()))
         .expect("static response parts are valid")
 }
 

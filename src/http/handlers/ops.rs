@@ -54,6 +54,6 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .body(crate::http::util::full(body))
         .expect("static response parts are valid")
 }

@@ -1,17 +1,32 @@
-//! `GET /v1/contracts/{contract}/usage` (SPEC 4.1).
+//! Usage queries (SPEC 4.1):
+//!
+//! - `GET /v1/contracts/{contract}/usage?lever=&from=&to=&window=&tz=&group_by=bucket`
+//! - `GET /v1/usage?from=&to=&window=&lever=&tz=&group_by=&cursor=&limit=`: every contract
+//!   of the tenant in id order, paged by contract with an opaque cursor (the last contract
+//!   id of the page). Ingest never adds contracts, so paging while it runs neither skips
+//!   nor repeats one; a contract created meanwhile appears if its id sorts after the
+//!   cursor. With `Accept: application/x-ndjson` or `text/csv` the rows are streamed as
+//!   they are computed, one contract at a time, so memory stays bounded however many
+//!   contracts there are; without `limit` a stream covers every contract.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use chrono_tz::Tz;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{header, Request, Response, StatusCode};
 use serde_json::json;
 
+use super::admin::page_under;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, query_map, Body};
-use chrono_tz::Tz;
-
-use crate::query::{usage, UsageQuery, WindowSpec};
+use crate::http::util::{decode_cursor, json, query_map, Body, ChannelBody};
+use crate::query::{usage, UsageQuery, UsageRow, WindowSpec};
+use crate::registry::{Contract, Lever, Tenant};
+use crate::state::State;
+use crate::store::keys::{admin_prefix, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, Granularity, DAY_MS};
 
 /// Longest range per window size, so a response stays bounded.
@@ -29,35 +44,43 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidQuery, msg)
 }
 
-/// Answers a usage query for one contract.
-pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let q = query_map(req.uri().query())?;
+/// Validated query parameters shared by both endpoints.
+struct Params {
+    levers: Vec<Arc<Lever>>,
+    from: i64,
+    to: i64,
+    window: String,
+    /// Explicit `tz`; else each contract's zone.
+    tz: Option<Tz>,
+    group_by_bucket: bool,
+    now: i64,
+}
+
+fn parse_params(
+    tenant: &Tenant,
+    q: &HashMap<String, String>,
+    extra: &[&str],
+) -> Result<Params, ApiError> {
     for k in q.keys() {
         if !matches!(
             k.as_str(),
             "lever" | "from" | "to" | "window" | "tz" | "group_by"
-        ) {
+        ) && !extra.contains(&k.as_str())
+        {
             return Err(bad(format!("unknown parameter `{k}`")));
         }
     }
-    let tenant = ctx.tenant()?;
-    let Some(c) = tenant.contract(contract) else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("contract {contract:?} does not exist"),
-        ));
+    let tz: Option<Tz> = match q.get("tz") {
+        None => None,
+        Some(z) => Some(
+            z.parse()
+                .map_err(|_| bad(format!("`tz` {z:?} is not an IANA time zone")))?,
+        ),
     };
-    let tz: Tz = match q.get("tz") {
-        None => c.tz.unwrap_or(Tz::UTC),
-        Some(z) => z
-            .parse()
-            .map_err(|_| bad(format!("`tz` {z:?} is not an IANA time zone")))?,
-    };
-    let window = match q.get("window") {
-        None => WindowSpec::None,
-        Some(w) => WindowSpec::parse(w, tz)
-            .ok_or_else(|| bad("`window` must be minute, hour, day, month or none"))?,
-    };
+    let window = q.get("window").cloned().unwrap_or_else(|| "none".into());
+    // Validated here for every zone; the spec itself depends on each contract's zone.
+    let probe = WindowSpec::parse(&window, Tz::UTC)
+        .ok_or_else(|| bad("`window` must be minute, hour, day, month or none"))?;
     let group_by_bucket = match q.get("group_by").map(String::as_str) {
         None => false,
         Some("bucket") => true,
@@ -75,10 +98,10 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
     if from >= to {
         return Err(bad("`from` must be before `to`"));
     }
-    if to - from > max_range_ms(window) {
+    if to - from > max_range_ms(probe) {
         return Err(bad(format!(
             "range too long for window `{}`; split the query",
-            window.as_str()
+            probe.as_str()
         )));
     }
     let levers = match q.get("lever") {
@@ -94,29 +117,274 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
             all
         }
     };
-    let query = UsageQuery {
-        tenant: tenant.name.clone(),
-        contract: contract.to_string(),
+    Ok(Params {
         levers,
         from,
         to,
         window,
         tz,
         group_by_bucket,
+        now,
+    })
+}
+
+/// Runs the query for one contract; returns its zone and rows.
+fn contract_rows(
+    state: &State,
+    tenant: &Tenant,
+    c: &Contract,
+    p: &Params,
+) -> Result<(Tz, Vec<UsageRow>), ApiError> {
+    let tz = p.tz.unwrap_or(c.tz.unwrap_or(Tz::UTC));
+    let window = WindowSpec::parse(&p.window, tz)
+        .ok_or_else(|| bad("`window` must be minute, hour, day, month or none"))?;
+    let query = UsageQuery {
+        tenant: tenant.name.clone(),
+        contract: c.id.clone(),
+        levers: p.levers.clone(),
+        from: p.from,
+        to: p.to,
+        window,
+        tz,
+        group_by_bucket: p.group_by_bucket,
         lateness_ms: tenant.lateness.as_millis() as i64,
-        now_ms: now,
+        now_ms: p.now,
     };
-    let state = &ctx.state;
-    let rows = tokio::task::block_in_place(|| usage(&state.store, &state.counters, &query))?;
+    Ok((tz, usage(&state.store, &state.counters, &query)?))
+}
+
+/// Answers a usage query for one contract.
+pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query_map(req.uri().query())?;
+    let tenant = ctx.tenant()?;
+    let Some(c) = tenant.contract(contract) else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("contract {contract:?} does not exist"),
+        ));
+    };
+    let p = parse_params(&tenant, &q, &[])?;
+    let (tz, rows) = tokio::task::block_in_place(|| contract_rows(&ctx.state, &tenant, &c, &p))?;
+    let window = WindowSpec::parse(&p.window, tz).map(WindowSpec::as_str);
     Ok(json(
         StatusCode::OK,
         &json!({
             "contract": contract,
-            "window": window.as_str(),
+            "window": window,
             "tz": tz.name(),
-            "from": crate::window::rfc3339(from),
-            "to": crate::window::rfc3339(to),
+            "from": crate::window::rfc3339(p.from),
+            "to": crate::window::rfc3339(p.to),
             "items": rows,
         }),
     ))
+}
+
+/// Output format of `GET /v1/usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+fn format_of(req: &Request<Incoming>) -> Format {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wants = |m: &str| {
+        accept
+            .split(',')
+            .any(|part| part.split(';').next().unwrap_or("").trim() == m)
+    };
+    if wants("application/x-ndjson") {
+        Format::Ndjson
+    } else if wants("text/csv") {
+        Format::Csv
+    } else {
+        Format::Json
+    }
+}
+
+/// The contract ids of one page after `cursor` (`limit` of them, or all), and the
+/// cursor of the next page.
+fn contract_page(
+    state: &State,
+    tenant: &Tenant,
+    q: &HashMap<String, String>,
+    limit: Option<usize>,
+) -> Result<(Vec<Arc<Contract>>, Option<String>), ApiError> {
+    let mut q = q.clone();
+    match limit {
+        Some(l) => {
+            q.insert("limit".into(), l.to_string());
+        }
+        None => {
+            q.remove("limit");
+        }
+    }
+    if limit.is_some() {
+        return page_under(
+            state,
+            admin_prefix(AdminKind::Contract, &tenant.name),
+            &q,
+            |id, _| tenant.contract(id),
+        );
+    }
+    // All of them: walk pages of 1000.
+    let mut all = Vec::new();
+    loop {
+        q.insert("limit".into(), "1000".into());
+        let (items, next) = page_under(
+            state,
+            admin_prefix(AdminKind::Contract, &tenant.name),
+            &q,
+            |id, _| tenant.contract(id),
+        )?;
+        all.extend(items);
+        match next {
+            Some(n) => {
+                q.insert("cursor".into(), n);
+            }
+            None => return Ok((all, None)),
+        }
+    }
+}
+
+fn row_json(contract: &str, row: &UsageRow) -> serde_json::Value {
+    let mut v = serde_json::to_value(row).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("contract".into(), contract.into());
+    }
+    v
+}
+
+/// `GET /v1/usage`: all contracts of the tenant.
+pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = query_map(req.uri().query())?;
+    let tenant = ctx.tenant()?;
+    let p = parse_params(&tenant, &q, &["cursor", "limit"])?;
+    if let Some(c) = q.get("cursor") {
+        decode_cursor(c)?;
+    }
+    let limit = match q.get("limit") {
+        None => None,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Some(n),
+            _ => return Err(bad("`limit` must be an integer between 1 and 1000")),
+        },
+    };
+    let format = format_of(req);
+    if format == Format::Json {
+        let limit = limit.unwrap_or(100);
+        let (contracts, next) = contract_page(&ctx.state, &tenant, &q, Some(limit))?;
+        let mut items = Vec::new();
+        tokio::task::block_in_place(|| -> Result<(), ApiError> {
+            for c in &contracts {
+                let (_, rows) = contract_rows(&ctx.state, &tenant, c, &p)?;
+                items.extend(rows.iter().map(|r| row_json(&c.id, r)));
+            }
+            Ok(())
+        })?;
+        return Ok(json(
+            StatusCode::OK,
+            &json!({
+                "window": p.window,
+                "from": crate::window::rfc3339(p.from),
+                "to": crate::window::rfc3339(p.to),
+                "items": items,
+                "next_cursor": next,
+            }),
+        ));
+    }
+    // Streams: the page of contract ids is fixed first (so the next cursor can go in a
+    // header); rows are produced one contract at a time on a blocking thread and sent
+    // through a small bounded channel, so a slow client holds back the producer.
+    let (contracts, next) = contract_page(&ctx.state, &tenant, &q, limit)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let state = ctx.state.clone();
+    tokio::task::spawn_blocking(move || {
+        let is_csv = format == Format::Csv;
+        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+        // CSV rows of one contract, appended to `out` (the writer quotes fields).
+        let csv_rows = |out: &mut Vec<u8>, records: &mut dyn Iterator<Item = [String; 8]>| {
+            let mut w = csv::WriterBuilder::new()
+                .has_headers(false)
+                .from_writer(Vec::new());
+            for rec in records {
+                let _ = w.write_record(&rec);
+            }
+            if let Ok(bytes) = w.into_inner() {
+                out.extend_from_slice(&bytes);
+            }
+        };
+        if is_csv {
+            let header = [
+                "contract",
+                "lever",
+                "aggregation",
+                "bucket",
+                "start",
+                "end",
+                "value",
+                "final",
+            ]
+            .map(String::from);
+            csv_rows(&mut out, &mut std::iter::once(header));
+        }
+        for c in &contracts {
+            let rows = match contract_rows(&state, &tenant, c, &p) {
+                Ok((_, rows)) => rows,
+                Err(e) => {
+                    tracing::error!(error = %e.detail, "usage export failed; response aborted");
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.detail)));
+                    return;
+                }
+            };
+            if is_csv {
+                csv_rows(
+                    &mut out,
+                    &mut rows.iter().map(|r| {
+                        [
+                            c.id.clone(),
+                            r.lever.clone(),
+                            r.aggregation.as_str().to_string(),
+                            r.bucket.clone().unwrap_or_default(),
+                            r.start.clone(),
+                            r.end.clone(),
+                            r.value.to_string(),
+                            r.is_final.to_string(),
+                        ]
+                    }),
+                );
+            } else {
+                for r in &rows {
+                    let _ = serde_json::to_writer(&mut out, &row_json(&c.id, r));
+                    out.push(b'\n');
+                }
+            }
+            if out.len() >= 32 * 1024 {
+                let chunk = Bytes::from(std::mem::take(&mut out));
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return; // the client went away
+                }
+            }
+        }
+        if !out.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(out)));
+        }
+    });
+    let content_type = match format {
+        Format::Csv => "text/csv; charset=utf-8",
+        _ => "application/x-ndjson",
+    };
+    let mut b = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type);
+    if let Some(n) = &next {
+        b = b.header("meterd-next-cursor", n.as_str());
+    }
+    Ok(b.body(ChannelBody(rx).boxed())
+        .expect("static response parts are valid"))
 }
