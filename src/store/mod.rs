@@ -487,6 +487,54 @@ mod tests {
     }
 
     #[test]
+    fn old_window_rows_are_removed_by_compaction_per_granularity() {
+        use crate::counters::agg::AggValue;
+        use crate::store::keys::window_key;
+        use crate::window::{Granularity, DAY_MS};
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let retention = WindowRetention {
+            minute: Some(7 * day),
+            hour: Some(30 * day),
+            day: None,
+        };
+        let store = Store::open_with(dir.path(), Duration::from_secs(3600), retention).unwrap();
+        let now = crate::window::now_ms();
+        let key = |g: Granularity, age_days: i64| {
+            window_key("t", "c", "l", g, g.floor(now - age_days * DAY_MS), None)
+        };
+        // (granularity, age in days, kept?)
+        let cases = [
+            (Granularity::Minute, 1, true),
+            (Granularity::Minute, 6, true),
+            (Granularity::Minute, 8, false),
+            (Granularity::Hour, 8, true),
+            (Granularity::Hour, 29, true),
+            (Granularity::Hour, 31, false),
+            (Granularity::Day, 31, true),
+            (Granularity::Day, 5000, true),
+        ];
+        let mut b = WriteBatch::default();
+        for (g, age, _) in cases {
+            b.merge_cf(
+                store.cf(cf::WINDOWS),
+                key(g, age),
+                AggValue::Sum(1).encode(),
+            );
+        }
+        store.write(b, true).unwrap();
+        // Merge operands become values in the first compaction; the filter sees values.
+        store.compact(cf::WINDOWS).unwrap();
+        store.compact(cf::WINDOWS).unwrap();
+        for (g, age, kept) in cases {
+            let present = store.get(cf::WINDOWS, &key(g, age)).unwrap().is_some();
+            assert_eq!(present, kept, "{g:?} row {age} days old");
+        }
+        // Keys that are not window keys are never removed.
+        assert!(!retention.expired(b"garbage", now));
+    }
+
+    #[test]
     fn refuses_an_incompatible_format() {
         let dir = tempfile::tempdir().unwrap();
         {
