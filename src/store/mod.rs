@@ -207,9 +207,35 @@ impl Store {
         let admin = Options::default();
         let meta = Options::default();
         let outbox = Options::default();
-        let changes = Options::default();
+        let mut changes = Options::default();
         let mut rowrev = Options::default();
         rowrev.set_block_based_table_factory(&bloom(true));
+        if windows_retention.any() {
+            // The feed index of a removed row goes with it: `changes` values and `rowrev`
+            // keys are window keys.
+            changes.set_compaction_filter(
+                "meterd.changes.retention",
+                move |_lvl: u32, _k: &[u8], v: &[u8]| {
+                    if windows_retention.expired(v, crate::window::now_ms()) {
+                        rocksdb::CompactionDecision::Remove
+                    } else {
+                        rocksdb::CompactionDecision::Keep
+                    }
+                },
+            );
+            changes.set_periodic_compaction_seconds(86_400);
+            rowrev.set_compaction_filter(
+                "meterd.rowrev.retention",
+                move |_lvl: u32, k: &[u8], _v: &[u8]| {
+                    if windows_retention.expired(k, crate::window::now_ms()) {
+                        rocksdb::CompactionDecision::Remove
+                    } else {
+                        rocksdb::CompactionDecision::Keep
+                    }
+                },
+            );
+            rowrev.set_periodic_compaction_seconds(86_400);
+        }
 
         let cfs = vec![
             ColumnFamilyDescriptor::new(cf::WINDOWS, windows),
@@ -532,6 +558,27 @@ mod tests {
         }
         // Keys that are not window keys are never removed.
         assert!(!retention.expired(b"garbage", now));
+        // The changes-feed index of removed rows goes too.
+        let old = key(Granularity::Minute, 8);
+        let fresh = key(Granularity::Minute, 1);
+        let mut b = WriteBatch::default();
+        for (i, k) in [&old, &fresh].into_iter().enumerate() {
+            b.put_cf(
+                store.cf(cf::CHANGES),
+                crate::revision::changes_key("t", i as u64 + 1),
+                k,
+            );
+            b.put_cf(store.cf(cf::ROWREV), k, (i as u64 + 1).to_be_bytes());
+        }
+        store.write(b, true).unwrap();
+        store.compact(cf::CHANGES).unwrap();
+        store.compact(cf::ROWREV).unwrap();
+        let changes_1 = crate::revision::changes_key("t", 1);
+        let changes_2 = crate::revision::changes_key("t", 2);
+        assert!(store.get(cf::CHANGES, &changes_1).unwrap().is_none());
+        assert!(store.get(cf::CHANGES, &changes_2).unwrap().is_some());
+        assert!(store.get(cf::ROWREV, &old).unwrap().is_none());
+        assert!(store.get(cf::ROWREV, &fresh).unwrap().is_some());
     }
 
     #[test]
