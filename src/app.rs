@@ -150,6 +150,12 @@ pub fn load_quotas(
                 (&u.tenant, &u.contract)
             }
             StoredKey::GrantUsed(g) => (&g.tenant, &g.contract),
+            StoredKey::Notified(n) => {
+                if n.row.end < horizon_ms {
+                    return Ok(());
+                }
+                (&n.row.tenant, &n.row.contract)
+            }
         };
         let Some(t) = registry.tenant(tenant) else {
             return Ok(());

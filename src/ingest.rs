@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
-use crate::event::{parse_event, Event};
+use crate::event::{parse_event, Event, Parsed};
 use crate::journal::CommitError;
 use crate::quota::state::{Reserved, UsageKey};
 use crate::registry::{Aggregation, Tenant};
@@ -112,7 +112,7 @@ fn maybe_blocking<R>(big: bool, f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Ingests parsed body elements for `tenant` at receive time `now_ms`.
+/// Ingests native body elements for `tenant` at receive time `now_ms`.
 pub async fn ingest(
     state: &State,
     tenant: &Arc<Tenant>,
@@ -120,15 +120,28 @@ pub async fn ingest(
     now_ms: i64,
 ) -> Result<Outcome, IngestError> {
     let big = elems.len() > BLOCKING_BATCH;
+    let parsed = maybe_blocking(big, || elems.iter().map(|r| parse_event(r)).collect());
+    ingest_parsed(state, tenant, parsed, now_ms).await
+}
+
+/// Ingests events already read from a body (native or CloudEvents) for `tenant` at
+/// receive time `now_ms`; `Err` elements are rejected as `invalid_event`.
+pub async fn ingest_parsed<'a>(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    parsed: Vec<Parsed<'a>>,
+    now_ms: i64,
+) -> Result<Outcome, IngestError> {
+    let big = parsed.len() > BLOCKING_BATCH;
     let owner = Owner::new();
     let mut held: Vec<ClaimKey> = Vec::new();
 
     // Phases 1-2: parse and claim.
-    let mut slots: Vec<Slot<'_>> = maybe_blocking(big, || {
-        elems
-            .iter()
+    let mut slots: Vec<Slot<'a>> = maybe_blocking(big, || {
+        parsed
+            .into_iter()
             .enumerate()
-            .map(|(i, raw)| match parse_event(raw) {
+            .map(|(i, p)| match p {
                 Err((id, e)) => Slot::Rejected(Rejection {
                     index: i,
                     id,

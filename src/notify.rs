@@ -10,7 +10,10 @@
 //! `webhook_retry_max`, each delay drawn uniformly from its upper half) until
 //! `webhook_max_age`, after which the record is dropped and counted. Delivery is at
 //! least once: a receiver deduplicates by the notification `id`, which is stable for
-//! one crossing (tenant, contract, lever, period, threshold).
+//! one crossing (tenant, contract, lever, period, threshold, limit). Each threshold
+//! notifies at most once per period and limit: usage falling and rising again (a
+//! `latest` lever, a retraction) does not notify twice; a changed limit is a new
+//! crossing with a new id.
 //!
 //! Each request carries:
 //! - `meterd-webhook-id`: the notification id;
@@ -74,6 +77,7 @@ pub fn crossing_id(tenant: &str, c: &Crossing) -> String {
     }
     h.update(c.key.start.to_be_bytes());
     h.update(c.threshold.to_be_bytes());
+    h.update(c.limit.0.to_be_bytes());
     let d = h.finalize();
     format!("thr_{}", hex::encode(&d[..16]))
 }

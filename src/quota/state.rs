@@ -124,6 +124,8 @@ pub enum StoredKey {
     Granted(UsageKey),
     /// A grant's consumption.
     GrantUsed(GrantKey),
+    /// A threshold notified in a period.
+    Notified(NotifiedKey),
 }
 
 impl StoredKey {
@@ -135,6 +137,26 @@ impl StoredKey {
         let (lever, b) = get_str(b)?;
         let (&code, b) = b.split_first()?;
         let (tenant, contract, lever) = (Arc::from(tenant), Arc::from(contract), Arc::from(lever));
+        if code == NOTIFIED {
+            let (&kind, b) = b.split_first()?;
+            let (start, b) = get_time(b)?;
+            let (end, b) = get_time(b)?;
+            if b.len() != 20 {
+                return None;
+            }
+            return Some(StoredKey::Notified(NotifiedKey {
+                row: UsageKey {
+                    tenant,
+                    contract,
+                    lever,
+                    kind: PeriodKind::from_code(kind)?,
+                    start,
+                    end,
+                },
+                threshold: u32::from_be_bytes(b[..4].try_into().ok()?),
+                limit: Amount(i128::from_be_bytes(b[4..].try_into().ok()?)),
+            }));
+        }
         if code == GRANT_USED {
             let (id, b) = get_str(b)?;
             if !b.is_empty() {
@@ -308,6 +330,17 @@ pub struct Crossing {
     pub hard: bool,
 }
 
+impl Crossing {
+    /// The record that this threshold was notified.
+    pub fn notified_key(&self) -> NotifiedKey {
+        NotifiedKey {
+            row: self.key.clone(),
+            threshold: self.threshold,
+            limit: self.limit,
+        }
+    }
+}
+
 /// Everything the events of one request reserved.
 #[derive(Debug, Default)]
 pub struct Reserved {
@@ -344,10 +377,44 @@ impl Decision {
     }
 }
 
+/// A threshold already notified in one period, for one limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NotifiedKey {
+    /// The period row.
+    pub row: UsageKey,
+    /// Threshold percentage.
+    pub threshold: u32,
+    /// The limit it was a percentage of.
+    pub limit: Amount,
+}
+
+/// Marker byte of notified-threshold keys.
+const NOTIFIED: u8 = b'!';
+
+impl NotifiedKey {
+    /// Key in the `quota` column family.
+    pub fn encode(&self) -> Vec<u8> {
+        let r = &self.row;
+        let mut k = Vec::with_capacity(r.tenant.len() + r.contract.len() + 64);
+        put_str(&mut k, &r.tenant);
+        put_str(&mut k, &r.contract);
+        put_str(&mut k, &r.lever);
+        k.push(NOTIFIED);
+        k.push(r.kind.code());
+        put_time(&mut k, r.start);
+        put_time(&mut k, r.end);
+        k.extend_from_slice(&self.threshold.to_be_bytes());
+        k.extend_from_slice(&self.limit.0.to_be_bytes());
+        k
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shard {
     rows: HashMap<UsageKey, Row>,
     grant_used: HashMap<GrantKey, Amount>,
+    /// Thresholds notified per period and limit: each notifies once.
+    notified: std::collections::HashSet<NotifiedKey>,
 }
 
 /// In-memory usage of current (and recent) periods and grant consumption, sharded by
@@ -405,9 +472,11 @@ pub fn periods_at(t_ms: i64, tz: Tz, anchor_ms: i64) -> PeriodSet {
     })
 }
 
-/// `limit * pct / 100`, exact to the nano-unit (rounded down).
+/// `limit * pct / 100`, rounded up to the nano-unit: usage at the level has really
+/// reached the threshold, and a positive threshold of a positive limit is never 0.
 fn percent_of(limit: Amount, pct: u32) -> Amount {
-    Amount(limit.0.saturating_mul(pct as i128) / 100)
+    let x = limit.0.saturating_mul(pct as i128);
+    Amount(x / 100 + i128::from(x % 100 > 0))
 }
 
 /// One planned row change of an event, before it is known to be admitted.
@@ -462,6 +531,9 @@ impl QuotaBook {
                 let mut s = lock(self.shard_for(&k.tenant, root));
                 let used = s.grant_used.entry(k).or_insert(Amount::ZERO);
                 *used = used.saturating_add(value.amount());
+            }
+            StoredKey::Notified(k) => {
+                lock(self.shard_for(&k.row.tenant, root)).notified.insert(k);
             }
         }
     }
@@ -558,7 +630,14 @@ impl QuotaBook {
                             let thresholds = thresholds_of(tenant, c);
                             for t in thresholds {
                                 let level = percent_of(limit, t);
-                                if prev_amount < level && new.amount() >= level {
+                                let done = || {
+                                    m.notified.contains(&NotifiedKey {
+                                        row: key.clone(),
+                                        threshold: t,
+                                        limit,
+                                    })
+                                };
+                                if prev_amount < level && new.amount() >= level && !done() {
                                     crossings.push(Crossing {
                                         key: key.clone(),
                                         threshold: t,
@@ -634,6 +713,9 @@ impl QuotaBook {
                 out.takes.push(t);
             }
         }
+        for c in &crossings {
+            m.notified.insert(c.notified_key());
+        }
         out.crossings.extend(crossings);
         Ok(decision)
     }
@@ -695,6 +777,16 @@ impl QuotaBook {
                 *cur = cur.saturating_add(v);
             }
         }
+        let keys: Vec<NotifiedKey> = from
+            .notified
+            .iter()
+            .filter(|k| &*k.row.tenant == tenant && moved.contains(&*k.row.contract))
+            .cloned()
+            .collect();
+        for k in keys {
+            from.notified.remove(&k);
+            to.notified.insert(k);
+        }
         update()
     }
 
@@ -750,6 +842,10 @@ impl QuotaBook {
             if let Some(used) = m.grant_used.get_mut(&t.key) {
                 *used = used.saturating_sub(t.amount);
             }
+        }
+        for c in &reserved.crossings {
+            let mut m = self.lock_owner(tenant, &c.key.contract);
+            m.notified.remove(&c.notified_key());
         }
     }
 
@@ -815,7 +911,9 @@ impl QuotaBook {
     /// as too late, so their rows can no longer change).
     pub fn prune(&self, before_ms: i64) {
         for s in self.shards.iter() {
-            lock(s).rows.retain(|k, _| k.end >= before_ms);
+            let mut s = lock(s);
+            s.rows.retain(|k, _| k.end >= before_ms);
+            s.notified.retain(|k| k.row.end >= before_ms);
         }
     }
 
@@ -872,6 +970,12 @@ mod tests {
             Some(StoredKey::GrantUsed(g))
         );
         assert_eq!(StoredKey::decode(b"\x01t\x01c\x01l?"), None);
+        let n = NotifiedKey {
+            row: k.clone(),
+            threshold: 80,
+            limit: Amount::parse_input("12.5").unwrap(),
+        };
+        assert_eq!(StoredKey::decode(&n.encode()), Some(StoredKey::Notified(n)));
     }
 
     #[test]
@@ -879,6 +983,9 @@ mod tests {
         let l = Amount::parse_input("10000").unwrap();
         assert_eq!(percent_of(l, 80).to_string(), "8000");
         let l = Amount::parse_input("0.000000003").unwrap();
+        assert_eq!(percent_of(l, 50).to_string(), "0.000000002");
+        let l = Amount::parse_input("0.000000001").unwrap();
         assert_eq!(percent_of(l, 50).to_string(), "0.000000001");
+        assert_eq!(percent_of(l, 100).to_string(), "0.000000001");
     }
 }
