@@ -6,6 +6,8 @@
 //! Values keep their exact decimal text (`serde_json` raw values): numbers never pass
 //! through binary floating point. Strings without escapes are borrowed from the body.
 
+pub mod cloudevents;
+
 use std::borrow::Cow;
 
 use serde::Deserialize;

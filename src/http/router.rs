@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
-use super::handlers::{admin, balance, changes, corrections, events, grants, ops, usage};
+use super::handlers::{
+    admin, balance, changes, cloudevents, corrections, events, grants, ops, usage,
+};
 use super::util::{decode_segment, Body};
 use super::Surface;
 use crate::registry::{Principal, Role};
@@ -39,6 +41,7 @@ impl Ctx {
 
 enum Route {
     Events,
+    CloudEvents,
     Changes,
     Usage,
     Levers,
@@ -59,6 +62,7 @@ impl Route {
     fn label(&self) -> &'static str {
         match self {
             Route::Events => "events",
+            Route::CloudEvents => "cloudevents",
             Route::Changes => "changes",
             Route::Usage => "usage",
             Route::Levers => "levers",
@@ -79,7 +83,7 @@ impl Route {
     /// Role needed for `method`, or `None` when the method is not allowed.
     fn required(&self, method: &Method) -> Option<Role> {
         match (self, method) {
-            (Route::Events, &Method::POST) => Some(Role::Ingest),
+            (Route::Events | Route::CloudEvents, &Method::POST) => Some(Role::Ingest),
             (
                 Route::Levers
                 | Route::Changes
@@ -119,6 +123,7 @@ fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     };
     Ok(Some(match segs.as_slice() {
         ["v1", "events"] => Route::Events,
+        ["api", "v1", "events"] => Route::CloudEvents,
         ["v1", "changes"] => Route::Changes,
         ["v1", "usage"] => Route::Usage,
         ["v1", "levers"] => Route::Levers,
@@ -300,6 +305,7 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
     let method = req.method().clone();
     let result = match route {
         Route::Events => events::post(&ctx, req).await,
+        Route::CloudEvents => cloudevents::post(&ctx, req).await,
         Route::Changes => changes::get(&ctx, &req),
         Route::Usage => usage::list(&ctx, &req),
         Route::Levers => admin::list_levers(&ctx, &req),

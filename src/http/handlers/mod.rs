@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod balance;
 pub mod changes;
+pub mod cloudevents;
 pub mod corrections;
 pub mod events;
 pub mod grants;
