@@ -210,7 +210,7 @@ async fn dispatch(
         }
         _ => {}
     }
-    if !path.starts_with("/v1/") {
+    if !path.starts_with("/v1/") && !path.starts_with("/api/v1/") {
         return (
             "other",
             ApiError::new(ErrorCode::NotFound, "no such route").into_response(),
