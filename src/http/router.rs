@@ -112,6 +112,38 @@ impl Route {
     }
 }
 
+/// Every route the API listener serves, as `(method, OpenAPI path template)`: the list
+/// the OpenAPI document is checked against. `/metrics` is served on the metrics
+/// listener (which also answers `/healthz` and `/readyz`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/events"),
+    ("POST", "/api/v1/events"),
+    ("DELETE", "/v1/events/{id}"),
+    ("GET", "/v1/changes"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/levers"),
+    ("GET", "/v1/levers/{lever}"),
+    ("PUT", "/v1/levers/{lever}"),
+    ("DELETE", "/v1/levers/{lever}"),
+    ("GET", "/v1/plans"),
+    ("GET", "/v1/plans/{plan}"),
+    ("PUT", "/v1/plans/{plan}"),
+    ("GET", "/v1/contracts"),
+    ("GET", "/v1/contracts/{contract}"),
+    ("PUT", "/v1/contracts/{contract}"),
+    ("POST", "/v1/contracts/{contract}/end"),
+    ("GET", "/v1/contracts/{contract}/usage"),
+    ("GET", "/v1/contracts/{contract}/balance"),
+    ("GET", "/v1/contracts/{contract}/grants"),
+    ("POST", "/v1/contracts/{contract}/grants"),
+    ("GET", "/v1/contracts/{contract}/adjustments"),
+    ("POST", "/v1/contracts/{contract}/adjustments"),
+];
+
 fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let d = |s: &str| -> Result<String, ApiError> {
@@ -338,4 +370,58 @@ async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body
         },
     };
     result.unwrap_or_else(ApiError::into_response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METHODS: [Method; 5] = [
+        Method::GET,
+        Method::PUT,
+        Method::POST,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+    const UNAUTHENTICATED: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+
+    fn sample(template: &str) -> String {
+        template
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x1" } else { s })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// `ROUTES` lists exactly the (method, path) pairs the router serves.
+    #[test]
+    fn route_table_matches_the_router() {
+        for (method, template) in ROUTES {
+            if UNAUTHENTICATED.contains(template) {
+                continue;
+            }
+            let route = parse_route(&sample(template))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{template} is not routed"));
+            let m = Method::from_bytes(method.as_bytes()).unwrap();
+            assert!(
+                route.required(&m).is_some(),
+                "{method} {template} is refused"
+            );
+        }
+        for (_, template) in ROUTES {
+            if UNAUTHENTICATED.contains(template) {
+                continue;
+            }
+            let route = parse_route(&sample(template)).unwrap().unwrap();
+            for m in METHODS {
+                if route.required(&m).is_some() {
+                    assert!(
+                        ROUTES.contains(&(m.as_str(), template)),
+                        "{m} {template} is served but not in ROUTES"
+                    );
+                }
+            }
+        }
+    }
 }

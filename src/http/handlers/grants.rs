@@ -60,25 +60,30 @@ pub async fn post(
     }
     let explicit_start = b.effective_at.is_some();
     let now = now_ms();
-    let grant = b
-        .into_grant(contract, now, |l| match t.lever(l) {
-            None => Err(format!("unknown lever {l:?}")),
-            Some(lv) if !lv.aggregation.is_additive() => Err(format!(
-                "lever {l:?} aggregates with `{}`; grants add allowance to sum and count levers",
-                serde_json::to_value(lv.aggregation)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            )),
-            Some(_) => Ok(()),
-        })
-        .map_err(invalid)?;
     let _lock = ctx.state.admin_lock.lock().await;
     let current: Arc<Grants> = t
         .grants
         .get(contract)
         .map(|g| Arc::clone(&g))
         .unwrap_or_default();
+    // A repeat that omits `effective_at` means the stored one (it defaulted to the
+    // creation time), also after the grant expired.
+    let start_default = current
+        .get(&b.id)
+        .filter(|_| !explicit_start)
+        .map(|g| g.effective_ms)
+        .unwrap_or(now);
+    let mut grant = b
+        .into_grant(contract, start_default, |l| match t.lever(l) {
+            None => Err(format!("unknown lever {l:?}")),
+            Some(lv) if !lv.aggregation.is_additive() => Err(format!(
+                "lever {l:?} aggregates with `{}`; grants add allowance to sum and count levers",
+                lv.aggregation.as_str()
+            )),
+            Some(_) => Ok(()),
+        })
+        .map_err(invalid)?;
+    grant.created_at = crate::window::rfc3339(now);
     if let Some(existing) = current.get(&grant.id) {
         let same = existing.same_definition(&grant)
             && (!explicit_start || existing.effective_ms == grant.effective_ms);
