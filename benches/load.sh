@@ -135,7 +135,7 @@ EOF
 start_meterd() {
   : >"$TMP/meterd.log"
   # Flags win over METERD_* variables that may be set in the caller's environment.
-  "$BIN" serve --config "$TMP/meterd.toml" --listen 127.0.0.1:0 \
+  RUST_LOG="${RUST_LOG:-info,meterd::access=off}" "$BIN" serve --config "$TMP/meterd.toml" --listen 127.0.0.1:0 \
     --metrics-listen 127.0.0.1:0 --data-dir "$TMP/data" >>"$TMP/meterd.log" 2>&1 &
   PID=$!
   local line=""

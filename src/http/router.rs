@@ -190,13 +190,51 @@ fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
 /// Handles one request on a listener of the given surface.
 pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let (label, resp) = dispatch(state, surface, req).await;
+    let request_id = request_id(&req);
+    let method = req.method().clone();
+    // Filled in once the key is checked; the key itself is never logged.
+    let mut tenant: Option<Arc<str>> = None;
+    let (label, mut resp) = dispatch(state, surface, req, &mut tenant).await;
     let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
     metrics::counter!(names::HTTP_REQUESTS_TOTAL, "route" => label, "status" => status_label(status))
         .increment(1);
     metrics::histogram!(names::HTTP_REQUEST_SECONDS, "route" => label)
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed.as_secs_f64());
+    // Access log: one line per request under target `meterd::access` (silence it with
+    // RUST_LOG=info,meterd::access=off). No keys, no bodies, no paths (they hold ids).
+    tracing::info!(
+        target: "meterd::access",
+        request_id = %request_id,
+        method = %method,
+        route = label,
+        tenant = tenant.as_deref().unwrap_or("-"),
+        status,
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
     resp
+}
+
+/// The caller's `X-Request-Id` when it is short and printable, else a fresh random id.
+fn request_id(req: &Request<Incoming>) -> String {
+    if let Some(v) = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+    {
+        return v.to_string();
+    }
+    format!("{:016x}", rand::random::<u64>())
 }
 
 fn status_label(s: u16) -> &'static str {
@@ -226,6 +264,7 @@ async fn dispatch(
     state: Arc<State>,
     surface: Surface,
     req: Request<Incoming>,
+    tenant: &mut Option<Arc<str>>,
 ) -> (&'static str, Response<Body>) {
     let path = req.uri().path().to_string();
     match (&surface, req.method(), path.as_str()) {
@@ -261,6 +300,7 @@ async fn dispatch(
             )
         }
     };
+    *tenant = Some(principal.tenant.clone());
     let route = match parse_route(&path) {
         Ok(Some(r)) => r,
         Ok(None) => {
