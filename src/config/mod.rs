@@ -441,6 +441,15 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
             webhook,
         });
     }
+    for (i, t) in tenants.iter().enumerate() {
+        if t.lateness > dedupe_retention {
+            return Err(err(
+                file,
+                format!("tenants[{i}].lateness"),
+                "must be at most dedupe_retention, or a late retry could be counted twice",
+            ));
+        }
+    }
     let retention = |key: &str, v: &str| -> Result<Option<Duration>, ConfigError> {
         if v == "forever" {
             return Ok(None);
@@ -644,6 +653,23 @@ mod tests {
         assert_eq!(e.key, "flush_interval");
         let e = Config::from_toml("f.toml", "shards = \"many\"").unwrap_err();
         assert_eq!(e.key, "shards");
+        // A tenant's lateness is bounded by dedupe_retention like the default one.
+        let t = |l: &str| {
+            format!("dedupe_retention = \"2d\"\n[[tenants]]\nname = \"a\"\nlateness = \"{l}\"\n")
+        };
+        assert!(Config::from_toml("f.toml", &t("2d")).is_ok());
+        let e = Config::from_toml("f.toml", &t("49h")).unwrap_err();
+        assert_eq!(e.key, "tenants[0].lateness");
+        // Window retention: at least a day and every lateness; coarser at least as long.
+        let e = Config::from_toml("f.toml", "retention_minute = \"23h\"").unwrap_err();
+        assert_eq!(e.key, "retention_minute");
+        assert!(Config::from_toml("f.toml", "retention_minute = \"1d\"").is_ok());
+        let e = Config::from_toml("f.toml", "retention_minute = \"500d\"").unwrap_err();
+        assert_eq!(e.key, "retention_hour");
+        let e = Config::from_toml("f.toml", "retention_day = \"300d\"").unwrap_err();
+        assert_eq!(e.key, "retention_day");
+        let e = Config::from_toml("f.toml", "retention_minute = \"forever\"").unwrap_err();
+        assert_eq!(e.key, "retention_hour");
     }
 
     #[test]
