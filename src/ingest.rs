@@ -32,7 +32,7 @@ use crate::quota::state::{Reserved, UsageKey};
 use crate::registry::{Aggregation, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
-use crate::store::records::{encode_dedupe, encode_journal, EventRecord};
+use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord};
 use crate::store::{cf, StoreError};
 use crate::telemetry::names;
 
@@ -265,8 +265,9 @@ async fn run_claimed<'a>(
     Ok(())
 }
 
-/// Accepted events of one shard with their ids, in input order.
-type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>)>);
+/// Accepted events of one shard with their ids and the ancestors whose quotas they
+/// counted toward, in input order.
+type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>, Vec<String>)>);
 
 struct Plan {
     batch: WriteBatch,
@@ -316,7 +317,7 @@ fn check_and_plan(
             continue;
         }
         let key = *key;
-        let id = || Some(ev.id.to_string());
+        let id = || Some(ev.shown_id.as_deref().unwrap_or(&ev.id).to_string());
         let Some(lever) = tenant.lever(&ev.lever) else {
             slots[i] = reject(
                 i,
@@ -412,9 +413,10 @@ fn check_and_plan(
             ordinal: 0,
         };
         let shard = state.counters.shard_of(&tenant.name, &contract.id);
+        let ancestors = std::mem::take(&mut reserved.last_ancestors);
         match by_shard.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, v)) => v.push((record, ev.id.clone())),
-            None => by_shard.push((shard, vec![(record, ev.id.clone())])),
+            Some((_, v)) => v.push((record, ev.id.clone(), ancestors)),
+            None => by_shard.push((shard, vec![(record, ev.id.clone(), ancestors)])),
         }
         taken.insert(key.1);
     }
@@ -430,12 +432,12 @@ fn check_and_plan(
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        for (pos, (mut rec, id)) in items.into_iter().enumerate() {
+        for (pos, (mut rec, id, ancestors)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
             batch.put_cf(
                 dedupe_cf,
                 dedupe_key(&tenant.name, id_hash(&id)),
-                encode_dedupe(now_ms, &id, &rec),
+                encode_dedupe_with(now_ms, &id, &rec, &ancestors),
             );
             events.push(rec);
         }

@@ -78,11 +78,16 @@ pub fn idempotency_key(source: &str, id: &str) -> String {
     }
 }
 
-/// Follows a `$.a.b` path into JSON `data`.
-pub fn lookup<'v>(data: &'v serde_json::Value, path: &str) -> Option<&'v serde_json::Value> {
+/// Follows a `$.a.b` path into raw JSON `data`, keeping the found value's exact text.
+pub fn lookup(data: &RawValue, path: &str) -> Option<Box<RawValue>> {
     let rest = path.strip_prefix("$.")?;
-    rest.split('.')
-        .try_fold(data, |v, part| v.as_object()?.get(part))
+    let mut cur: Box<RawValue> = data.to_owned();
+    for part in rest.split('.') {
+        let mut obj: std::collections::HashMap<String, Box<RawValue>> =
+            serde_json::from_str(cur.get()).ok()?;
+        cur = obj.remove(part)?;
+    }
+    Some(cur)
 }
 
 /// Reads one CloudEvent of `tenant` into a meterd event.
@@ -115,18 +120,21 @@ pub fn parse_cloudevent<'a>(tenant: &Tenant, raw: &'a RawValue) -> Parsed<'a> {
                 .ok_or_else(|| with_id(invalid("time", "`time` must be an RFC 3339 time")))?,
         ),
     };
-    let data: Option<serde_json::Value> = match f.data.filter(|r| r.get() != "null") {
+    // `data` stays raw JSON: numbers keep their exact text (no binary floating point).
+    // It may also be a JSON string holding JSON (some SDKs encode it so).
+    let data: Option<Box<RawValue>> = match f.data.filter(|r| r.get() != "null") {
         None => None,
-        Some(d) => {
-            let text = d.get();
-            // `data` may also be a JSON string holding JSON (some SDKs encode it so).
-            let v: serde_json::Value = serde_json::from_str(text)
-                .map_err(|_| with_id(invalid("data", "`data` must be JSON")))?;
-            match v {
-                serde_json::Value::String(s) => serde_json::from_str(&s).ok(),
-                other => Some(other),
+        Some(d) => match raw_str(d) {
+            Some(inner) if d.get().starts_with('"') => {
+                Some(RawValue::from_string(inner.into_owned()).map_err(|_| {
+                    with_id(invalid(
+                        "data",
+                        "`data` is a string that does not hold JSON",
+                    ))
+                })?)
             }
-        }
+            _ => Some(d.to_owned()),
+        },
     };
     let (value, bucket) = match tenant.lever(&lever) {
         // Unknown levers are rejected by ingest with `unknown_lever`.
@@ -136,33 +144,40 @@ pub fn parse_cloudevent<'a>(tenant: &Tenant, raw: &'a RawValue) -> Parsed<'a> {
                 None
             } else {
                 let path = l.value_property.as_deref().unwrap_or("$.value");
-                let v = data.as_ref().and_then(|d| lookup(d, path)).ok_or_else(|| {
-                    with_id(invalid(
-                        "data",
-                        format!("`data` has no value at {path} (lever {:?})", l.id),
-                    ))
-                })?;
-                let text = v.to_string();
-                let raw: Box<RawValue> = RawValue::from_string(text)
-                    .map_err(|_| with_id(invalid("data", "unreadable value")))?;
+                let v = data
+                    .as_deref()
+                    .and_then(|d| lookup(d, path))
+                    .ok_or_else(|| {
+                        with_id(invalid(
+                            "data",
+                            format!("`data` has no value at {path} (lever {:?})", l.id),
+                        ))
+                    })?;
                 Some(
-                    amount_field(&raw)
+                    amount_field(&v)
                         .map_err(|m| with_id(invalid("data", format!("value at {path} {m}"))))?,
                 )
             };
             let bucket = match l.bucket_property.as_deref() {
                 None => None,
-                Some(path) => match data.as_ref().and_then(|d| lookup(d, path)) {
-                    None | Some(serde_json::Value::Null) => None,
-                    Some(serde_json::Value::String(s)) => Some(s.clone()),
-                    Some(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                        Some(other.to_string())
-                    }
-                    Some(_) => {
-                        return Err(with_id(invalid(
-                            "data",
-                            format!("bucket at {path} must be a string or a number"),
-                        )))
+                Some(path) => match data.as_deref().and_then(|d| lookup(d, path)) {
+                    None => None,
+                    Some(raw) if raw.get() == "null" => None,
+                    Some(raw) => {
+                        let t = raw.get();
+                        if t.starts_with('"') {
+                            raw_str(&raw).map(Cow::into_owned)
+                        } else if t.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+                            || t == "true"
+                            || t == "false"
+                        {
+                            Some(t.to_string())
+                        } else {
+                            return Err(with_id(invalid(
+                                "data",
+                                format!("bucket at {path} must be a string or a number"),
+                            )));
+                        }
                     }
                 },
             };
@@ -187,6 +202,7 @@ pub fn parse_cloudevent<'a>(tenant: &Tenant, raw: &'a RawValue) -> Parsed<'a> {
         value,
         time_ms,
         bucket: bucket.map(Cow::Owned),
+        shown_id: Some(Cow::Owned(id.to_string())),
     })
 }
 
@@ -203,11 +219,15 @@ mod tests {
     }
 
     #[test]
-    fn paths() {
-        let d = serde_json::json!({"a": {"b": 3}, "v": "1.5"});
-        assert_eq!(lookup(&d, "$.a.b"), Some(&serde_json::json!(3)));
-        assert_eq!(lookup(&d, "$.v"), Some(&serde_json::json!("1.5")));
-        assert_eq!(lookup(&d, "$.a.c"), None);
-        assert_eq!(lookup(&d, "a.b"), None);
+    fn paths_keep_exact_number_text() {
+        let d: Box<RawValue> =
+            RawValue::from_string(r#"{"a": {"b": 123456789.123456789}, "v": "1.5"}"#.into())
+                .unwrap();
+        let get = |p: &str| lookup(&d, p).map(|r| r.get().to_string());
+        assert_eq!(get("$.a.b").as_deref(), Some("123456789.123456789"));
+        assert_eq!(get("$.v").as_deref(), Some(r#""1.5""#));
+        assert_eq!(get("$.a.c"), None);
+        assert_eq!(get("a.b"), None);
+        assert_eq!(get("$.v.x"), None);
     }
 }

@@ -68,6 +68,9 @@ pub struct Event<'a> {
     pub time_ms: Option<i64>,
     /// Bucket.
     pub bucket: Option<Cow<'a, str>>,
+    /// The id to show in per-event errors when it differs from `id` (a CloudEvent's
+    /// own `id`, where `id` is the derived idempotency key).
+    pub shown_id: Option<Cow<'a, str>>,
 }
 
 /// An element of the body: the event, or why it is invalid (with its id when readable).
@@ -273,6 +276,7 @@ pub fn parse_event(raw: &RawValue) -> Parsed<'_> {
         value,
         time_ms,
         bucket,
+        shown_id: None,
     })
 }
 

@@ -350,6 +350,9 @@ pub struct Reserved {
     pub takes: Vec<GrantTake>,
     /// Threshold crossings.
     pub crossings: Vec<Crossing>,
+    /// The ancestors of the last admitted event's contract (its chain at the decision,
+    /// nearest first), remembered with the event for retraction.
+    pub last_ancestors: Vec<String>,
 }
 
 /// How an admitted event related to its quotas (for metrics).
@@ -717,6 +720,9 @@ impl QuotaBook {
             m.notified.insert(c.notified_key());
         }
         out.crossings.extend(crossings);
+        out.last_ancestors.clear();
+        out.last_ancestors
+            .extend(chain.iter().skip(1).map(|c| c.id.clone()));
         Ok(decision)
     }
 
@@ -849,27 +855,37 @@ impl QuotaBook {
         }
     }
 
-    /// The period rows an event of `contract` on `lever` at `time_ms` counts in: every
-    /// period of the contract and of each ancestor.
-    pub fn rows_of(
+    /// The period rows an event on `lever` at `time_ms` counted in, for the contracts
+    /// `members` (the event's contract and the ancestors recorded with it), keeping
+    /// only rows still held: a row the event counted in exists (unless its period ended
+    /// before the horizon, when nothing can change it any more).
+    pub fn rows_counted(
+        &self,
         tenant: &Tenant,
-        contract: &Arc<Contract>,
+        members: &[Arc<Contract>],
         lever: &str,
         time_ms: i64,
     ) -> Vec<UsageKey> {
         let lever: Arc<str> = Arc::from(lever);
         let mut out = Vec::new();
-        for c in chain(tenant, contract) {
+        for c in members {
             let id: Arc<str> = Arc::from(c.id.as_str());
-            for (kind, p) in periods_at(time_ms, contract_tz(&c), contract_anchor(&c)) {
-                out.push(UsageKey {
+            for (kind, p) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
+                let key = UsageKey {
                     tenant: tenant.name.clone(),
                     contract: id.clone(),
                     lever: lever.clone(),
                     kind,
                     start: p.start_ms,
                     end: p.end_ms,
-                });
+                };
+                if self
+                    .lock_owner(tenant, &key.contract)
+                    .rows
+                    .contains_key(&key)
+                {
+                    out.push(key);
+                }
             }
         }
         out

@@ -120,12 +120,49 @@ pub fn decode_journal(b: &[u8]) -> Option<(String, Vec<EventRecord>)> {
 /// Encodes a dedupe record: acceptance time, the id itself (to rule out hash
 /// collisions) and the event.
 pub fn encode_dedupe(accepted_ms: i64, id: &str, event: &EventRecord) -> Vec<u8> {
+    encode_dedupe_with::<&str>(accepted_ms, id, event, &[])
+}
+
+/// Marker of the ancestors section of a dedupe record.
+const ANCESTORS: u8 = 2;
+
+/// Encodes a dedupe record that also remembers the ancestors whose quotas the event
+/// counted toward (its parent chain at acceptance), so a retraction gives back exactly
+/// what was taken even after a re-parenting.
+pub fn encode_dedupe_with<S: AsRef<str>>(
+    accepted_ms: i64,
+    id: &str,
+    event: &EventRecord,
+    ancestors: &[S],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(id.len() + 128);
     out.push(VERSION);
     out.extend_from_slice(&accepted_ms.to_le_bytes());
     put_str(&mut out, id);
     event.encode_into(&mut out);
+    if !ancestors.is_empty() {
+        out.push(ANCESTORS);
+        out.push(ancestors.len().min(255) as u8);
+        for a in ancestors.iter().take(255) {
+            put_str(&mut out, a.as_ref());
+        }
+    }
     out
+}
+
+/// A decoded dedupe record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupeRecord {
+    /// Acceptance time.
+    pub accepted_ms: i64,
+    /// The event id.
+    pub id: String,
+    /// The event.
+    pub event: EventRecord,
+    /// Ancestors whose quotas the event counted toward, nearest first.
+    pub ancestors: Vec<String>,
+    /// Whether the event was retracted.
+    pub retracted: bool,
 }
 
 /// Acceptance time of a dedupe record (what the retention compaction filter reads).
@@ -138,7 +175,7 @@ pub fn dedupe_accepted_ms(b: &[u8]) -> Option<i64> {
 
 /// Decodes a dedupe record into acceptance time, id and event.
 pub fn decode_dedupe(b: &[u8]) -> Option<(i64, String, EventRecord)> {
-    decode_dedupe_full(b).map(|(a, id, ev, _)| (a, id, ev))
+    decode_dedupe_full(b).map(|r| (r.accepted_ms, r.id, r.event))
 }
 
 /// Marker byte appended to the dedupe record of a retracted event.
@@ -152,17 +189,32 @@ pub fn mark_retracted(record: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a dedupe record into acceptance time, id, event and whether it was retracted.
-pub fn decode_dedupe_full(b: &[u8]) -> Option<(i64, String, EventRecord, bool)> {
-    let accepted = dedupe_accepted_ms(b)?;
+/// Decodes a dedupe record with every section.
+pub fn decode_dedupe_full(b: &[u8]) -> Option<DedupeRecord> {
+    let accepted_ms = dedupe_accepted_ms(b)?;
     let (id, rest) = get_str(&b[9..])?;
-    let (ev, rest) = EventRecord::decode(rest)?;
+    let (event, mut rest) = EventRecord::decode(rest)?;
+    let mut ancestors = Vec::new();
+    if let [ANCESTORS, n, tail @ ..] = rest {
+        rest = tail;
+        for _ in 0..*n {
+            let (a, tail) = get_str(rest)?;
+            ancestors.push(a.to_string());
+            rest = tail;
+        }
+    }
     let retracted = match rest {
         [] => false,
         [RETRACTED] => true,
         _ => return None,
     };
-    Some((accepted, id.to_string(), ev, retracted))
+    Some(DedupeRecord {
+        accepted_ms,
+        id: id.to_string(),
+        event,
+        ancestors,
+        retracted,
+    })
 }
 
 #[cfg(test)]
@@ -201,10 +253,14 @@ mod tests {
         let gone = mark_retracted(&enc);
         assert_eq!(dedupe_accepted_ms(&gone), Some(42));
         assert_eq!(decode_dedupe(&gone), Some((42, "req-1".into(), ev(3))));
-        assert_eq!(
-            decode_dedupe_full(&gone),
-            Some((42, "req-1".into(), ev(3), true))
-        );
+        let full = decode_dedupe_full(&gone).unwrap();
+        assert!(full.retracted && full.ancestors.is_empty());
         assert_eq!(decode_dedupe_full(&mark_retracted(&gone)), None);
+        let with = encode_dedupe_with(42, "req-2", &ev(4), &["pool", "top"]);
+        let full = decode_dedupe_full(&mark_retracted(&with)).unwrap();
+        assert_eq!(full.ancestors, ["pool", "top"]);
+        assert!(full.retracted);
+        assert_eq!(full.event, ev(4));
+        assert_eq!(decode_dedupe(&with), Some((42, "req-2".into(), ev(4))));
     }
 }

@@ -31,7 +31,6 @@ use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, parse_json, query_map, Body};
 use crate::ingest::MAX_EARLY_MS;
-use crate::quota::state::QuotaBook;
 use crate::registry::{valid_external_id, Aggregation, Tenant};
 use crate::store::cf;
 use crate::store::keys::{admin_key, admin_prefix, dedupe_key, id_hash, window_key, AdminKind};
@@ -284,8 +283,9 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
     tokio::task::block_in_place(|| {
         let mut stamp = state.revisions.begin();
         let record = state.store.get(cf::DEDUPE, &dkey)?.ok_or_else(unknown)?;
+        let rec = decode_dedupe_full(&record).ok_or(crate::store::StoreError::Corrupt("dedupe"))?;
         let (accepted, stored_id, ev, retracted) =
-            decode_dedupe_full(&record).ok_or(crate::store::StoreError::Corrupt("dedupe"))?;
+            (rec.accepted_ms, rec.id, rec.event, rec.retracted);
         let now = now_ms();
         let retention = state.cfg.dedupe_retention.as_millis() as i64;
         if stored_id != id || accepted + retention < now {
@@ -319,11 +319,15 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
         for k in &keys {
             batch.merge_cf(state.store.cf(cf::WINDOWS), k, &minus);
         }
-        // Quota periods of the contract chain as it is now.
-        let quota_rows = match t.contract(&ev.contract) {
-            Some(c) => QuotaBook::rows_of(&t, &c, &ev.lever, ev.time_ms),
-            None => Vec::new(),
-        };
+        // Quota periods of the contract and of the ancestors the event counted toward
+        // when it was accepted (recorded with it), whatever the chain is now.
+        let members: Vec<_> = std::iter::once(&ev.contract)
+            .chain(rec.ancestors.iter())
+            .filter_map(|id| t.contract(id))
+            .collect();
+        let quota_rows = state
+            .quotas
+            .rows_counted(&t, &members, &ev.lever, ev.time_ms);
         for k in &quota_rows {
             batch.merge_cf(state.store.cf(cf::QUOTA), k.encode(), &minus);
         }

@@ -1,0 +1,1295 @@
+//! Black-box tests of CloudEvents ingest, `POST /api/v1/events` (SPEC 2.3), with real
+//! clients nobody here wrote: the CNCF `cloudevents` Python SDK (structured mode, and batch
+//! mode built from the SDK's per-event serialization since the SDK has no batch encoder)
+//! and the `openmeter` Python SDK's three ingest calls, both pinned in
+//! `tests/python/requirements.txt` and installed from PyPI into a virtual environment at
+//! `$HOME/.cache/meterd/pyenv-sdk` by this test itself (once, then reused; rebuilt when the
+//! requirements or the interpreter change). The driver scripts in `tests/python/` send to a
+//! real meterd; the tests then check the usage that meterd reports: exact sums by bucket,
+//! `(source, id)` deduplication, partial acceptance with `rejected_events`, values at nested
+//! paths and as decimal strings, and hard quotas. Direct requests cover content types,
+//! whole-request errors, per-event attribute errors and roles.
+//!
+//! Without PyPI (or `python3 -m venv`) the SDK tests fail with a message saying so; they
+//! never skip. `METERD_TEST_PYTHON` names another base interpreter than `python3`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::{time_at, Daemon, ADMIN, INGEST, OTHER_INGEST, READ};
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------
+// The SDK virtual environment.
+
+/// Bump to force a rebuild of every existing venv when the install procedure changes.
+const VENV_LAYOUT: &str = "meterd-sdk-venv-1";
+
+fn python_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python")
+}
+
+fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .expect("HOME must be set: the SDK venv lives in $HOME/.cache/meterd/pyenv-sdk");
+    PathBuf::from(home).join(".cache/meterd")
+}
+
+fn base_python() -> String {
+    std::env::var("METERD_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+/// A command with no Python or pip settings inherited from the caller's environment.
+fn clean(mut c: Command) -> Command {
+    for v in [
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PIP_USER",
+        "PIP_TARGET",
+        "PIP_PREFIX",
+        "PIP_REQUIRE_VIRTUALENV",
+        "VIRTUAL_ENV",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("PYTHONNOUSERSITE", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    c
+}
+
+fn tail(bytes: &[u8], n: usize) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    let start = s.len().saturating_sub(n);
+    let start = (start..=s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
+    s[start..].to_string()
+}
+
+/// Runs a setup command; panics with `what`, the exit status and the output on failure.
+fn run_setup(mut c: Command, what: &str) -> Output {
+    let out = match c.output() {
+        Ok(o) => o,
+        Err(e) => panic!("SDK venv setup: {what}: could not run {c:?}: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "SDK venv setup: {what} failed ({}).\ncommand: {c:?}\nstdout (end):\n{}\nstderr (end):\n{}",
+        out.status,
+        tail(&out.stdout, 4000),
+        tail(&out.stderr, 4000)
+    );
+    out
+}
+
+/// What the venv is built from: the requirements, the base interpreter, the procedure.
+fn fingerprint(requirements: &[u8]) -> String {
+    use sha2::Digest;
+    let mut c = Command::new(base_python());
+    c.args([
+        "-c",
+        "import sys; print(sys.executable); print(sys.version)",
+    ]);
+    let out = run_setup(
+        clean(c),
+        "running the base interpreter (python3 with venv and pip is required; \
+         set METERD_TEST_PYTHON to use another)",
+    );
+    let mut h = sha2::Sha256::new();
+    h.update(VENV_LAYOUT.as_bytes());
+    h.update(b"\0");
+    h.update(&out.stdout);
+    h.update(b"\0");
+    h.update(requirements);
+    hex::encode(h.finalize())
+}
+
+/// `name==version` pins of the requirements file.
+fn pins(requirements: &str) -> BTreeMap<String, String> {
+    requirements
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l
+                .split_once("==")
+                .unwrap_or_else(|| panic!("requirements.txt: `{l}` is not pinned with =="));
+            (n.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect()
+}
+
+/// A lock across test processes: a directory holding the owner's pid. A lock whose owner
+/// is gone (crashed or killed mid-install) is taken over.
+struct DirLock(PathBuf);
+
+impl DirLock {
+    fn acquire(path: &Path) -> DirLock {
+        let deadline = Instant::now() + Duration::from_secs(20 * 60);
+        loop {
+            match std::fs::create_dir(path) {
+                Ok(()) => {
+                    std::fs::write(path.join("pid"), std::process::id().to_string())
+                        .unwrap_or_else(|e| panic!("writing {}/pid: {e}", path.display()));
+                    return DirLock(path.to_path_buf());
+                }
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    if lock_is_stale(path) {
+                        let _ = std::fs::remove_dir_all(path);
+                        continue;
+                    }
+                }
+                Err(e) => panic!("creating lock {}: {e}", path.display()),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited 20 minutes for {}: another test process is installing the SDK venv \
+                 (remove that directory if none is)",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+fn lock_is_stale(path: &Path) -> bool {
+    match std::fs::read_to_string(path.join("pid")) {
+        Ok(pid) => match pid.trim().parse::<u32>() {
+            Ok(p) => !Path::new(&format!("/proc/{p}")).exists(),
+            Err(_) => true,
+        },
+        // Just created and the pid not written yet, or its owner died in between.
+        Err(_) => std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(60))
+            .unwrap_or(false),
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The venv's interpreter, with the pinned SDKs installed (once per process; across
+/// processes under a lock, with a marker holding the fingerprint of what was installed).
+fn sdk_python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(ensure_venv)
+}
+
+fn ensure_venv() -> PathBuf {
+    let cache = cache_dir();
+    std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
+    let venv = cache.join("pyenv-sdk");
+    let python = venv.join("bin/python");
+    let marker = venv.join(".meterd-fingerprint");
+    let req_path = python_dir().join("requirements.txt");
+    let requirements = std::fs::read_to_string(&req_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", req_path.display()));
+    let want = fingerprint(requirements.as_bytes());
+    let ready =
+        || python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == want);
+    if ready() {
+        return python;
+    }
+    let _lock = DirLock::acquire(&cache.join("pyenv-sdk.lock"));
+    if ready() {
+        return python; // another process installed it while we waited
+    }
+    if venv.exists() {
+        std::fs::remove_dir_all(&venv)
+            .unwrap_or_else(|e| panic!("removing the outdated {}: {e}", venv.display()));
+    }
+    let mut c = Command::new(base_python());
+    c.args(["-m", "venv"]).arg(&venv);
+    run_setup(
+        clean(c),
+        "creating the venv with `python3 -m venv` (on Debian, `apt-get install python3-venv`)",
+    );
+    let mut c = Command::new(&python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "3",
+        "--timeout",
+        "60",
+        "-r",
+    ])
+    .arg(&req_path);
+    run_setup(
+        clean(c),
+        "installing the pinned CloudEvents and OpenMeter SDKs from PyPI (these tests need \
+         PyPI; they do not skip without it)",
+    );
+    // The installed versions must be exactly the pins.
+    let mut c = Command::new(&python);
+    c.args([
+        "-c",
+        "import json, sys\n\
+         from importlib.metadata import version\n\
+         import cloudevents.http, openmeter, requests\n\
+         print(json.dumps({n: version(n) for n in sys.argv[1:]}))",
+    ])
+    .args(["cloudevents", "openmeter", "requests"]);
+    let out = run_setup(clean(c), "importing the installed SDKs");
+    let got: BTreeMap<String, String> =
+        serde_json::from_slice(&out.stdout).expect("version report");
+    let pinned = pins(&requirements);
+    for (name, version) in &got {
+        assert_eq!(
+            Some(version),
+            pinned.get(name),
+            "installed {name} {version} is not the pinned version"
+        );
+    }
+    let tmp = venv.join(".meterd-fingerprint.tmp");
+    std::fs::write(&tmp, &want).unwrap();
+    std::fs::rename(&tmp, &marker).unwrap();
+    python
+}
+
+// ---------------------------------------------------------------------------------------
+// Driving the SDK scripts.
+
+#[derive(Clone, Copy, Debug)]
+enum Sdk {
+    /// `send_cloudevents_sdk.py`: modes `structured`, `batch`.
+    CloudEvents,
+    /// `send_openmeter_sdk.py`: modes `single`, `batch`, `json`.
+    OpenMeter,
+}
+
+/// Runs a driver script against `d` and returns its JSON summary: the events it sent
+/// (`id`, `source`, `subject`, `type`, `value`, `bucket`) and per request the `status`,
+/// the `content_type` sent and the response `body`.
+fn send(d: &Daemon, sdk: Sdk, key: &str, contract: &str, lever: &str, args: &[&str]) -> Value {
+    let script = match sdk {
+        Sdk::CloudEvents => "send_cloudevents_sdk.py",
+        Sdk::OpenMeter => "send_openmeter_sdk.py",
+    };
+    let mut c = Command::new(sdk_python());
+    c.arg(python_dir().join(script))
+        .args(["--url", &d.base, "--key", key])
+        .args(["--contract", contract, "--lever", lever])
+        .args(args);
+    let out = clean(c).output().expect("run the SDK script");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        tail(&out.stdout, 4000),
+        tail(&out.stderr, 8000)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{script} printed no summary:\n{stdout}"));
+    let v: Value = serde_json::from_str(line).expect("summary JSON");
+    assert_eq!(
+        v["events"].as_array().map(Vec::len),
+        Some(args_count(args)),
+        "{v}"
+    );
+    v
+}
+
+fn args_count(args: &[&str]) -> usize {
+    let i = args.iter().position(|a| *a == "--values").unwrap();
+    args[i + 1].split(',').count()
+}
+
+fn requests(summary: &Value) -> &Vec<Value> {
+    summary["requests"].as_array().expect("requests")
+}
+
+/// Asserts every request of a run got 204 with no body, sent with `content_type`.
+#[track_caller]
+fn assert_all_204(summary: &Value, content_type: &str, n_requests: usize) {
+    let reqs = requests(summary);
+    assert_eq!(reqs.len(), n_requests, "{summary}");
+    for r in reqs {
+        assert_eq!(r["status"], 204, "{summary}");
+        assert_eq!(r["content_type"], content_type, "{summary}");
+        assert!(r["body"].is_null(), "a 204 with a body: {summary}");
+    }
+}
+
+/// Asserts a `rejected_events` problem with these counts; returns its errors.
+#[track_caller]
+fn assert_rejected(body: &Value, accepted: u64, duplicates: u64, rejected: u64) -> Vec<Value> {
+    assert_eq!(body["code"], "rejected_events", "{body}");
+    assert_eq!(body["status"], 400, "{body}");
+    for f in ["type", "title", "detail"] {
+        assert!(body[f].is_string(), "problem without `{f}`: {body}");
+    }
+    assert_eq!(
+        (
+            body["accepted"].as_u64(),
+            body["duplicates"].as_u64(),
+            body["rejected"].as_u64()
+        ),
+        (Some(accepted), Some(duplicates), Some(rejected)),
+        "{body}"
+    );
+    let errors = body["errors"].as_array().expect("errors").clone();
+    assert_eq!(errors.len() as u64, rejected, "{body}");
+    errors
+}
+
+/// For [`assert_error`]: the event has an id, but which text it is goes unchecked. Used
+/// for rejections decided after parsing (`unknown_*`, `quota_exceeded`), whose `id` is
+/// checked by `rejection_ids_are_the_cloudevent_ids` alone, so that a wrong id there fails
+/// that one test rather than every test.
+const SOME_ID: Option<&str> = Some("\u{0}some id");
+
+/// Asserts one per-event error: index, id, code and (for `invalid_event`) field.
+#[track_caller]
+fn assert_error(e: &Value, index: u64, id: Option<&str>, code: &str, field: Option<&str>) {
+    assert_eq!(e["index"].as_u64(), Some(index), "{e}");
+    if id == SOME_ID {
+        assert!(e["id"].as_str().is_some_and(|i| !i.is_empty()), "{e}");
+    } else {
+        assert_eq!(e["id"].as_str(), id, "{e}");
+    }
+    assert_eq!(e["code"], code, "{e}");
+    if let Some(f) = field {
+        assert_eq!(e["field"], f, "{e}");
+    }
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Exact decimals (meterd's scale: 9 fractional digits) and usage.
+
+fn dec(s: &str) -> i128 {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    assert!(frac.len() <= 9, "{s}");
+    let int: i128 = int.parse().unwrap_or_else(|_| panic!("decimal {s:?}"));
+    let frac: i128 = format!("{frac:0<9}").parse().unwrap();
+    int * 1_000_000_000 + frac
+}
+
+/// Canonical text, as meterd prints amounts (no trailing fractional zeros).
+fn dec_text(v: i128) -> String {
+    let (int, frac) = (v / 1_000_000_000, v % 1_000_000_000);
+    if frac == 0 {
+        return int.to_string();
+    }
+    let f = format!("{frac:09}");
+    format!("{int}.{}", f.trim_end_matches('0'))
+}
+
+type ByBucket = BTreeMap<Option<String>, String>;
+
+/// What the events of SDK runs add up to, by bucket (events without a value excluded;
+/// `skip` lists ids meterd is expected to have rejected).
+fn sent_totals(summaries: &[&Value], skip: &[&str]) -> ByBucket {
+    let mut sums: BTreeMap<Option<String>, i128> = BTreeMap::new();
+    for s in summaries {
+        for e in s["events"].as_array().unwrap() {
+            let Some(v) = e["value"].as_str() else {
+                continue;
+            };
+            if skip.contains(&e["id"].as_str().unwrap()) {
+                continue;
+            }
+            let b = e["bucket"].as_str().map(str::to_string);
+            *sums.entry(b).or_default() += dec(v);
+        }
+    }
+    sums.into_iter().map(|(b, v)| (b, dec_text(v))).collect()
+}
+
+fn by_bucket(pairs: &[(Option<&str>, &str)]) -> ByBucket {
+    pairs
+        .iter()
+        .map(|(b, v)| (b.map(str::to_string), v.to_string()))
+        .collect()
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Usage of one lever of a contract over the last two hours (and the next ten minutes),
+/// one total per bucket, as reported by meterd with the read key.
+fn usage(d: &Daemon, contract: &str, lever: &str) -> ByBucket {
+    let now = Utc::now().timestamp();
+    let from = DateTime::from_timestamp((now - 7200) / 60 * 60, 0).unwrap();
+    let to = DateTime::from_timestamp((now + 600) / 60 * 60, 0).unwrap();
+    let u = d.usage(
+        contract,
+        &format!(
+            "lever={lever}&from={}&to={}&window=none&group_by=bucket",
+            iso(from),
+            iso(to)
+        ),
+    );
+    let mut out = ByBucket::new();
+    for row in u["items"].as_array().expect("items") {
+        assert_eq!(row["lever"], lever, "{u}");
+        let b = row
+            .get("bucket")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let v = row["value"].as_str().expect("value as a decimal string");
+        assert!(out.insert(b, v.to_string()).is_none(), "two rows: {u}");
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Setup and direct requests.
+
+/// Creates a lever with CloudEvents paths.
+fn lever(d: &Daemon, name: &str, aggregation: &str, value_property: &str, bucket_property: &str) {
+    let (s, b) = d.req(
+        "PUT",
+        &format!("/v1/levers/{name}"),
+        Some(ADMIN),
+        Some(&json!({
+            "aggregation": aggregation,
+            "unit": "t",
+            "value_property": value_property,
+            "bucket_property": bucket_property
+        })),
+    );
+    assert!(s == 200 || s == 201, "{s} {b}");
+}
+
+fn contract(d: &Daemon, id: &str, body: Value) {
+    let (s, b) = d.req(
+        "PUT",
+        &format!("/v1/contracts/{id}"),
+        Some(ADMIN),
+        Some(&body),
+    );
+    assert!(s == 200 || s == 201, "{s} {b}");
+}
+
+/// Posts a raw CloudEvents body; returns (status, response content type, JSON body).
+fn post_ce(d: &Daemon, key: Option<&str>, content_type: &str, body: &[u8]) -> (u16, String, Value) {
+    let mut rb = d
+        .client
+        .post(d.url("/api/v1/events"))
+        .header("content-type", content_type)
+        .body(body.to_vec());
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    let r = rb.send().expect("request");
+    let status = r.status().as_u16();
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = r.text().unwrap_or_default();
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, ct, v)
+}
+
+fn post_json(d: &Daemon, content_type: &str, body: &Value) -> (u16, String, Value) {
+    post_ce(
+        d,
+        Some(INGEST),
+        content_type,
+        &serde_json::to_vec(body).unwrap(),
+    )
+}
+
+/// A valid CloudEvent for the `tokens` lever.
+fn ce(id: &str, subject: &str, tokens: Value, model: &str) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "direct-tests",
+        "type": "tokens",
+        "subject": subject,
+        "time": time_at(0),
+        "data": {"tokens": tokens, "model": model}
+    })
+}
+
+#[track_caller]
+fn assert_problem(resp: &(u16, String, Value), status: u16, code: &str) {
+    let (s, ct, b) = resp;
+    assert_eq!(*s, status, "{b}");
+    assert_eq!(b["code"], code, "{b}");
+    assert_eq!(b["status"], status, "{b}");
+    assert!(ct.starts_with("application/problem+json"), "{ct}: {b}");
+}
+
+#[track_caller]
+fn assert_204(resp: &(u16, String, Value)) {
+    assert_eq!(resp.0, 204, "{}", resp.2);
+    assert!(resp.2.is_null(), "a 204 with a body: {}", resp.2);
+}
+
+fn tokens_setup(d: &Daemon, contract_id: &str) {
+    lever(d, "tokens", "sum", "$.tokens", "$.model");
+    contract(d, contract_id, json!({"customer": "cus_ce"}));
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests with the real SDKs.
+
+/// The CloudEvents SDK in structured mode (one request per event) and batch mode: every
+/// event counts, by bucket, exactly; re-sending the same (source, id) changes nothing; the
+/// same ids from another source are other events; a batch with one bad event gives 400
+/// `rejected_events` while its other events count.
+#[test]
+fn cloudevents_sdk_structured_and_batch() {
+    let d = Daemon::start();
+    tokens_setup(&d, "ctr-ce");
+    let send_ce = |args: &[&str]| send(&d, Sdk::CloudEvents, INGEST, "ctr-ce", "tokens", args);
+
+    let structured = [
+        "--mode",
+        "structured",
+        "--id-prefix",
+        "s",
+        "--values",
+        "3,2.5,10,0.25",
+        "--buckets",
+        "gpt-a,gpt-b,gpt-a,",
+    ];
+    let s1 = send_ce(&structured);
+    assert_eq!(s1["sdk"], "cloudevents");
+    assert_all_204(&s1, "application/cloudevents+json", 4);
+    // The SDK stamps `time` itself (microseconds, "+00:00") in this run.
+    let batch = [
+        "--mode",
+        "batch",
+        "--id-prefix",
+        "b",
+        "--values",
+        "1,2,4,8,16",
+        "--buckets",
+        "gpt-b,gpt-c",
+        "--sdk-time",
+    ];
+    let b1 = send_ce(&batch);
+    assert_all_204(&b1, "application/cloudevents-batch+json", 1);
+
+    let want = by_bucket(&[
+        (None, "0.25"),
+        (Some("gpt-a"), "13"),
+        (Some("gpt-b"), "23.5"),
+        (Some("gpt-c"), "10"),
+    ]);
+    assert_eq!(sent_totals(&[&s1, &b1], &[]), want);
+    assert_eq!(usage(&d, "ctr-ce", "tokens"), want);
+
+    // Re-sent with the same (source, id): success, nothing counted twice.
+    assert_all_204(&send_ce(&structured), "application/cloudevents+json", 4);
+    assert_all_204(&send_ce(&batch), "application/cloudevents-batch+json", 1);
+    assert_eq!(usage(&d, "ctr-ce", "tokens"), want);
+
+    // The same ids from another source are other events.
+    let mut other = structured.to_vec();
+    other.extend(["--source", "another-producer"]);
+    let s2 = send_ce(&other);
+    assert_all_204(&s2, "application/cloudevents+json", 4);
+    let want = sent_totals(&[&s1, &b1, &s2], &[]);
+    assert_eq!(
+        want,
+        by_bucket(&[
+            (None, "0.5"),
+            (Some("gpt-a"), "26"),
+            (Some("gpt-b"), "26"),
+            (Some("gpt-c"), "10"),
+        ])
+    );
+    assert_eq!(usage(&d, "ctr-ce", "tokens"), want);
+
+    // A batch whose event 2 has no value: 400 rejected_events, the other three count.
+    let bad = send_ce(&[
+        "--mode",
+        "batch",
+        "--id-prefix",
+        "bad",
+        "--values",
+        "5,6,7,1.5",
+        "--buckets",
+        "gpt-z",
+        "--omit-value",
+        "2",
+    ]);
+    let r = &requests(&bad)[0];
+    assert_eq!(r["status"], 400, "{bad}");
+    assert_eq!(
+        r["response_content_type"], "application/problem+json",
+        "{bad}"
+    );
+    let errors = assert_rejected(&r["body"], 3, 0, 1);
+    assert_error(&errors[0], 2, Some("bad-2"), "invalid_event", Some("data"));
+    let mut want = want;
+    want.insert(Some("gpt-z".into()), "12.5".into());
+    assert_eq!(sent_totals(&[&s1, &b1, &s2, &bad], &[]), want);
+    assert_eq!(usage(&d, "ctr-ce", "tokens"), want);
+
+    // Sent again: the three accepted ones are duplicates, the bad one is still rejected.
+    let again = send_ce(&[
+        "--mode",
+        "batch",
+        "--id-prefix",
+        "bad",
+        "--values",
+        "5,6,7,1.5",
+        "--buckets",
+        "gpt-z",
+        "--omit-value",
+        "2",
+    ]);
+    let errors = assert_rejected(&requests(&again)[0]["body"], 0, 3, 1);
+    assert_error(&errors[0], 2, Some("bad-2"), "invalid_event", Some("data"));
+    assert_eq!(usage(&d, "ctr-ce", "tokens"), want);
+}
+
+/// The OpenMeter SDK's three ingest calls (`ingest_event`, `ingest_events`,
+/// `ingest_events_json`) against meterd: exact usage by bucket, deduplication on re-send,
+/// and a batch with a bad event surfacing as the SDK's HttpResponseError with meterd's
+/// problem body while the good events count.
+#[test]
+fn openmeter_sdk_ingest() {
+    let d = Daemon::start();
+    tokens_setup(&d, "ctr-om");
+    let send_om = |args: &[&str]| send(&d, Sdk::OpenMeter, INGEST, "ctr-om", "tokens", args);
+
+    let single = [
+        "--mode",
+        "single",
+        "--id-prefix",
+        "one",
+        "--values",
+        "7,0.5,100",
+        "--buckets",
+        "gpt-a,,gpt-b",
+    ];
+    let batch = [
+        "--mode",
+        "batch",
+        "--id-prefix",
+        "many",
+        "--values",
+        "1,2,3,4,5,6",
+        "--buckets",
+        "gpt-a,gpt-b,gpt-c",
+    ];
+    let as_json = [
+        "--mode",
+        "json",
+        "--id-prefix",
+        "js",
+        "--values",
+        "0.125,0.875",
+        "--buckets",
+        "gpt-c",
+    ];
+    let s = send_om(&single);
+    assert_eq!(s["sdk"], "openmeter");
+    assert_all_204(&s, "application/cloudevents+json", 3);
+    let b = send_om(&batch);
+    assert_all_204(&b, "application/cloudevents-batch+json", 1);
+    let j = send_om(&as_json);
+    assert_all_204(&j, "application/json", 1);
+
+    let want = by_bucket(&[
+        (None, "0.5"),
+        (Some("gpt-a"), "12"),
+        (Some("gpt-b"), "107"),
+        (Some("gpt-c"), "10"),
+    ]);
+    assert_eq!(sent_totals(&[&s, &b, &j], &[]), want);
+    assert_eq!(usage(&d, "ctr-om", "tokens"), want);
+
+    // The SDK re-sending the same events: 204, usage unchanged.
+    assert_all_204(&send_om(&single), "application/cloudevents+json", 3);
+    assert_all_204(&send_om(&batch), "application/cloudevents-batch+json", 1);
+    assert_all_204(&send_om(&as_json), "application/json", 1);
+    assert_eq!(usage(&d, "ctr-om", "tokens"), want);
+
+    // Bad events in the SDK's batch and JSON calls.
+    for (mode, ct) in [
+        ("batch", "application/cloudevents-batch+json"),
+        ("json", "application/json"),
+    ] {
+        let prefix = format!("bad-{mode}");
+        let bad = send_om(&[
+            "--mode",
+            mode,
+            "--id-prefix",
+            &prefix,
+            "--values",
+            "2,3,4",
+            "--buckets",
+            "gpt-z",
+            "--omit-value",
+            "0",
+        ]);
+        let r = &requests(&bad)[0];
+        assert_eq!(r["status"], 400, "{bad}");
+        assert_eq!(r["content_type"], ct, "{bad}");
+        assert_eq!(r["sdk_error"], "HttpResponseError", "{bad}");
+        let errors = assert_rejected(&r["body"], 2, 0, 1);
+        let id = format!("{prefix}-0");
+        assert_error(&errors[0], 0, Some(&id), "invalid_event", Some("data"));
+    }
+    let mut want = want;
+    want.insert(Some("gpt-z".into()), "14".into());
+    assert_eq!(usage(&d, "ctr-om", "tokens"), want);
+}
+
+/// Values read from a nested path of `data` and sent as decimal strings are counted
+/// exactly (nine fractional digits, eighteen integer digits), by both SDKs.
+#[test]
+fn sdk_nested_and_string_decimal_values_are_exact() {
+    let d = Daemon::start();
+    lever(&d, "nested", "sum", "$.usage.tokens.total", "$.meta.region");
+    contract(&d, "ctr-dec", json!({"customer": "cus_dec"}));
+    let values = "0.000000001,123456789.123456789,1.1,7,99999999999999999";
+    let shared = [
+        "--values",
+        values,
+        "--value-as",
+        "string",
+        "--value-path",
+        "usage.tokens.total",
+        "--bucket-path",
+        "meta.region",
+        "--buckets",
+        "eu-west-1,us-east-1",
+    ];
+    let run = |sdk: Sdk, mode: &str, prefix: &str| {
+        let mut args = vec!["--mode", mode, "--id-prefix", prefix];
+        args.extend(shared);
+        send(&d, sdk, INGEST, "ctr-dec", "nested", &args)
+    };
+    let a = run(Sdk::CloudEvents, "batch", "ce");
+    assert_all_204(&a, "application/cloudevents-batch+json", 1);
+    let want_one = by_bucket(&[
+        (Some("eu-west-1"), "100000000000000000.100000001"),
+        (Some("us-east-1"), "123456796.123456789"),
+    ]);
+    assert_eq!(sent_totals(&[&a], &[]), want_one);
+    assert_eq!(usage(&d, "ctr-dec", "nested"), want_one);
+
+    let b = run(Sdk::OpenMeter, "single", "om");
+    assert_all_204(&b, "application/cloudevents+json", 5);
+    let want_two = by_bucket(&[
+        (Some("eu-west-1"), "200000000000000000.200000002"),
+        (Some("us-east-1"), "246913592.246913578"),
+    ]);
+    assert_eq!(sent_totals(&[&a, &b], &[]), want_two);
+    assert_eq!(usage(&d, "ctr-dec", "nested"), want_two);
+}
+
+/// Hard quotas apply to CloudEvents: in an OpenMeter SDK batch the event that would pass
+/// the limit is rejected with `quota_exceeded` while the ones that fit (before and after
+/// it) count; once at the limit a CloudEvents SDK event is refused; re-sending the
+/// accepted events at the limit gives duplicates, not quota rejections.
+#[test]
+fn hard_quotas_apply_to_cloudevents() {
+    let d = Daemon::start();
+    lever(&d, "tokens", "sum", "$.tokens", "$.model");
+    contract(
+        &d,
+        "ctr-q",
+        json!({"customer": "x", "quotas": [
+            {"lever": "tokens", "period": "month", "limit": 10, "mode": "hard"}
+        ]}),
+    );
+    let args = [
+        "--mode",
+        "batch",
+        "--id-prefix",
+        "q",
+        "--values",
+        "4,5,2,1",
+        "--buckets",
+        "gpt-a",
+    ];
+    let b = send(&d, Sdk::OpenMeter, INGEST, "ctr-q", "tokens", &args);
+    let r = &requests(&b)[0];
+    assert_eq!(r["status"], 400, "{b}");
+    let errors = assert_rejected(&r["body"], 3, 0, 1);
+    assert_error(&errors[0], 2, SOME_ID, "quota_exceeded", None);
+    let want = by_bucket(&[(Some("gpt-a"), "10")]);
+    assert_eq!(sent_totals(&[&b], &["q-2"]), want);
+    assert_eq!(usage(&d, "ctr-q", "tokens"), want);
+
+    let c = send(
+        &d,
+        Sdk::CloudEvents,
+        INGEST,
+        "ctr-q",
+        "tokens",
+        &[
+            "--mode",
+            "structured",
+            "--id-prefix",
+            "more",
+            "--values",
+            "0.000000001",
+            "--value-as",
+            "string",
+        ],
+    );
+    let r = &requests(&c)[0];
+    assert_eq!(r["status"], 400, "{c}");
+    let errors = assert_rejected(&r["body"], 0, 0, 1);
+    assert_error(&errors[0], 0, SOME_ID, "quota_exceeded", None);
+    assert_eq!(usage(&d, "ctr-q", "tokens"), want);
+
+    let again = send(&d, Sdk::OpenMeter, INGEST, "ctr-q", "tokens", &args);
+    let errors = assert_rejected(&requests(&again)[0]["body"], 0, 3, 1);
+    assert_error(&errors[0], 2, SOME_ID, "quota_exceeded", None);
+    assert_eq!(usage(&d, "ctr-q", "tokens"), want);
+
+    let (s, bal) = d.req("GET", "/v1/contracts/ctr-q/balance", Some(READ), None);
+    assert_eq!(s, 200, "{bal}");
+    let month = bal["levers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lever"] == "tokens" && l["period"] == "month")
+        .unwrap_or_else(|| panic!("{bal}"));
+    assert_eq!(month["usage"], "10", "{bal}");
+    assert_eq!(month["remaining"], "0", "{bal}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Direct requests.
+
+/// The three accepted media types (parameters allowed), 415 for any other, 400
+/// `malformed_body` for a batch type without an array or a body that is not JSON, and
+/// roles: ingest and admin keys may send, a read key gets 403, no key 401. Nothing from a
+/// refused request is counted.
+#[test]
+fn content_types_roles_and_whole_request_errors() {
+    let d = Daemon::start();
+    tokens_setup(&d, "ctr-d");
+    let one = |id: &str, v: i64| ce(id, "ctr-d", json!(v), "m");
+
+    assert_204(&post_json(&d, "application/cloudevents+json", &one("a", 1)));
+    assert_204(&post_json(
+        &d,
+        "application/cloudevents+json; charset=utf-8",
+        &one("b", 2),
+    ));
+    assert_204(&post_json(&d, "application/json", &one("c", 4)));
+    assert_204(&post_json(
+        &d,
+        "application/json",
+        &json!([one("d", 8), one("e", 16)]),
+    ));
+    assert_204(&post_json(
+        &d,
+        "application/cloudevents-batch+json",
+        &json!([one("f", 32), one("g", 64)]),
+    ));
+    assert_204(&post_json(
+        &d,
+        "Application/CloudEvents-Batch+JSON; charset=UTF-8",
+        &json!([one("h", 128)]),
+    ));
+    let want = by_bucket(&[(Some("m"), "255")]);
+    assert_eq!(usage(&d, "ctr-d", "tokens"), want);
+
+    for ct in ["text/plain", "application/x-ndjson", "application/xml"] {
+        let r = post_json(&d, ct, &one("x415", 1000));
+        assert_problem(&r, 415, "unsupported_media_type");
+    }
+    // A batch media type needs an array.
+    for body in [
+        serde_json::to_vec(&one("x1", 1000)).unwrap(),
+        b"  \n {\"specversion\": \"1.0\"}".to_vec(),
+        b"\"[not an array]\"".to_vec(),
+    ] {
+        let r = post_ce(
+            &d,
+            Some(INGEST),
+            "application/cloudevents-batch+json",
+            &body,
+        );
+        assert_problem(&r, 400, "malformed_body");
+    }
+    for (ct, body) in [
+        (
+            "application/cloudevents+json",
+            &b"{\"specversion\": \"1.0\", "[..],
+        ),
+        ("application/json", &b"[{\"id\": \"x\"},"[..]),
+        ("application/cloudevents-batch+json", &b"[1, 2"[..]),
+        ("application/json", &b"not json"[..]),
+    ] {
+        let r = post_ce(&d, Some(INGEST), ct, body);
+        assert_problem(&r, 400, "malformed_body");
+    }
+
+    // Roles.
+    let body = serde_json::to_vec(&one("by-admin", 256)).unwrap();
+    assert_204(&post_ce(
+        &d,
+        Some(ADMIN),
+        "application/cloudevents+json",
+        &body,
+    ));
+    let body = serde_json::to_vec(&one("by-read", 1000)).unwrap();
+    let r = post_ce(&d, Some(READ), "application/cloudevents+json", &body);
+    assert_problem(&r, 403, "forbidden");
+    let r = post_ce(&d, None, "application/cloudevents+json", &body);
+    assert_problem(&r, 401, "unauthorized");
+    let r = post_ce(
+        &d,
+        Some("no-such-key"),
+        "application/cloudevents+json",
+        &body,
+    );
+    assert_problem(&r, 401, "unauthorized");
+    // Another tenant's key cannot reach this tenant's contract.
+    let r = post_ce(
+        &d,
+        Some(OTHER_INGEST),
+        "application/cloudevents+json",
+        &body,
+    );
+    assert_eq!(r.0, 400, "{}", r.2);
+    let errors = assert_rejected(&r.2, 0, 0, 1);
+    let code = errors[0]["code"].as_str().unwrap();
+    assert!(
+        code == "unknown_lever" || code == "unknown_contract",
+        "{}",
+        r.2
+    );
+
+    assert_eq!(
+        usage(&d, "ctr-d", "tokens"),
+        by_bucket(&[(Some("m"), "511")])
+    );
+}
+
+/// Every required attribute missing or wrong is a per-event `invalid_event` naming the
+/// field (with the event's id once it is readable); unknown levers and contracts get
+/// their own codes; the valid events of the same request count.
+#[test]
+fn bad_attributes_are_rejected_per_event() {
+    let d = Daemon::start();
+    tokens_setup(&d, "ctr-v");
+    let good = |id: &str, v: i64| ce(id, "ctr-v", json!(v), "m");
+    let without = |id: &str, field: &str| {
+        let mut e = good(id, 1000);
+        e.as_object_mut().unwrap().remove(field);
+        e
+    };
+    let with = |id: &str, field: &str, v: Value| {
+        let mut e = good(id, 1000);
+        e[field] = v;
+        e
+    };
+    let batch = json!([
+        good("ok-1", 1),
+        without("v1", "specversion"),
+        with("v2", "specversion", json!("0.3")),
+        with("v3", "specversion", json!(1.0)),
+        without("", "id"),
+        with("", "id", json!("")),
+        without("v6", "source"),
+        with("v7", "source", json!(17)),
+        without("v8", "subject"),
+        without("v9", "type"),
+        with("v10", "time", json!("yesterday")),
+        without("v11", "data"),
+        with("v12", "data", json!({"tokens": "many", "model": "m"})),
+        with("v13", "data", json!({"tokens": -5, "model": "m"})),
+        with("v14", "type", json!("no_such_lever")),
+        with("v15", "subject", json!("no-such-contract")),
+        json!(42),
+        good("ok-2", 2),
+        with(
+            "v18",
+            "data",
+            json!({"tokens": 1, "model": {"nested": "object"}})
+        ),
+    ]);
+    let r = post_json(&d, "application/cloudevents-batch+json", &batch);
+    assert_eq!(r.0, 400, "{}", r.2);
+    assert!(r.1.starts_with("application/problem+json"), "{}", r.1);
+    let errors = assert_rejected(&r.2, 2, 0, 17);
+    let expect: [(u64, Option<&str>, &str, Option<&str>); 17] = [
+        (1, Some("v1"), "invalid_event", Some("specversion")),
+        (2, Some("v2"), "invalid_event", Some("specversion")),
+        (3, Some("v3"), "invalid_event", Some("specversion")),
+        (4, None, "invalid_event", Some("id")),
+        (5, None, "invalid_event", Some("id")),
+        (6, Some("v6"), "invalid_event", Some("source")),
+        (7, Some("v7"), "invalid_event", Some("source")),
+        (8, Some("v8"), "invalid_event", Some("subject")),
+        (9, Some("v9"), "invalid_event", Some("type")),
+        (10, Some("v10"), "invalid_event", Some("time")),
+        (11, Some("v11"), "invalid_event", Some("data")),
+        (12, Some("v12"), "invalid_event", Some("data")),
+        (13, Some("v13"), "invalid_event", Some("data")),
+        (14, SOME_ID, "unknown_lever", None),
+        (15, SOME_ID, "unknown_contract", None),
+        (16, None, "invalid_event", None),
+        (18, Some("v18"), "invalid_event", Some("data")),
+    ];
+    for (e, (index, id, code, field)) in errors.iter().zip(expect) {
+        assert_error(e, index, id, code, field);
+    }
+    assert_eq!(usage(&d, "ctr-v", "tokens"), by_bucket(&[(Some("m"), "3")]));
+
+    // A single event with a missing attribute: 400 with the same per-event shape.
+    let r = post_json(
+        &d,
+        "application/cloudevents+json",
+        &without("single", "subject"),
+    );
+    assert_eq!(r.0, 400, "{}", r.2);
+    let errors = assert_rejected(&r.2, 0, 0, 1);
+    assert_error(
+        &errors[0],
+        0,
+        Some("single"),
+        "invalid_event",
+        Some("subject"),
+    );
+}
+
+/// The idempotency key is the (source, id) pair, unambiguously: sources and ids that
+/// concatenate alike are different events, long ones still deduplicate, a re-sent event
+/// with another body is a duplicate, and native ids never collide with CloudEvents ones.
+#[test]
+fn idempotency_is_by_source_and_id() {
+    let d = Daemon::start();
+    tokens_setup(&d, "ctr-i");
+    let ev = |source: &str, id: &str, v: i64| {
+        let mut e = ce(id, "ctr-i", json!(v), "m");
+        e["source"] = json!(source);
+        e
+    };
+    let long_source = "s".repeat(256);
+    let long_id = "i".repeat(128);
+    let batch = json!([
+        ev("a:b", "c", 1),
+        ev("a", "b:c", 2),
+        ev("a:b:c", "", 1000), // empty id: rejected
+        ev(&long_source, &long_id, 4),
+        ev(&long_source, &format!("{}j", "i".repeat(127)), 8),
+        ev("a", "b:c", 1000), // repeat inside the request
+    ]);
+    let r = post_json(&d, "application/cloudevents-batch+json", &batch);
+    let errors = assert_rejected(&r.2, 4, 1, 1);
+    assert_error(&errors[0], 2, None, "invalid_event", Some("id"));
+    assert_eq!(
+        usage(&d, "ctr-i", "tokens"),
+        by_bucket(&[(Some("m"), "15")])
+    );
+
+    // Re-sent with other values: all duplicates.
+    let r = post_json(
+        &d,
+        "application/cloudevents-batch+json",
+        &json!([
+            ev("a:b", "c", 100),
+            ev("a", "b:c", 100),
+            ev(&long_source, &long_id, 100)
+        ]),
+    );
+    assert_204(&r);
+    assert_eq!(
+        usage(&d, "ctr-i", "tokens"),
+        by_bucket(&[(Some("m"), "15")])
+    );
+
+    // A native event whose id equals a CloudEvent's id is a different event.
+    let (s, b) = d.post_events(&json!({
+        "id": "c", "contract": "ctr-i", "lever": "tokens", "value": 16, "bucket": "m"
+    }));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["accepted"], 1, "{b}");
+    assert_eq!(
+        usage(&d, "ctr-i", "tokens"),
+        by_bucket(&[(Some("m"), "31")])
+    );
+}
+
+/// Each per-event error names the event by the CloudEvent `id` its sender gave, whatever
+/// the rejection: the same for `invalid_event` (decided while reading the event) as for
+/// the codes decided later (`unknown_lever`, `unknown_contract`, `too_late`, `too_early`,
+/// `quota_exceeded`), never by meterd's internal idempotency key.
+#[test]
+fn rejection_ids_are_the_cloudevent_ids() {
+    let d = Daemon::start();
+    lever(&d, "tokens", "sum", "$.tokens", "$.model");
+    contract(
+        &d,
+        "ctr-e",
+        json!({"customer": "x", "quotas": [
+            {"lever": "tokens", "period": "month", "limit": 10, "mode": "hard"}
+        ]}),
+    );
+    let ev = |id: &str, v: i64| ce(id, "ctr-e", json!(v), "m");
+    let mut late = ev("late", 1);
+    late["time"] = json!(time_at(-3 * 3_600_000));
+    let mut early = ev("early", 1);
+    early["time"] = json!(time_at(3_600_000));
+    let mut no_lever = ev("no-lever", 1);
+    no_lever["type"] = json!("no_such_lever");
+    let mut no_contract = ev("no-contract", 1);
+    no_contract["subject"] = json!("no-such-contract");
+    let mut bad = ev("bad", 1);
+    bad["data"] = json!({"model": "m"});
+    let r = post_json(
+        &d,
+        "application/cloudevents-batch+json",
+        &json!([
+            ev("fits", 10),
+            ev("over", 1),
+            no_lever,
+            no_contract,
+            late,
+            early,
+            bad
+        ]),
+    );
+    assert_eq!(r.0, 400, "{}", r.2);
+    let errors = assert_rejected(&r.2, 1, 0, 6);
+    let got: Vec<(u64, String, String)> = errors
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["code"].as_str().unwrap().to_string(),
+                e["id"].as_str().unwrap_or("<none>").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String, String)> = [
+        (1, "quota_exceeded", "over"),
+        (2, "unknown_lever", "no-lever"),
+        (3, "unknown_contract", "no-contract"),
+        (4, "too_late", "late"),
+        (5, "too_early", "early"),
+        (6, "invalid_event", "bad"),
+    ]
+    .iter()
+    .map(|(i, c, id)| (*i, c.to_string(), id.to_string()))
+    .collect();
+    assert_eq!(
+        got, want,
+        "per-event errors must carry the CloudEvent id the client sent: {}",
+        r.2
+    );
+}
+
+/// A `count` lever ignores `data` (an event without it counts 1); the bucket still comes
+/// from `bucket_property`, and a lever without one records no bucket.
+#[test]
+fn count_levers_ignore_the_value() {
+    let d = Daemon::start();
+    lever(&d, "calls", "count", "$.value", "$.route");
+    contract(&d, "ctr-c", json!({"customer": "cus_c"}));
+    let ev = |id: &str, data: Option<Value>| {
+        let mut e = json!({
+            "specversion": "1.0", "id": id, "source": "svc", "type": "calls",
+            "subject": "ctr-c"
+        });
+        if let Some(data) = data {
+            e["data"] = data;
+        }
+        e
+    };
+    let r = post_json(
+        &d,
+        "application/json",
+        &json!([
+            ev("1", None),
+            ev("2", Some(json!({"route": "/a", "value": 50}))),
+            ev("3", Some(json!({"route": "/a"}))),
+            ev("4", Some(json!({"route": 7}))),
+        ]),
+    );
+    assert_204(&r);
+    assert_eq!(
+        usage(&d, "ctr-c", "calls"),
+        by_bucket(&[(None, "1"), (Some("/a"), "2"), (Some("7"), "1")])
+    );
+}
+
+/// Values are exact decimals "given as a JSON number or a decimal string" (SPEC 1): a
+/// JSON number in `data` with more significant digits than a binary double holds must
+/// be counted exactly, as on the native path.
+#[test]
+fn json_number_values_in_data_are_exact() {
+    let d = Daemon::start();
+    lever(&d, "nested", "sum", "$.usage.tokens.total", "$.meta.region");
+    contract(&d, "ctr-n", json!({"customer": "cus_n"}));
+    // Raw text so that no client-side float ever touches the numbers.
+    let body = format!(
+        r#"[
+          {{"specversion":"1.0","id":"n1","source":"svc","type":"nested","subject":"ctr-n",
+            "time":"{t}","data":{{"usage":{{"tokens":{{"total":123456789.123456789}}}},"meta":{{"region":"eu"}}}}}},
+          {{"specversion":"1.0","id":"n2","source":"svc","type":"nested","subject":"ctr-n",
+            "time":"{t}","data":{{"usage":{{"tokens":{{"total":0.000000002}}}},"meta":{{"region":"eu"}}}}}},
+          {{"specversion":"1.0","id":"n3","source":"svc","type":"nested","subject":"ctr-n",
+            "time":"{t}","data":{{"usage":{{"tokens":{{"total":99999999999999999}}}},"meta":{{"region":"us"}}}}}}
+        ]"#,
+        t = time_at(0)
+    );
+    let r = post_ce(
+        &d,
+        Some(INGEST),
+        "application/cloudevents-batch+json",
+        body.as_bytes(),
+    );
+    assert_204(&r);
+    // The native path with the same number, for comparison.
+    let (s, b) = d.post_events(&json!({
+        "id": "native", "contract": "ctr-n", "lever": "nested", "bucket": "native",
+        "value": 1
+    }));
+    assert_eq!(s, 200, "{b}");
+    let native = r#"{"id":"native-2","contract":"ctr-n","lever":"nested","bucket":"native",
+                     "value":123456789.123456789}"#;
+    let (s, b) = d.raw(
+        "/v1/events",
+        INGEST,
+        "application/json",
+        native.as_bytes().to_vec(),
+    );
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        usage(&d, "ctr-n", "nested"),
+        by_bucket(&[
+            (Some("eu"), "123456789.123456791"),
+            (Some("native"), "123456790.123456789"),
+            (Some("us"), "99999999999999999"),
+        ]),
+        "a JSON number in CloudEvents `data` lost digits (the native path keeps them)"
+    );
+}
