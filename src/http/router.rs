@@ -270,6 +270,7 @@ async fn dispatch(
     match (&surface, req.method(), path.as_str()) {
         (_, &Method::GET, "/healthz") => return ("healthz", ops::healthz()),
         (_, &Method::GET, "/readyz") => return ("readyz", ops::readyz(&state)),
+        (Surface::Api, &Method::GET, "/openapi.json") => return ("openapi", ops::openapi()),
         (Surface::Metrics(h), &Method::GET, "/metrics") => {
             return ("metrics", ops::metrics(&state, h))
         }
@@ -319,6 +320,14 @@ async fn dispatch(
         )
         .into_response();
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        let allow: Vec<&str> = [Method::GET, Method::PUT, Method::POST, Method::DELETE]
+            .iter()
+            .filter(|m| route.required(m).is_some())
+            .map(Method::as_str)
+            .collect();
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&allow.join(", ")) {
+            r.headers_mut().insert(header::ALLOW, v);
+        }
         return (label, r);
     };
     if !allows(principal.role, need) {
@@ -326,11 +335,18 @@ async fn dispatch(
             label,
             ApiError::new(
                 ErrorCode::Forbidden,
-                format!(
-                    "a key with role `{}` cannot do this; it needs role `{}` or `admin`",
-                    principal.role.as_str(),
-                    need.as_str()
-                ),
+                if need == Role::Admin {
+                    format!(
+                        "a key with role `{}` cannot do this; it needs role `admin`",
+                        principal.role.as_str()
+                    )
+                } else {
+                    format!(
+                        "a key with role `{}` cannot do this; it needs role `{}` or `admin`",
+                        principal.role.as_str(),
+                        need.as_str()
+                    )
+                },
             )
             .into_response(),
         );

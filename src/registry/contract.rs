@@ -154,6 +154,19 @@ impl ContractBody {
     }
 }
 
+/// Rewrites validated quota limits in canonical decimal form (`10.50` -> `10.5`,
+/// `1e-05` -> `0.00001`), keeping `-1`, so stored and returned bodies show the exact
+/// value meterd enforces.
+pub fn normalize_quotas(quotas: &mut [QuotaBody]) {
+    for q in quotas {
+        if q.limit.trim() == "-1" {
+            q.limit = "-1".into();
+        } else if let Ok(a) = crate::decimal::Amount::parse_input(&q.limit) {
+            q.limit = a.to_string();
+        }
+    }
+}
+
 /// Validates quotas and thresholds of a contract or plan body.
 pub fn validate_quotas(
     quotas: &[QuotaBody],

@@ -21,8 +21,8 @@ use crate::http::util::{
 };
 use crate::quota::state::chain;
 use crate::registry::{
-    valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody, Plan, PlanBody,
-    Tenant,
+    normalize_quotas, valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody,
+    Plan, PlanBody, Tenant,
 };
 use crate::state::State;
 use crate::store::cf;
@@ -247,9 +247,13 @@ pub async fn put_contract(
         ));
     }
     let bytes = body(ctx, req).await?;
-    let b: ContractBody = parse_json(&bytes)?;
+    let mut b: ContractBody = parse_json(&bytes)?;
     let t = ctx.tenant()?;
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
+    normalize_quotas(&mut b.quotas);
+    if let Some(a) = b.anchor.as_deref().and_then(parse_rfc3339) {
+        b.anchor = Some(rfc3339(a));
+    }
     if let Some(p) = &b.plan {
         if t.plan(p).is_none() {
             return Err(ApiError::new(
@@ -462,9 +466,10 @@ pub async fn put_plan(
         ));
     }
     let bytes = body(ctx, req).await?;
-    let b: PlanBody = parse_json(&bytes)?;
+    let mut b: PlanBody = parse_json(&bytes)?;
     let t = ctx.tenant()?;
     b.validate(|l| t.lever(l).is_some()).map_err(invalid)?;
+    normalize_quotas(&mut b.quotas);
     let _lock = ctx.state.admin_lock.lock().await;
     let existing = t.plan(id);
     if let Some(old) = &existing {

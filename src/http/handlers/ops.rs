@@ -57,3 +57,15 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
         .body(crate::http::util::full(body))
         .expect("static response parts are valid")
 }
+
+/// The OpenAPI 3.1 description of the API (`openapi/openapi.json`, compiled in).
+pub const OPENAPI: &str = include_str!("../../../openapi/openapi.json");
+
+/// `GET /openapi.json`.
+pub fn openapi() -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(crate::http::util::full(OPENAPI))
+        .expect("static response parts are valid")
+}
