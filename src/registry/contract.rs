@@ -103,10 +103,16 @@ fn default_tz() -> String {
     "UTC".into()
 }
 
-/// Validates an external id (contract, customer, plan): 1..=128 bytes, no control
-/// characters and no `/` (ids appear in URL paths).
+/// Validates an external id (contract, customer, plan, grant, adjustment): 1..=128
+/// bytes, no control characters, no `/`, not `.` or `..` (ids appear in URL paths).
 pub fn valid_external_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && !s.chars().any(|c| c.is_control() || c == '/')
+    // `.` and `..` are removed from URL paths by standard clients, even percent-encoded,
+    // so resources with those ids could never be reached.
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c.is_control() || c == '/')
 }
 
 impl ContractBody {
