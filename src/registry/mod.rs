@@ -19,7 +19,8 @@ use dashmap::DashMap;
 pub use auth::{ApiKeys, Principal, Role};
 pub(crate) use contract::amount_text;
 pub use contract::{
-    normalize_quotas, parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus, ParsedQuota, QuotaBody,
+    normalize_quotas, parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus,
+    ParsedQuota, QuotaBody,
 };
 pub use grant::{Grant, GrantBody, Grants, MAX_OPEN_GRANTS};
 pub use lever::{Aggregation, Lever, LeverBody};
