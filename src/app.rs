@@ -228,6 +228,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         ready: AtomicBool::new(false),
         storage_ok: AtomicBool::new(true),
         admin_lock: tokio::sync::Mutex::new(()),
+        last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         registry,
         journal,
         store,

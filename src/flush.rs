@@ -113,8 +113,13 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
                 rounds += 1;
                 let stopping =
                     !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
-                if let Err(e) = flush_once(&state.store, &state.counters, &state.revisions) {
-                    tracing::error!(error = %e, "flush failed; deltas kept for the next attempt");
+                match flush_once(&state.store, &state.counters, &state.revisions) {
+                    Ok(_) => state
+                        .last_flush_ms
+                        .store(crate::window::now_ms(), std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::error!(error = %e, "flush failed; deltas kept for the next attempt")
+                    }
                 }
                 if buffered {
                     let t = Instant::now();

@@ -41,6 +41,8 @@ pub struct State {
     pub storage_ok: AtomicBool,
     /// Permits for concurrently processed API requests.
     pub inflight: Arc<Semaphore>,
+    /// Time of the last successful flush (epoch ms).
+    pub last_flush_ms: std::sync::atomic::AtomicI64,
     /// Serialises admin writes (levers, contracts).
     pub admin_lock: tokio::sync::Mutex<()>,
 }

@@ -424,6 +424,27 @@ impl Store {
         Ok(())
     }
 
+    /// Every column family name.
+    pub const CFS: [&'static str; 9] = [
+        cf::WINDOWS,
+        cf::JOURNAL,
+        cf::DEDUPE,
+        cf::ADMIN,
+        cf::META,
+        cf::QUOTA,
+        cf::OUTBOX,
+        cf::CHANGES,
+        cf::ROWREV,
+    ];
+
+    /// Sum of a RocksDB integer property over every column family (for metrics).
+    pub fn property_sum(&self, name: &str) -> u64 {
+        Store::CFS
+            .iter()
+            .filter_map(|c| self.property_int(c, name))
+            .sum()
+    }
+
     /// A RocksDB integer property of a column family (for metrics).
     pub fn property_int(&self, cf_name: &str, name: &str) -> Option<u64> {
         self.db

@@ -52,6 +52,18 @@ pub mod names {
     pub const WEBHOOK_DELIVERY_SECONDS: &str = "meterd_webhook_delivery_duration_seconds";
     /// Quota usage rows held in memory.
     pub const QUOTA_ROWS: &str = "meterd_quota_rows";
+    /// Seconds since the last successful flush.
+    pub const FLUSH_LAG_SECONDS: &str = "meterd_flush_lag_seconds";
+    /// Bytes of SST files and memtables.
+    pub const STORE_SIZE_BYTES: &str = "meterd_store_size_bytes";
+    /// Bytes RocksDB estimates compaction still has to rewrite.
+    pub const STORE_PENDING_COMPACTION_BYTES: &str = "meterd_store_pending_compaction_bytes";
+    /// 1 while RocksDB stops writes (a write stall), else 0.
+    pub const STORE_WRITE_STOPPED: &str = "meterd_store_write_stopped";
+    /// Write rate RocksDB throttles to while it delays writes (0: not delayed).
+    pub const STORE_DELAYED_WRITE_RATE: &str = "meterd_store_delayed_write_rate_bytes";
+    /// Resident set size of the process.
+    pub const PROCESS_RESIDENT_MEMORY: &str = "meterd_process_resident_memory_bytes";
     /// RocksDB's estimate of stored window rows.
     pub const STORE_WINDOW_ROWS: &str = "meterd_store_window_rows_estimate";
 }
@@ -169,6 +181,36 @@ pub fn describe() {
         QUOTA_ROWS,
         Unit::Count,
         "Quota usage rows (contract, lever, period) held in memory."
+    );
+    describe_gauge!(
+        FLUSH_LAG_SECONDS,
+        Unit::Seconds,
+        "Seconds since the last successful flush of counters into RocksDB."
+    );
+    describe_gauge!(
+        STORE_SIZE_BYTES,
+        Unit::Bytes,
+        "Bytes of RocksDB SST files and memtables, all column families."
+    );
+    describe_gauge!(
+        STORE_PENDING_COMPACTION_BYTES,
+        Unit::Bytes,
+        "Bytes RocksDB estimates compaction still has to rewrite."
+    );
+    describe_gauge!(
+        STORE_WRITE_STOPPED,
+        Unit::Count,
+        "1 while RocksDB stops writes (a write stall), else 0."
+    );
+    describe_gauge!(
+        STORE_DELAYED_WRITE_RATE,
+        Unit::Bytes,
+        "Write rate RocksDB throttles to while it delays writes, in bytes per second (0: not delayed)."
+    );
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident set size of the meterd process."
     );
     describe_gauge!(
         STORE_WINDOW_ROWS,

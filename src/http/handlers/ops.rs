@@ -50,6 +50,31 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     {
         metrics::gauge!(names::STORE_WINDOW_ROWS).set(v as f64);
     }
+    let now = crate::window::now_ms();
+    let last = state
+        .last_flush_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    metrics::gauge!(names::FLUSH_LAG_SECONDS).set((now - last).max(0) as f64 / 1000.0);
+    let store = &state.store;
+    metrics::gauge!(names::STORE_SIZE_BYTES).set(
+        (store.property_sum("rocksdb.total-sst-files-size")
+            + store.property_sum("rocksdb.cur-size-all-mem-tables")) as f64,
+    );
+    metrics::gauge!(names::STORE_PENDING_COMPACTION_BYTES)
+        .set(store.property_sum("rocksdb.estimate-pending-compaction-bytes") as f64);
+    metrics::gauge!(names::STORE_WRITE_STOPPED).set(
+        store
+            .property_int(cf::WINDOWS, "rocksdb.is-write-stopped")
+            .unwrap_or(0) as f64,
+    );
+    metrics::gauge!(names::STORE_DELAYED_WRITE_RATE).set(
+        store
+            .property_int(cf::WINDOWS, "rocksdb.actual-delayed-write-rate")
+            .unwrap_or(0) as f64,
+    );
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!(names::PROCESS_RESIDENT_MEMORY).set(rss as f64);
+    }
     let body = handle.render();
     Response::builder()
         .status(StatusCode::OK)
@@ -68,4 +93,12 @@ pub fn openapi() -> Response<Body> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(crate::http::util::full(OPENAPI))
         .expect("static response parts are valid")
+}
+
+/// Resident set size from `/proc/self/status` (Linux), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
