@@ -470,10 +470,18 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         }
         Ok(Some(d))
     };
+    let max_lateness = tenants
+        .iter()
+        .map(|t| t.lateness)
+        .chain(std::iter::once(lateness))
+        .max()
+        .unwrap_or_default();
     let window_retention = crate::store::WindowRetention {
         minute: retention("retention_minute", &raw.retention_minute)?,
         hour: retention("retention_hour", &raw.retention_hour)?,
         day: retention("retention_day", &raw.retention_day)?,
+        // A day more than any event can be late: such rows are never loaded again.
+        quota_periods: Some(max_lateness + Duration::from_secs(86_400)),
     };
     let longer = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
         (None, _) => true,

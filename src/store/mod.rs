@@ -66,6 +66,10 @@ pub struct WindowRetention {
     pub hour: Option<Duration>,
     /// Day rows.
     pub day: Option<Duration>,
+    /// Quota period rows (usage, grant-covered usage, notified thresholds) are removed
+    /// once their period ended longer ago than this: no event that old is accepted, so
+    /// they can no longer change and are not loaded at start.
+    pub quota_periods: Option<Duration>,
 }
 
 impl WindowRetention {
@@ -203,6 +207,26 @@ impl Store {
 
         let mut quota = Options::default();
         quota.set_merge_operator_associative("meterd.agg.v1", merge_operator);
+        if let Some(keep) = windows_retention.quota_periods {
+            let keep_ms = keep.as_millis() as i64;
+            quota.set_compaction_filter(
+                "meterd.quota.retention",
+                move |_lvl: u32, k: &[u8], _v: &[u8]| {
+                    use crate::quota::state::StoredKey;
+                    let end = match StoredKey::decode(k) {
+                        Some(StoredKey::Usage(u) | StoredKey::Granted(u)) => u.end,
+                        Some(StoredKey::Notified(n)) => n.row.end,
+                        _ => i64::MAX,
+                    };
+                    if end != i64::MAX && end.saturating_add(keep_ms) < crate::window::now_ms() {
+                        rocksdb::CompactionDecision::Remove
+                    } else {
+                        rocksdb::CompactionDecision::Keep
+                    }
+                },
+            );
+            quota.set_periodic_compaction_seconds(86_400);
+        }
         let journal = Options::default();
         let admin = Options::default();
         let meta = Options::default();
@@ -544,6 +568,7 @@ mod tests {
             minute: Some(7 * day),
             hour: Some(30 * day),
             day: None,
+            quota_periods: Some(2 * day),
         };
         let store = Store::open_with(dir.path(), Duration::from_secs(3600), retention).unwrap();
         let now = crate::window::now_ms();
@@ -600,6 +625,43 @@ mod tests {
         assert!(store.get(cf::CHANGES, &changes_2).unwrap().is_some());
         assert!(store.get(cf::ROWREV, &old).unwrap().is_none());
         assert!(store.get(cf::ROWREV, &fresh).unwrap().is_some());
+        // Quota period rows: ended more than 2 days ago -> removed; lifetime and grant
+        // consumption rows are kept.
+        use crate::quota::period::PeriodKind;
+        use crate::quota::state::{GrantKey, UsageKey};
+        let row = |kind: PeriodKind, end: i64| UsageKey {
+            tenant: "t".into(),
+            contract: "c".into(),
+            lever: "l".into(),
+            kind,
+            start: end - DAY_MS,
+            end,
+        };
+        let ended = row(PeriodKind::Day, now - 3 * DAY_MS);
+        let recent = row(PeriodKind::Day, now - DAY_MS);
+        let lifetime = row(PeriodKind::Lifetime, i64::MAX);
+        let grant = GrantKey {
+            tenant: "t".into(),
+            contract: "c".into(),
+            lever: "l".into(),
+            id: "g".into(),
+        };
+        let mut b = WriteBatch::default();
+        for k in [
+            ended.encode(),
+            ended.encode_granted(),
+            recent.encode(),
+            lifetime.encode(),
+            grant.encode(),
+        ] {
+            b.merge_cf(store.cf(cf::QUOTA), k, AggValue::Sum(1).encode());
+        }
+        store.write(b, true).unwrap();
+        store.compact(cf::QUOTA).unwrap();
+        store.compact(cf::QUOTA).unwrap();
+        let has = |k: Vec<u8>| store.get(cf::QUOTA, &k).unwrap().is_some();
+        assert!(!has(ended.encode()) && !has(ended.encode_granted()));
+        assert!(has(recent.encode()) && has(lifetime.encode()) && has(grant.encode()));
     }
 
     #[test]
