@@ -271,6 +271,19 @@ async fn dispatch(
         (_, &Method::GET, "/healthz") => return ("healthz", ops::healthz()),
         (_, &Method::GET, "/readyz") => return ("readyz", ops::readyz(&state)),
         (Surface::Api, &Method::GET, "/openapi.json") => return ("openapi", ops::openapi()),
+        (_, _, "/healthz" | "/readyz") | (Surface::Api, _, "/openapi.json") => {
+            let mut r = ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{} is not supported on this route", req.method()),
+            )
+            .into_response();
+            *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            r.headers_mut().insert(
+                header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET"),
+            );
+            return ("other", r);
+        }
         (Surface::Metrics(h), &Method::GET, "/metrics") => {
             return ("metrics", ops::metrics(&state, h))
         }
