@@ -369,3 +369,122 @@ fn container_artefacts_are_consistent() {
         .unwrap();
     assert!(grace > 30, "terminationGracePeriodSeconds {grace} <= 30");
 }
+
+/// Every metric the Grafana dashboard queries exists in a live meterd's `/metrics`.
+#[test]
+fn grafana_dashboard_uses_only_real_metrics() {
+    let text = std::fs::read_to_string(root().join("deploy/grafana/meterd.json")).unwrap();
+    let dash: Value = serde_json::from_str(&text).expect("meterd.json is valid JSON");
+    assert!(
+        dash["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "dashboard has no uid"
+    );
+    assert_eq!(dash["title"], "meterd");
+    let panels = dash["panels"].as_array().expect("dashboard has panels");
+    assert!(panels.len() >= 12, "expected at least 12 panels");
+
+    let mut names = std::collections::BTreeSet::new();
+    for p in panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let Some(expr) = t["expr"].as_str() else {
+                continue;
+            };
+            let bytes = expr.as_bytes();
+            let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+            let mut i = 0;
+            while i < bytes.len() {
+                if ident(bytes[i]) {
+                    let start = i;
+                    while i < bytes.len() && ident(bytes[i]) {
+                        i += 1;
+                    }
+                    let word = &expr[start..i];
+                    if word.starts_with("meterd_") {
+                        let base = ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .find_map(|s| word.strip_suffix(s))
+                            .unwrap_or(word);
+                        names.insert(base.to_string());
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        !names.is_empty(),
+        "no meterd_ metrics found in the dashboard"
+    );
+
+    // A webhook to a closed port (attempts fail, then drop after 1s) and a small in-flight
+    // limit, so the labelled webhook and shed counters exist too.
+    let hook = format!(
+        "[[tenants]]\nname = \"default\"\nthresholds = [100]\n\
+         webhook_url = \"http://127.0.0.1:{}/hook\"\n\
+         webhook_secret = \"whsec_test_0123456789abcdef\"\n",
+        free_port()
+    );
+    let top = "webhook_retry_initial = \"50ms\"\nwebhook_retry_max = \"200ms\"\n\
+               webhook_timeout = \"1s\"\nwebhook_max_age = \"1s\"\n\
+               max_in_flight = 2\nbody_read_timeout = \"20s\"\n";
+    let d = Daemon::start_with(top, &hook);
+    exercise(&d);
+    let (s, b) = d.req(
+        "PUT",
+        "/v1/contracts/ctr_q",
+        Some(ADMIN),
+        Some(&json!({"customer": "cus_q", "quotas": [
+            {"lever": "api_calls", "period": "month", "limit": 1, "mode": "hard"}
+        ]})),
+    );
+    assert!(s == 200 || s == 201, "{s} {b}");
+    let (s, b) = d.post_events(&json!([{
+        "id": "q-1", "contract": "ctr_q", "lever": "api_calls", "value": 1
+    }]));
+    assert_eq!(s, 200, "{b}");
+    // Hold two ingest requests open mid-body so the next request is shed with 429.
+    let addr = d.base.trim_start_matches("http://").to_string();
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            let head = format!(
+                "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {INGEST}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n["
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.req("GET", "/v1/levers", Some(common::READ), None).0 != 429 {
+        assert!(Instant::now() < deadline, "requests were never shed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let live = d.metrics_text();
+        if live.contains("meterd_webhook_dropped_total") || Instant::now() > deadline {
+            break live;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let exposed: std::collections::BTreeSet<&str> = live
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = names
+        .iter()
+        .filter(|n| {
+            ![n.to_string(), format!("{n}_bucket"), format!("{n}_count")]
+                .iter()
+                .any(|m| exposed.contains(m.as_str()))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics meterd does not expose: {missing:?}\n--- /metrics ---\n{live}"
+    );
+}
