@@ -493,6 +493,7 @@ fn record_metrics(out: &Outcome) {
     if out.duplicates > 0 {
         metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "duplicate")
             .increment(out.duplicates as u64);
+        metrics::counter!(names::DEDUPE_HITS_TOTAL).increment(out.duplicates as u64);
     }
     for r in &out.errors {
         metrics::counter!(names::INGEST_REJECTED_TOTAL, "code" => r.code).increment(1);

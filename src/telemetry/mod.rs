@@ -52,6 +52,8 @@ pub mod names {
     pub const WEBHOOK_DELIVERY_SECONDS: &str = "meterd_webhook_delivery_duration_seconds";
     /// Quota usage rows held in memory.
     pub const QUOTA_ROWS: &str = "meterd_quota_rows";
+    /// Events answered `duplicate` (idempotency key already counted).
+    pub const DEDUPE_HITS_TOTAL: &str = "meterd_dedupe_hits_total";
     /// Seconds since the last successful flush.
     pub const FLUSH_LAG_SECONDS: &str = "meterd_flush_lag_seconds";
     /// Bytes of SST files and memtables.
@@ -181,6 +183,11 @@ pub fn describe() {
         QUOTA_ROWS,
         Unit::Count,
         "Quota usage rows (contract, lever, period) held in memory."
+    );
+    describe_counter!(
+        DEDUPE_HITS_TOTAL,
+        Unit::Count,
+        "Events answered duplicate: their id was already counted (or repeated in the request)."
     );
     describe_gauge!(
         FLUSH_LAG_SECONDS,
