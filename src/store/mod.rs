@@ -57,6 +57,19 @@ pub mod cf {
     pub const ROWREV: &str = "rowrev";
 }
 
+/// Parses `Cumulative stall: HH:MM:SS.sss H:M:S, ...` into seconds.
+fn parse_cumulative_stall(text: &str) -> Option<f64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Cumulative stall:"))?;
+    let hms = line.trim().split_whitespace().next()?;
+    let mut parts = hms.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let sec: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + sec)
+}
+
 /// How long window rows are kept, per granularity (`None`: forever).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowRetention {
@@ -469,6 +482,13 @@ impl Store {
             .sum()
     }
 
+    /// Cumulative time RocksDB stalled user writes since the store was opened, in
+    /// seconds (the "Cumulative stall" line of `rocksdb.dbstats`).
+    pub fn write_stall_seconds(&self) -> Option<f64> {
+        let text = self.db.property_value("rocksdb.dbstats").ok()??;
+        parse_cumulative_stall(&text)
+    }
+
     /// A RocksDB integer property of a column family (for metrics).
     pub fn property_int(&self, cf_name: &str, name: &str) -> Option<u64> {
         self.db
@@ -662,6 +682,16 @@ mod tests {
         let has = |k: Vec<u8>| store.get(cf::QUOTA, &k).unwrap().is_some();
         assert!(!has(ended.encode()) && !has(ended.encode_granted()));
         assert!(has(recent.encode()) && has(lifetime.encode()) && has(grant.encode()));
+    }
+
+    #[test]
+    fn cumulative_stall_is_parsed() {
+        let text = "Uptime(secs): 1.0 total\nCumulative stall: 01:02:03.500 H:M:S, 0.0 percent\n";
+        assert_eq!(parse_cumulative_stall(text), Some(3723.5));
+        assert_eq!(parse_cumulative_stall("nothing"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        assert_eq!(store.write_stall_seconds(), Some(0.0));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub mod names {
     pub const STORE_SIZE_BYTES: &str = "meterd_store_size_bytes";
     /// Bytes RocksDB estimates compaction still has to rewrite.
     pub const STORE_PENDING_COMPACTION_BYTES: &str = "meterd_store_pending_compaction_bytes";
+    /// Cumulative time RocksDB stalled writes since start.
+    pub const STORE_WRITE_STALL_SECONDS: &str = "meterd_store_write_stall_seconds";
     /// 1 while RocksDB stops writes (a write stall), else 0.
     pub const STORE_WRITE_STOPPED: &str = "meterd_store_write_stopped";
     /// Write rate RocksDB throttles to while it delays writes (0: not delayed).
@@ -203,6 +205,11 @@ pub fn describe() {
         STORE_PENDING_COMPACTION_BYTES,
         Unit::Bytes,
         "Bytes RocksDB estimates compaction still has to rewrite."
+    );
+    describe_gauge!(
+        STORE_WRITE_STALL_SECONDS,
+        Unit::Seconds,
+        "Cumulative time RocksDB stalled (slowed or stopped) writes since meterd started."
     );
     describe_gauge!(
         STORE_WRITE_STOPPED,

@@ -72,6 +72,9 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
             .property_int(cf::WINDOWS, "rocksdb.actual-delayed-write-rate")
             .unwrap_or(0) as f64,
     );
+    if let Some(stall) = store.write_stall_seconds() {
+        metrics::gauge!(names::STORE_WRITE_STALL_SECONDS).set(stall);
+    }
     if let Some(rss) = resident_bytes() {
         metrics::gauge!(names::PROCESS_RESIDENT_MEMORY).set(rss as f64);
     }
