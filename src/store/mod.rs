@@ -62,7 +62,7 @@ fn parse_cumulative_stall(text: &str) -> Option<f64> {
     let line = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Cumulative stall:"))?;
-    let hms = line.trim().split_whitespace().next()?;
+    let hms = line.split_whitespace().next()?;
     let mut parts = hms.split(':');
     let h: f64 = parts.next()?.parse().ok()?;
     let m: f64 = parts.next()?.parse().ok()?;
