@@ -14,6 +14,17 @@ use super::error::{ApiError, ErrorCode};
 /// Response body type: a whole body, or a stream (large exports).
 pub type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
+/// Refuses query parameters not in `allowed` (`400 invalid_query`).
+pub fn only_params(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::new(
+            ErrorCode::InvalidQuery,
+            format!("unknown parameter `{k}`"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A whole response body.
 pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()

@@ -587,6 +587,12 @@ impl QuotaBook {
         let mut crossings: Vec<Crossing> = Vec::new();
         for c in &chain {
             let quotas = effective_quotas(tenant, c, &lever.id);
+            // Looked up once per chain member, and only when crossings are recorded.
+            let thresholds = if notify && !quotas.is_empty() {
+                thresholds_of(tenant, c)
+            } else {
+                Vec::new()
+            };
             let contract: Arc<str> = Arc::from(c.id.as_str());
             let mut rows: Vec<Planned> = Vec::with_capacity(5);
             // Allowance the hard and soft quotas need from grants.
@@ -630,8 +636,7 @@ impl QuotaBook {
                         }
                         if notify {
                             let prev_amount = prev.map(|r| r.value.amount()).unwrap_or_default();
-                            let thresholds = thresholds_of(tenant, c);
-                            for t in thresholds {
+                            for &t in &thresholds {
                                 let level = percent_of(limit, t);
                                 let done = || {
                                     m.notified.contains(&NotifiedKey {

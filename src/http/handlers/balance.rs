@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::decimal::Amount;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, query_map, Body};
+use crate::http::util::{json, only_params, query_map, Body};
 use crate::quota::period::period_containing;
 use crate::quota::state::{
     chain, contract_anchor, contract_tz, effective_quotas, GrantKey, UsageKey,
@@ -81,12 +81,7 @@ fn grants_left(
 /// Answers the balance of one contract.
 pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
-    if let Some(k) = q.keys().find(|k| k.as_str() != "lever") {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("unknown parameter `{k}`"),
-        ));
-    }
+    only_params(&q, &["lever"])?;
     let tenant = ctx.tenant()?;
     let c = tenant.contract(contract).ok_or_else(|| {
         ApiError::new(

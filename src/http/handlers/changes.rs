@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::counters::agg::AggValue;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, query_map, Body};
+use crate::http::util::{json, only_params, query_map, Body};
 use crate::store::keys::decode_window_key;
 use crate::store::StoreError;
 use crate::window::{rfc3339, Granularity};
@@ -24,12 +24,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 /// Answers one page of the changes feed.
 pub fn get(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
-    if let Some(k) = q
-        .keys()
-        .find(|k| !matches!(k.as_str(), "after" | "limit" | "window"))
-    {
-        return Err(bad(format!("unknown parameter `{k}`")));
-    }
+    only_params(&q, &["after", "limit", "window"])?;
     let after: u64 = match q.get("after") {
         None => 0,
         Some(v) => v

@@ -29,7 +29,7 @@ use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, parse_json, query_map, Body};
+use crate::http::util::{json, only_params, parse_json, query_map, Body};
 use crate::ingest::MAX_EARLY_MS;
 use crate::registry::{valid_external_id, Aggregation, Tenant};
 use crate::store::cf;
@@ -366,12 +366,7 @@ pub fn list(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit")) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("unknown parameter `{k}`"),
-        ));
-    }
+    only_params(&q, &["cursor", "limit"])?;
     let t = ctx.tenant()?;
     if t.contract(contract).is_none() {
         return Err(not_found("contract", contract));

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::admin::{body, invalid, not_found, page_under, persist};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, parse_json, query_map, Body};
+use crate::http::util::{json, only_params, parse_json, query_map, Body};
 use crate::quota::state::{chain, GrantKey};
 use crate::registry::{Grant, GrantBody, Grants, Tenant, MAX_OPEN_GRANTS};
 use crate::store::keys::{admin_prefix, grant_name, AdminKind};
@@ -129,12 +129,7 @@ pub fn list(
     req: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
-    if let Some(k) = q.keys().find(|k| !matches!(k.as_str(), "cursor" | "limit")) {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            format!("unknown parameter `{k}`"),
-        ));
-    }
+    only_params(&q, &["cursor", "limit"])?;
     let t = ctx.tenant()?;
     if t.contract(contract).is_none() {
         return Err(not_found("contract", contract));
