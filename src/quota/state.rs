@@ -40,7 +40,7 @@ use super::period::{all_periods, PeriodKind};
 use crate::counters::agg::AggValue;
 use crate::counters::shard_of;
 use crate::decimal::Amount;
-use crate::registry::{Contract, Lever, Tenant};
+use crate::registry::{Contract, Grant, Lever, Tenant};
 use crate::store::keys::{get_str, get_time, put_str, put_time};
 
 /// Longest chain followed: a contract and the most ancestors the admin API allows.
@@ -917,14 +917,21 @@ impl QuotaBook {
             .copied()
     }
 
-    /// How much of each grant has been consumed, read under one shard lock.
-    pub fn grants_used(&self, keys: &[GrantKey], root: &str) -> Vec<Amount> {
-        let Some(first) = keys.first() else {
-            return Vec::new();
-        };
-        let s = lock(self.shard_for(&first.tenant, root));
-        keys.iter()
-            .map(|k| s.grant_used.get(k).copied().unwrap_or_default())
+    /// How much of each of `grants` (of one contract, whose chain root is `root`) has
+    /// been consumed, read under one shard lock.
+    pub fn grants_used(&self, tenant: &Tenant, grants: &[&Grant], root: &str) -> Vec<Amount> {
+        let s = lock(self.shard_for(&tenant.name, root));
+        grants
+            .iter()
+            .map(|g| {
+                let key = GrantKey {
+                    tenant: tenant.name.clone(),
+                    contract: Arc::from(g.contract.as_str()),
+                    lever: Arc::from(g.lever.as_str()),
+                    id: Arc::from(g.id.as_str()),
+                };
+                s.grant_used.get(&key).copied().unwrap_or_default()
+            })
             .collect()
     }
 

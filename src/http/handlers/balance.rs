@@ -11,9 +11,7 @@ use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, query_map, Body};
 use crate::quota::period::period_containing;
-use crate::quota::state::{
-    chain, contract_anchor, contract_tz, effective_quotas, GrantKey, UsageKey,
-};
+use crate::quota::state::{chain, contract_anchor, contract_tz, effective_quotas, UsageKey};
 use crate::window::{now_ms, rfc3339};
 
 /// One lever and period of a balance.
@@ -63,16 +61,7 @@ fn grants_left(
         return Amount::ZERO;
     }
     let active: Vec<&crate::registry::Grant> = grants.active(lever, now).collect();
-    let keys: Vec<GrantKey> = active
-        .iter()
-        .map(|g| GrantKey {
-            tenant: tenant.name.clone(),
-            contract: contract.clone(),
-            lever: Arc::from(lever),
-            id: Arc::from(g.id.as_str()),
-        })
-        .collect();
-    let used = ctx.state.quotas.grants_used(&keys, root);
+    let used = ctx.state.quotas.grants_used(tenant, &active, root);
     active.iter().zip(used).fold(Amount::ZERO, |acc, (g, u)| {
         acc.saturating_add(g.amount.saturating_sub(u).max(Amount::ZERO))
     })

@@ -15,7 +15,7 @@ use super::admin::{body, invalid, not_found, page_under, persist};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, parse_json, query_map, Body};
-use crate::quota::state::{chain, GrantKey};
+use crate::quota::state::chain;
 use crate::registry::{Grant, GrantBody, Grants, Tenant, MAX_OPEN_GRANTS};
 use crate::store::keys::{admin_prefix, grant_name, AdminKind};
 use crate::window::now_ms;
@@ -28,16 +28,7 @@ fn root_of(t: &Tenant, contract: &str) -> Option<String> {
 /// The API views of `grants` (all of one contract), with their consumption.
 fn views(ctx: &Ctx, t: &Tenant, contract: &str, grants: &[&Grant]) -> Vec<serde_json::Value> {
     let root = root_of(t, contract).unwrap_or_default();
-    let keys: Vec<GrantKey> = grants
-        .iter()
-        .map(|g| GrantKey {
-            tenant: t.name.clone(),
-            contract: Arc::from(contract),
-            lever: Arc::from(g.lever.as_str()),
-            id: Arc::from(g.id.as_str()),
-        })
-        .collect();
-    let used = ctx.state.quotas.grants_used(&keys, &root);
+    let used = ctx.state.quotas.grants_used(t, grants, &root);
     let now = now_ms();
     grants
         .iter()
