@@ -5,6 +5,7 @@
 //! journal record the deltas came from (see [`crate::counters`] for the two phases and
 //! [`crate::store`] for why this is exactly-once across crashes).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -114,11 +115,27 @@ pub fn start(state: Arc<State>, stop: Receiver<()>) -> JoinHandle<()> {
                 let stopping =
                     !matches!(stop.recv_timeout(interval), Err(RecvTimeoutError::Timeout));
                 match flush_once(&state.store, &state.counters, &state.revisions) {
-                    Ok(_) => state
-                        .last_flush_ms
-                        .store(crate::window::now_ms(), std::sync::atomic::Ordering::Relaxed),
+                    Ok(rows) => {
+                        state.last_flush_ms.store(crate::window::now_ms(), Ordering::Relaxed);
+                        if rows > 0 {
+                            state.storage_ok.store(true, Ordering::SeqCst);
+                        }
+                    }
                     Err(e) => {
+                        state.storage_ok.store(false, Ordering::SeqCst);
                         tracing::error!(error = %e, "flush failed; deltas kept for the next attempt")
+                    }
+                }
+                // A store that refused writes (disk full, I/O errors) is probed every
+                // round, so readiness comes back on its own once it is writable again,
+                // even with no ingest traffic to notice it.
+                if !state.storage_ok.load(Ordering::SeqCst) {
+                    match state.store.probe_writable() {
+                        Ok(()) => {
+                            tracing::warn!("store is writable again");
+                            state.storage_ok.store(true, Ordering::SeqCst);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "store still not writable"),
                     }
                 }
                 if buffered {

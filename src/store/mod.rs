@@ -324,6 +324,18 @@ impl Store {
         self.db.write_opt(batch, &wo).map_err(StoreError::classify)
     }
 
+    /// Checks that the store accepts writes: a tiny durable write (fsynced) to `meta`.
+    /// Used to notice on its own that a full or failing disk is writable again.
+    pub fn probe_writable(&self) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(cf::META),
+            b"probe",
+            crate::window::now_ms().to_be_bytes(),
+        );
+        self.write(batch, true)
+    }
+
     /// Fsyncs the write-ahead log (covering every earlier unsynced write).
     pub fn sync_wal(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(StoreError::classify)
