@@ -205,9 +205,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         let path = cfg.data_dir.clone();
         let retention = cfg.dedupe_retention;
         let windows = cfg.window_retention;
-        tokio::task::spawn_blocking(move || Store::open_with(&path, retention, windows))
-            .await?
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?
+        let memory = crate::store::MemoryBudget {
+            memtables: cfg.memtable_budget_bytes(),
+            block_cache: cfg.block_cache_bytes(),
+        };
+        tokio::task::spawn_blocking(move || {
+            Store::open_with(&path, retention, windows, Some(memory))
+        })
+        .await?
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?
     };
     let registry = Registry::new(&cfg);
     load_registry(&store, &registry, &cfg).context("loading levers and contracts")?;
@@ -225,6 +231,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         quotas,
         claims: Claims::new(),
         inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        request_budget: Arc::new(Semaphore::new(
+            (cfg.request_budget_bytes() / 1024).min(u32::MAX as u64) as usize,
+        )),
         ready: AtomicBool::new(false),
         storage_ok: AtomicBool::new(true),
         admin_lock: tokio::sync::Mutex::new(()),

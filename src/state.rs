@@ -41,6 +41,9 @@ pub struct State {
     pub storage_ok: AtomicBool,
     /// Permits for concurrently processed API requests.
     pub inflight: Arc<Semaphore>,
+    /// Request memory budget in KiB (`memory_limit / 4`): a request with a body holds
+    /// [`crate::config::Config::request_charge_bytes`] of it while it runs.
+    pub request_budget: Arc<Semaphore>,
     /// Time of the last successful flush (epoch ms).
     pub last_flush_ms: std::sync::atomic::AtomicI64,
     /// Serialises admin writes (levers, contracts).

@@ -135,10 +135,17 @@ pub struct Config {
     pub max_batch_events: usize,
     /// In-flight request limit.
     pub max_in_flight: usize,
+    /// Planned memory bound in bytes; see [`Config::body_budget_bytes`] and
+    /// [`Config::memtable_budget_bytes`].
+    pub memory_limit: u64,
     /// Header read timeout.
     pub header_read_timeout: Duration,
     /// Body read timeout.
     pub body_read_timeout: Duration,
+    /// Open connections per listener.
+    pub max_connections: usize,
+    /// Longest time a response may wait for the client to accept more bytes.
+    pub send_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Webhook delivery settings.
@@ -179,6 +186,52 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     /// `--data-dir`.
     pub data_dir: Option<String>,
+}
+
+/// Smallest accepted `memory_limit`.
+pub const MIN_MEMORY_LIMIT: u64 = 256 << 20;
+/// Largest accepted `memory_limit`.
+pub const MAX_MEMORY_LIMIT: u64 = 1 << 40;
+/// `memory_limit / REQUEST_SHARE` is the budget for requests in progress.
+pub const REQUEST_SHARE: u64 = 4;
+/// Memory a request in progress is charged per byte of body: the body itself, the
+/// parsed events, dedupe claims, keys and the write batch (measured:
+/// about 2 KB per 60-byte event in `tests/overload.rs`).
+pub const REQUEST_BYTES_PER_BODY_BYTE: u64 = 32;
+/// Smallest charge of a request with a body (connection and task state, buffers).
+pub const REQUEST_MIN_CHARGE: u64 = 16 * 1024;
+/// `memory_limit / MEMTABLE_SHARE` caps RocksDB's memtables (all column families).
+pub const MEMTABLE_SHARE: u64 = 8;
+/// `memory_limit / BLOCK_CACHE_SHARE` is RocksDB's block cache.
+pub const BLOCK_CACHE_SHARE: u64 = 8;
+
+impl Config {
+    /// Memory that requests in progress (read, parsed, being committed) may use:
+    /// `memory_limit / 4`. A request with a body is charged
+    /// [`Config::request_charge_bytes`] of it while it runs; one that does not fit in
+    /// what is left gets `429 overloaded`.
+    pub fn request_budget_bytes(&self) -> u64 {
+        self.memory_limit / REQUEST_SHARE
+    }
+
+    /// What a request with a body of `body_len` bytes (declared, or `max_body_bytes`
+    /// when chunked) is charged against [`Config::request_budget_bytes`].
+    pub fn request_charge_bytes(&self, body_len: u64) -> u64 {
+        body_len
+            .min(self.max_body_bytes as u64)
+            .saturating_mul(REQUEST_BYTES_PER_BODY_BYTE)
+            .max(REQUEST_MIN_CHARGE)
+    }
+
+    /// Cap on RocksDB's memtables across all column families: `memory_limit / 8`.
+    pub fn memtable_budget_bytes(&self) -> u64 {
+        self.memory_limit / MEMTABLE_SHARE
+    }
+
+    /// RocksDB's block cache, shared by all column families: `memory_limit / 8`.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.memory_limit / BLOCK_CACHE_SHARE
+    }
 }
 
 impl Config {
@@ -341,8 +394,45 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_in_flight == 0 || raw.max_in_flight > 1_000_000 {
         return Err(err(file, "max_in_flight", "must be between 1 and 1000000"));
     }
+    let memory_limit = raw
+        .memory_limit
+        .trim()
+        .parse::<bytesize::ByteSize>()
+        .map_err(|e| {
+            err(
+                file,
+                "memory_limit",
+                format!("not a size like \"1GiB\" or \"512MiB\": {e}"),
+            )
+        })?
+        .as_u64();
+    if !(MIN_MEMORY_LIMIT..=MAX_MEMORY_LIMIT).contains(&memory_limit) {
+        return Err(err(file, "memory_limit", "must be between 256MiB and 1TiB"));
+    }
+    let largest_request = (raw.max_body_bytes as u64)
+        .saturating_mul(REQUEST_BYTES_PER_BODY_BYTE)
+        .max(REQUEST_MIN_CHARGE);
+    if largest_request.saturating_mul(REQUEST_SHARE) > memory_limit {
+        return Err(err(
+            file,
+            "memory_limit",
+            format!(
+                "must be at least {} x max_body_bytes ({} bytes), so that a request of the largest size fits in the request budget (memory_limit / {REQUEST_SHARE})",
+                REQUEST_SHARE * REQUEST_BYTES_PER_BODY_BYTE,
+                raw.max_body_bytes
+            ),
+        ));
+    }
     let header_read_timeout = dur("header_read_timeout", &raw.header_read_timeout)?;
     let body_read_timeout = dur("body_read_timeout", &raw.body_read_timeout)?;
+    if raw.max_connections == 0 || raw.max_connections > 1_000_000 {
+        return Err(err(
+            file,
+            "max_connections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    let send_timeout = dur("send_timeout", &raw.send_timeout)?;
     let shutdown_grace = dur("shutdown_grace", &raw.shutdown_grace)?;
     let webhooks = WebhookSettings {
         timeout: dur("webhook_timeout", &raw.webhook_timeout)?,
@@ -353,6 +443,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     for (k, d) in [
         ("header_read_timeout", header_read_timeout),
         ("body_read_timeout", body_read_timeout),
+        ("send_timeout", send_timeout),
         ("shutdown_grace", shutdown_grace),
         ("webhook_timeout", webhooks.timeout),
         ("webhook_retry_initial", webhooks.retry_initial),
@@ -621,8 +712,11 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         max_batch_events: raw.max_batch_events,
         max_in_flight: raw.max_in_flight,
+        memory_limit,
         header_read_timeout,
         body_read_timeout,
+        max_connections: raw.max_connections,
+        send_timeout,
         shutdown_grace,
         webhooks,
         tenants,
@@ -678,6 +772,43 @@ mod tests {
         assert_eq!(e.key, "retention_day");
         let e = Config::from_toml("f.toml", "retention_minute = \"forever\"").unwrap_err();
         assert_eq!(e.key, "retention_hour");
+    }
+
+    #[test]
+    fn memory_limit_edges() {
+        let cfg = |t: &str| Config::from_toml("f.toml", t);
+        // Default: 1 GiB, enough for the default 8 MiB bodies (128 x 8 MiB = 1 GiB).
+        let c = cfg("").unwrap();
+        assert_eq!(c.memory_limit, 1 << 30);
+        assert_eq!(c.memtable_budget_bytes(), 128 << 20);
+        assert_eq!(c.block_cache_bytes(), 128 << 20);
+        assert_eq!(c.request_budget_bytes(), 256 << 20);
+        assert_eq!(c.request_charge_bytes(0), REQUEST_MIN_CHARGE);
+        assert_eq!(c.request_charge_bytes(1000), 32_000);
+        assert_eq!(c.request_charge_bytes(u64::MAX), 32 * (8 << 20));
+        // Smallest and one below.
+        let small = "max_body_bytes = 2097152\nmemory_limit = ";
+        assert!(cfg(&format!("{small}\"256MiB\"")).is_ok());
+        assert!(cfg(&format!("{small}\"268435456\"")).is_ok());
+        let e = cfg(&format!("{small}\"268435455\"")).unwrap_err();
+        assert_eq!(e.key, "memory_limit");
+        // 128 x max_body_bytes, and one byte of body more.
+        assert!(cfg("max_body_bytes = 4194304\nmemory_limit = \"512MiB\"").is_ok());
+        let e = cfg("max_body_bytes = 4194305\nmemory_limit = \"512MiB\"").unwrap_err();
+        assert_eq!(e.key, "memory_limit");
+        assert!(e.reason.contains("128 x max_body_bytes"), "{e}");
+        let e = cfg("memory_limit = \"512MiB\"").unwrap_err();
+        assert_eq!(e.key, "memory_limit");
+        // Largest and past it; not a size.
+        assert!(cfg("memory_limit = \"1TiB\"").is_ok());
+        assert_eq!(
+            cfg("memory_limit = \"1025GiB\"").unwrap_err().key,
+            "memory_limit"
+        );
+        assert_eq!(
+            cfg("memory_limit = \"lots\"").unwrap_err().key,
+            "memory_limit"
+        );
     }
 
     #[test]

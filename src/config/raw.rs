@@ -49,12 +49,22 @@ pub struct RawConfig {
     /// Requests processed at once; more get 429.
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight: usize,
+    /// Memory the daemon plans for (e.g. "1GiB"): sizes RocksDB's memtables and the
+    /// request bodies in progress.
+    #[serde(default = "d_memory_limit")]
+    pub memory_limit: String,
     /// Time allowed to receive the request head.
     #[serde(default = "d_header_read_timeout")]
     pub header_read_timeout: String,
     /// Time allowed to receive a whole request body.
     #[serde(default = "d_body_read_timeout")]
     pub body_read_timeout: String,
+    /// Open connections per listener; past it a connection gets 429 and is closed.
+    #[serde(default = "d_max_connections")]
+    pub max_connections: usize,
+    /// Time a response may wait for the client to accept more bytes.
+    #[serde(default = "d_send_timeout")]
+    pub send_timeout: String,
     /// Time allowed for draining and the final flush at shutdown.
     #[serde(default = "d_shutdown_grace")]
     pub shutdown_grace: String,
@@ -166,10 +176,19 @@ fn d_max_batch_events() -> usize {
 fn d_max_in_flight() -> usize {
     1024
 }
+fn d_memory_limit() -> String {
+    "1GiB".into()
+}
 fn d_header_read_timeout() -> String {
     "10s".into()
 }
 fn d_body_read_timeout() -> String {
+    "30s".into()
+}
+fn d_max_connections() -> usize {
+    10_000
+}
+fn d_send_timeout() -> String {
     "30s".into()
 }
 fn d_shutdown_grace() -> String {

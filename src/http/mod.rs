@@ -3,6 +3,31 @@
 //! Submodules: [`router`] maps method and path to handlers and applies authentication,
 //! roles and the in-flight limit; [`error`] is the single error-to-response mapping;
 //! [`handlers`] holds one file per API area; [`util`] has body and query helpers.
+//!
+//! Every way a slow or broken client can hold server resources is bounded here or in the
+//! handlers (black-box tests: `tests/clients.rs`):
+//!
+//! - **Request head**: at most [`MAX_HEAD_BYTES`] bytes and [`MAX_HEADERS`] header lines
+//!   (431 and close), received within `header_read_timeout` counted from when the server
+//!   starts waiting for it (the connection is closed without a response). The same timer
+//!   runs while a keep-alive connection is idle between requests, so it is also the idle
+//!   timeout.
+//! - **Request body**: the whole body within `body_read_timeout` (408, see
+//!   [`util::read_body`]), however it trickles in. A total deadline is a tighter bound on
+//!   the time a request holds a permit than a minimum rate would be, so there is none.
+//!   A body the handler does not need is not waited for: the connection is closed after
+//!   the response.
+//! - **Response**: a client that stops reading is cut off when the socket accepts no
+//!   bytes for `send_timeout` (see [`Guarded`]), which also stops any producer (e.g. a
+//!   usage export) feeding that response.
+//! - **Connections**: at most `max_connections` open per listener (lowered at start to half
+//!   the process's open-file limit if that is smaller, so the store keeps file
+//!   descriptors); a connection past it gets `429 overloaded` with `Retry-After: 1` and
+//!   is closed. Shown by `meterd_http_open_connections` and
+//!   `meterd_http_refused_connections_total`.
+//! - **Half-closed clients** (request sent, then write side shut) still get their
+//!   responses; a client that disconnects mid-body has the body fail, so nothing of it is
+//!   counted.
 
 pub mod error;
 pub mod handlers;
@@ -11,20 +36,46 @@ pub mod util;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::state::State;
 
-/// Largest request head (request line + headers) accepted, in bytes.
+/// Largest request head (request line + headers) accepted, in bytes; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Most header lines accepted in one request head; more gets 431. This is hyper's
+/// built-in default (setting it explicitly would allocate the header array per request).
+pub const MAX_HEADERS: usize = 100;
+
+/// Open connections the metrics listener accepts (scrapers and probes need few).
+pub const METRICS_MAX_CONNECTIONS: usize = 256;
+
+/// Refused connections at once that are answered before being closed; past this they
+/// are closed at once.
+const MAX_REFUSING: usize = 256;
+
+/// How long a refused connection is kept to deliver its 429 cleanly.
+const REFUSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Gauge: open connections by listener.
+pub const OPEN_CONNECTIONS: &str = "meterd_http_open_connections";
+/// Counter: connections refused by the connection cap, by listener.
+pub const REFUSED_CONNECTIONS_TOTAL: &str = "meterd_http_refused_connections_total";
 
 /// Which routes a listener serves.
 #[derive(Clone)]
@@ -33,6 +84,15 @@ pub enum Surface {
     Api,
     /// `/metrics`, `/healthz`, `/readyz`.
     Metrics(PrometheusHandle),
+}
+
+impl Surface {
+    fn label(&self) -> &'static str {
+        match self {
+            Surface::Api => "api",
+            Surface::Metrics(_) => "metrics",
+        }
+    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains open connections for at most
@@ -44,12 +104,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    describe_metrics();
+    let listener_label = surface.label();
+    let cap = connection_cap(&surface, state.cfg.max_connections);
+    let slots = Arc::new(Semaphore::new(cap));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let refusal = refusal_response().await;
+    let send_timeout = state.cfg.send_timeout;
+    metrics::gauge!(OPEN_CONNECTIONS, "listener" => listener_label).set(0.0);
+    metrics::counter!(REFUSED_CONNECTIONS_TOTAL, "listener" => listener_label).absolute(0);
+
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(state.cfg.header_read_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .half_close(true)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {
@@ -64,8 +136,22 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!(REFUSED_CONNECTIONS_TOTAL, "listener" => listener_label)
+                        .increment(1);
+                    match refusing.clone().try_acquire_owned() {
+                        Ok(p) => {
+                            tokio::spawn(refuse(stream, refusal.clone(), p));
+                        }
+                        Err(_) => {
+                            let _ = stream.try_write(&refusal);
+                        }
+                    }
+                    continue;
+                };
+                let open = OpenConnection::new(slot, listener_label);
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
+                let io = Guarded::new(TokioIo::new(stream), send_timeout);
                 let state = state.clone();
                 let surface = surface.clone();
                 let svc = service_fn(move |req| {
@@ -76,6 +162,7 @@ pub async fn serve(
                 let conn = builder.serve_connection(io, svc);
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _open = open;
                     let _ = fut.await;
                 });
             }
@@ -88,5 +175,224 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// Connections a listener accepts at once: `max_connections` for the API (at most half the
+/// open-file limit, which the store, the journal and webhooks share),
+/// [`METRICS_MAX_CONNECTIONS`] for the metrics listener.
+fn connection_cap(surface: &Surface, max_connections: usize) -> usize {
+    let wanted = match surface {
+        Surface::Api => max_connections,
+        Surface::Metrics(_) => max_connections.min(METRICS_MAX_CONNECTIONS),
+    };
+    match open_file_limit() {
+        Some(limit) if wanted as u64 > limit / 2 => {
+            let cap = ((limit / 2) as usize).max(1);
+            tracing::warn!(
+                max_connections = wanted,
+                open_file_limit = limit,
+                cap,
+                listener = surface.label(),
+                "max_connections is more than half the open-file limit; capping connections \
+                 (raise `ulimit -n` / LimitNOFILE to allow more)"
+            );
+            cap
+        }
+        _ => wanted,
+    }
+}
+
+/// The soft limit on open files (`/proc/self/limits`, Linux); `None` when unknown or
+/// unlimited.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// An accepted connection: holds its slot under the connection cap and keeps the gauge
+/// right however the connection ends.
+struct OpenConnection {
+    _slot: OwnedSemaphorePermit,
+    listener: &'static str,
+}
+
+impl OpenConnection {
+    fn new(slot: OwnedSemaphorePermit, listener: &'static str) -> OpenConnection {
+        metrics::gauge!(OPEN_CONNECTIONS, "listener" => listener).increment(1.0);
+        OpenConnection {
+            _slot: slot,
+            listener,
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_CONNECTIONS, "listener" => self.listener).decrement(1.0);
+    }
+}
+
+/// The raw bytes of the `429 overloaded` answer to a connection past the cap.
+async fn refusal_response() -> Bytes {
+    let resp = error::ApiError::new(
+        error::ErrorCode::Overloaded,
+        "too many open connections; retry after the indicated delay",
+    )
+    .into_response();
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    for (k, v) in &parts.headers {
+        if let Ok(v) = v.to_str() {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+    }
+    out.push_str(&format!(
+        "connection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&body);
+    Bytes::from(bytes)
+}
+
+/// Answers a connection past the cap with `refusal` and closes it. What the client sent is
+/// read and discarded first (for at most [`REFUSE_LINGER`]), so that closing does not reset
+/// the connection before the client has read the answer.
+async fn refuse(mut stream: TcpStream, refusal: Bytes, _permit: OwnedSemaphorePermit) {
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        stream.write_all(&refusal).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut seen = 0;
+        while seen < MAX_HEAD_BYTES {
+            let n = stream.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            seen += n;
+        }
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+/// Describes the metrics of this module (idempotent).
+fn describe_metrics() {
+    metrics::describe_gauge!(
+        OPEN_CONNECTIONS,
+        metrics::Unit::Count,
+        "Open client connections by listener (api, metrics)."
+    );
+    metrics::describe_counter!(
+        REFUSED_CONNECTIONS_TOTAL,
+        metrics::Unit::Count,
+        "Connections refused with 429 because max_connections were open, by listener."
+    );
+}
+
+/// A connection's transport with a send timeout: when the socket accepts no bytes for
+/// `send_timeout` (the client stopped reading), writes fail with `TimedOut` and hyper drops
+/// the connection, and with it the response body and whatever produces it.
+pub struct Guarded<T> {
+    io: T,
+    send_timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Guarded<T> {
+    /// Wraps `io`.
+    pub fn new(io: T, send_timeout: Duration) -> Guarded<T> {
+        Guarded {
+            io,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Starts (or checks) the stall timer on `Pending`, clears it on progress.
+    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        match r {
+            Poll::Pending => {
+                let timeout = self.send_timeout;
+                let sleep = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    self.stalled = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client accepted no response bytes within send_timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, r)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, r)
     }
 }

@@ -39,7 +39,8 @@ impl Ctx {
     }
 }
 
-enum Route {
+/// A routed `/v1/*` (or `/api/v1/*`) path, with its percent-decoded resource id.
+pub enum Route {
     Events,
     CloudEvents,
     Changes,
@@ -144,7 +145,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/contracts/{contract}/adjustments"),
 ];
 
-fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
+/// Routes an API path (public for the fuzz targets): `Ok(None)` when no route matches,
+/// `Err` (404) when an id segment is empty or not UTF-8 once percent-decoded.
+pub fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let d = |s: &str| -> Result<String, ApiError> {
         let v = decode_segment(s)?;
@@ -373,14 +376,29 @@ async fn dispatch(
     let permit = match state.inflight.clone().try_acquire_owned() {
         Ok(p) => p,
         Err(_) => {
-            metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
             return (
                 label,
-                ApiError::new(
-                    ErrorCode::Overloaded,
+                shed(
+                    &state,
+                    req,
                     "too many requests in flight; retry after the indicated delay",
                 )
-                .into_response(),
+                .await,
+            );
+        }
+    };
+    let body_permit = match request_permits(&state, &req) {
+        Ok(p) => p,
+        Err(()) => {
+            drop(permit);
+            return (
+                label,
+                shed(
+                    &state,
+                    req,
+                    "too much request data in progress for memory_limit; retry after the indicated delay",
+                )
+                .await,
             );
         }
     };
@@ -389,7 +407,7 @@ async fn dispatch(
     // before they are counted and their ids released).
     let ctx = Ctx { state, principal };
     let task = tokio::spawn(async move {
-        let _permit = permit;
+        let _permits = (permit, body_permit);
         handle(ctx, route, req).await
     });
     let resp = match task.await {
@@ -400,6 +418,68 @@ async fn dispatch(
         }
     };
     (label, resp)
+}
+
+/// Answers `429 overloaded` to a request refused by the load shield. A declared body
+/// that fits `max_body_bytes` is first read and discarded (holding no budget, within
+/// `body_read_timeout`): a client still sending its body when the connection closed
+/// would often see a reset instead of the 429, and the connection stays usable.
+async fn shed(state: &State, req: Request<Incoming>, detail: &str) -> Response<Body> {
+    use http_body_util::BodyExt;
+    metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > 0 && n <= state.cfg.max_body_bytes as u64) {
+        let mut body = req.into_body();
+        let drain = async {
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(state.cfg.body_read_timeout, drain).await;
+    }
+    ApiError::new(ErrorCode::Overloaded, detail).into_response()
+}
+
+/// Reserves the request's charge against the request memory budget
+/// (`memory_limit / 4`, in KiB), computed from its declared `content-length`, or from
+/// `max_body_bytes` when the length is not declared (chunked). Requests without a body
+/// (GET, HEAD, `content-length: 0`) need none. `Err` when the budget is exhausted: the
+/// caller answers 429.
+fn request_permits(
+    state: &State,
+    req: &Request<Incoming>,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Ok(None);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = match declared {
+        Some(0) => return Ok(None),
+        // Longer than the limit: the handler answers 413 without reading it.
+        Some(n) => n,
+        None => state.cfg.max_body_bytes as u64,
+    };
+    let kib = state
+        .cfg
+        .request_charge_bytes(body)
+        .div_ceil(1024)
+        .clamp(1, u32::MAX as u64) as u32;
+    state
+        .request_budget
+        .clone()
+        .try_acquire_many_owned(kib)
+        .map(Some)
+        .map_err(|_| ())
 }
 
 async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body> {

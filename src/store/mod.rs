@@ -145,6 +145,15 @@ impl StoreError {
     }
 }
 
+/// Memory bounds for RocksDB, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBudget {
+    /// Cap on all memtables together.
+    pub memtables: u64,
+    /// The block cache shared by every column family.
+    pub block_cache: u64,
+}
+
 /// Handle to the open store (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
@@ -160,14 +169,16 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating if needed) the store under `path`.
     pub fn open(path: &Path, dedupe_retention: Duration) -> Result<Store, StoreError> {
-        Store::open_with(path, dedupe_retention, WindowRetention::default())
+        Store::open_with(path, dedupe_retention, WindowRetention::default(), None)
     }
 
     /// Opens the store, removing window rows older than `windows` during compaction.
+    /// `memory` bounds RocksDB's memory (RocksDB's defaults when `None`).
     pub fn open_with(
         path: &Path,
         dedupe_retention: Duration,
         windows_retention: WindowRetention,
+        memory: Option<MemoryBudget>,
     ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Full(format!("{path:?}: {e}")))?;
         let mut db_opts = Options::default();
@@ -176,10 +187,31 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(4);
+        // One block cache for every column family (by default each table factory has
+        // its own), and one cap on all memtables together: RocksDB's write buffer
+        // manager flushes the largest memtable when the cap is near.
+        let cache = memory.map(|m| {
+            let wbm = rocksdb::WriteBufferManager::new_write_buffer_manager(
+                usize::try_from(m.memtables).unwrap_or(usize::MAX),
+                false,
+            );
+            db_opts.set_write_buffer_manager(&wbm);
+            rocksdb::Cache::new_lru_cache(usize::try_from(m.block_cache).unwrap_or(usize::MAX))
+        });
+        let table = |bloom_filter: Option<bool>| {
+            let mut b = match bloom_filter {
+                Some(whole_key) => bloom(whole_key),
+                None => BlockBasedOptions::default(),
+            };
+            if let Some(c) = &cache {
+                b.set_block_cache(c);
+            }
+            b
+        };
 
         let mut windows = Options::default();
         windows.set_merge_operator_associative("meterd.agg.v1", merge_operator);
-        windows.set_block_based_table_factory(&bloom(false));
+        windows.set_block_based_table_factory(&table(Some(false)));
         windows.set_compression_type(rocksdb::DBCompressionType::Lz4);
         if windows_retention.any() {
             windows.set_compaction_filter(
@@ -198,7 +230,7 @@ impl Store {
         }
 
         let mut dedupe = Options::default();
-        dedupe.set_block_based_table_factory(&bloom(true));
+        dedupe.set_block_based_table_factory(&table(Some(true)));
         dedupe.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Almost every lookup is for a new id: a memtable bloom filter answers those
         // without walking the skiplist.
@@ -240,13 +272,19 @@ impl Store {
             );
             quota.set_periodic_compaction_seconds(86_400);
         }
-        let journal = Options::default();
-        let admin = Options::default();
-        let meta = Options::default();
-        let outbox = Options::default();
+        quota.set_block_based_table_factory(&table(None));
+        let mut journal = Options::default();
+        journal.set_block_based_table_factory(&table(None));
+        let mut admin = Options::default();
+        admin.set_block_based_table_factory(&table(None));
+        let mut meta = Options::default();
+        meta.set_block_based_table_factory(&table(None));
+        let mut outbox = Options::default();
+        outbox.set_block_based_table_factory(&table(None));
         let mut changes = Options::default();
+        changes.set_block_based_table_factory(&table(None));
         let mut rowrev = Options::default();
-        rowrev.set_block_based_table_factory(&bloom(true));
+        rowrev.set_block_based_table_factory(&table(Some(true)));
         if windows_retention.any() {
             // The feed index of a removed row goes with it: `changes` values and `rowrev`
             // keys are window keys.
@@ -602,7 +640,8 @@ mod tests {
             day: None,
             quota_periods: Some(2 * day),
         };
-        let store = Store::open_with(dir.path(), Duration::from_secs(3600), retention).unwrap();
+        let store =
+            Store::open_with(dir.path(), Duration::from_secs(3600), retention, None).unwrap();
         let now = crate::window::now_ms();
         let key = |g: Granularity, age_days: i64| {
             window_key("t", "c", "l", g, g.floor(now - age_days * DAY_MS), None)

@@ -66,6 +66,8 @@ pub mod names {
     pub const STORE_WRITE_STOPPED: &str = "meterd_store_write_stopped";
     /// Write rate RocksDB throttles to while it delays writes (0: not delayed).
     pub const STORE_DELAYED_WRITE_RATE: &str = "meterd_store_delayed_write_rate_bytes";
+    /// RocksDB memory by `kind`: memtables, block_cache, table_readers.
+    pub const STORE_MEMORY_BYTES: &str = "meterd_store_memory_bytes";
     /// Resident set size of the process.
     pub const PROCESS_RESIDENT_MEMORY: &str = "meterd_process_resident_memory_bytes";
     /// RocksDB's estimate of stored window rows.
@@ -220,6 +222,11 @@ pub fn describe() {
         STORE_DELAYED_WRITE_RATE,
         Unit::Bytes,
         "Write rate RocksDB throttles to while it delays writes, in bytes per second (0: not delayed)."
+    );
+    describe_gauge!(
+        STORE_MEMORY_BYTES,
+        Unit::Bytes,
+        "RocksDB memory by kind: memtables (all column families, capped at memory_limit/4), block_cache (shared, memory_limit/8), table_readers (index and filter blocks outside the cache)."
     );
     describe_gauge!(
         PROCESS_RESIDENT_MEMORY,

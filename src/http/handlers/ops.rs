@@ -75,6 +75,15 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     if let Some(stall) = store.write_stall_seconds() {
         metrics::gauge!(names::STORE_WRITE_STALL_SECONDS).set(stall);
     }
+    metrics::gauge!(names::STORE_MEMORY_BYTES, "kind" => "memtables")
+        .set(store.property_sum("rocksdb.cur-size-all-mem-tables") as f64);
+    metrics::gauge!(names::STORE_MEMORY_BYTES, "kind" => "block_cache").set(
+        store
+            .property_int(cf::WINDOWS, "rocksdb.block-cache-usage")
+            .unwrap_or(0) as f64,
+    );
+    metrics::gauge!(names::STORE_MEMORY_BYTES, "kind" => "table_readers")
+        .set(store.property_sum("rocksdb.estimate-table-readers-mem") as f64);
     if let Some(rss) = resident_bytes() {
         metrics::gauge!(names::PROCESS_RESIDENT_MEMORY).set(rss as f64);
     }
