@@ -231,6 +231,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         quotas,
         claims: Claims::new(),
         inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
+        backup_lock: tokio::sync::Mutex::new(()),
         request_budget: Arc::new(Semaphore::new(
             (cfg.request_budget_bytes() / 1024).min(u32::MAX as u64) as usize,
         )),

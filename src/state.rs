@@ -44,6 +44,8 @@ pub struct State {
     /// Request memory budget in KiB (`memory_limit / 4`): a request with a body holds
     /// [`crate::config::Config::request_charge_bytes`] of it while it runs.
     pub request_budget: Arc<Semaphore>,
+    /// Held while an online backup runs (one at a time).
+    pub backup_lock: tokio::sync::Mutex<()>,
     /// Time of the last successful flush (epoch ms).
     pub last_flush_ms: std::sync::atomic::AtomicI64,
     /// Serialises admin writes (levers, contracts).

@@ -22,7 +22,14 @@ use meterd::http::router::ROUTES;
 use serde_json::{json, Value};
 
 /// Routes answered without an API key.
-const PUBLIC: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+/// Routes without an API key: health, the spec, and the operator listener's routes.
+const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/backup",
+    "/openapi.json",
+];
 
 const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -329,6 +336,8 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
             &format!("Authorization: Bearer {ADMIN}"),
             "--exclude-path",
             "/metrics",
+            "--exclude-path",
+            "/backup",
         ]
         .map(String::from),
     );
@@ -336,9 +345,10 @@ fn schemathesis_finds_no_server_error_or_schema_violation() {
         api.extend(["--exclude-path", "/openapi.json"].map(String::from));
     }
     let (api_ok, api_out) = run(&bin, work.path(), "api", &api);
-    // The metrics listener: /metrics, /healthz, /readyz.
+    // The metrics listener: /metrics, /backup (off in this daemon: 404), /healthz, /readyz.
     let mut metrics = common(&d.metrics);
-    metrics.extend(["--include-path-regex", "^/(metrics|healthz|readyz)$"].map(String::from));
+    metrics
+        .extend(["--include-path-regex", "^/(metrics|backup|healthz|readyz)$"].map(String::from));
     let (metrics_ok, metrics_out) = run(&bin, work.path(), "metrics", &metrics);
     println!(
         "schemathesis ({} examples per operation, {:.0?}, spec from {location})\n\

@@ -135,6 +135,10 @@ pub struct Config {
     pub max_batch_events: usize,
     /// In-flight request limit.
     pub max_in_flight: usize,
+    /// Directory of online backups (RocksDB checkpoints), if enabled.
+    pub backup_dir: Option<PathBuf>,
+    /// Backups kept in `backup_dir`.
+    pub backup_keep: usize,
     /// Planned memory bound in bytes; see [`Config::body_budget_bytes`] and
     /// [`Config::memtable_budget_bytes`].
     pub memory_limit: u64,
@@ -393,6 +397,19 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     }
     if raw.max_in_flight == 0 || raw.max_in_flight > 1_000_000 {
         return Err(err(file, "max_in_flight", "must be between 1 and 1000000"));
+    }
+    if raw.backup_keep == 0 || raw.backup_keep > 1000 {
+        return Err(err(file, "backup_keep", "must be between 1 and 1000"));
+    }
+    let backup_dir = match raw.backup_dir.as_deref().map(str::trim) {
+        None => None,
+        Some("") => return Err(err(file, "backup_dir", "must not be empty")),
+        Some(d) => Some(PathBuf::from(d)),
+    };
+    if let Some(b) = &backup_dir {
+        if b == &PathBuf::from(raw.data_dir.trim()) {
+            return Err(err(file, "backup_dir", "must not be the data dir"));
+        }
     }
     let memory_limit = raw
         .memory_limit
@@ -712,6 +729,8 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         max_body_bytes: raw.max_body_bytes,
         max_batch_events: raw.max_batch_events,
         max_in_flight: raw.max_in_flight,
+        backup_dir,
+        backup_keep: raw.backup_keep,
         memory_limit,
         header_read_timeout,
         body_read_timeout,

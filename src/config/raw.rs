@@ -49,6 +49,13 @@ pub struct RawConfig {
     /// Requests processed at once; more get 429.
     #[serde(default = "d_max_in_flight")]
     pub max_in_flight: usize,
+    /// Directory for online backups (`POST /backup` on the metrics listener); unset:
+    /// backups are off.
+    #[serde(default)]
+    pub backup_dir: Option<String>,
+    /// Backups kept in `backup_dir`; older ones are deleted after a new one succeeds.
+    #[serde(default = "d_backup_keep")]
+    pub backup_keep: usize,
     /// Memory the daemon plans for (e.g. "1GiB"): sizes RocksDB's memtables and the
     /// request bodies in progress.
     #[serde(default = "d_memory_limit")]
@@ -175,6 +182,9 @@ fn d_max_batch_events() -> usize {
 }
 fn d_max_in_flight() -> usize {
     1024
+}
+fn d_backup_keep() -> usize {
+    7
 }
 fn d_memory_limit() -> String {
     "1GiB".into()

@@ -114,12 +114,13 @@ impl Route {
 }
 
 /// Every route the API listener serves, as `(method, OpenAPI path template)`: the list
-/// the OpenAPI document is checked against. `/metrics` is served on the metrics
-/// listener (which also answers `/healthz` and `/readyz`).
+/// the OpenAPI document is checked against. `/metrics` and `/backup` are served on the
+/// metrics (operator) listener, which also answers `/healthz` and `/readyz`.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("POST", "/backup"),
     ("GET", "/openapi.json"),
     ("POST", "/v1/events"),
     ("POST", "/api/v1/events"),
@@ -289,6 +290,9 @@ async fn dispatch(
         }
         (Surface::Metrics(h), &Method::GET, "/metrics") => {
             return ("metrics", ops::metrics(&state, h))
+        }
+        (Surface::Metrics(_), &Method::POST, "/backup") => {
+            return ("backup", ops::backup(&state).await)
         }
         (Surface::Metrics(_), _, _) => {
             return (
@@ -532,7 +536,13 @@ mod tests {
         Method::DELETE,
         Method::PATCH,
     ];
-    const UNAUTHENTICATED: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+    const UNAUTHENTICATED: [&str; 5] = [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/backup",
+        "/openapi.json",
+    ];
 
     fn sample(template: &str) -> String {
         template

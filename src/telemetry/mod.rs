@@ -66,6 +66,10 @@ pub mod names {
     pub const STORE_WRITE_STOPPED: &str = "meterd_store_write_stopped";
     /// Write rate RocksDB throttles to while it delays writes (0: not delayed).
     pub const STORE_DELAYED_WRITE_RATE: &str = "meterd_store_delayed_write_rate_bytes";
+    /// Online backups by `outcome` (ok, error).
+    pub const BACKUPS_TOTAL: &str = "meterd_backups_total";
+    /// Unix time of the last successful online backup.
+    pub const BACKUP_LAST_SUCCESS: &str = "meterd_backup_last_success_timestamp_seconds";
     /// RocksDB memory by `kind`: memtables, block_cache, table_readers.
     pub const STORE_MEMORY_BYTES: &str = "meterd_store_memory_bytes";
     /// Resident set size of the process.
@@ -223,6 +227,16 @@ pub fn describe() {
         Unit::Bytes,
         "Write rate RocksDB throttles to while it delays writes, in bytes per second (0: not delayed)."
     );
+    describe_counter!(
+        BACKUPS_TOTAL,
+        Unit::Count,
+        "Online backups (RocksDB checkpoints, POST /backup) by outcome: ok or error."
+    );
+    describe_gauge!(
+        BACKUP_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last successful online backup (0: none since start)."
+    );
     describe_gauge!(
         STORE_MEMORY_BYTES,
         Unit::Bytes,
@@ -260,6 +274,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         )?
         .install_recorder()?;
     describe();
+    metrics::gauge!(names::BACKUP_LAST_SUCCESS).set(0.0);
     Ok(handle)
 }
 

@@ -114,3 +114,105 @@ fn resident_bytes() -> Option<u64> {
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
+
+/// Prefix of the directories `POST /backup` creates in `backup_dir`.
+pub const BACKUP_PREFIX: &str = "meterd-backup-";
+
+/// `POST /backup` (metrics listener only): writes an online backup, a RocksDB
+/// checkpoint, to `backup_dir/meterd-backup-<UTC time>` and keeps the newest
+/// `backup_keep` of them. The checkpoint is written under a temporary name and renamed
+/// when complete, so every directory with the prefix is a whole, consistent data dir.
+/// 201 with `{path, created_at, bytes, files, duration_ms}`; 404 `not_found` when
+/// `backup_dir` is not set; 409 `conflict` while another backup runs; 503 when the
+/// store cannot write it.
+pub async fn backup(state: &std::sync::Arc<State>) -> Response<Body> {
+    use crate::http::error::{ApiError, ErrorCode};
+    let Some(dir) = state.cfg.backup_dir.clone() else {
+        return ApiError::new(
+            ErrorCode::NotFound,
+            "online backups are off: set backup_dir in the configuration",
+        )
+        .into_response();
+    };
+    let Ok(_guard) = state.backup_lock.try_lock() else {
+        return ApiError::new(ErrorCode::Conflict, "a backup is already running").into_response();
+    };
+    let started = std::time::Instant::now();
+    let now = chrono::Utc::now();
+    let name = format!("{BACKUP_PREFIX}{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
+    let st = state.clone();
+    let keep = state.cfg.backup_keep;
+    let result = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+        let tmp = dir.join(format!(".tmp-{name}"));
+        let fin = dir.join(&name);
+        if tmp.exists() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let (bytes, files) = match st.store.checkpoint(&tmp) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e.to_string());
+            }
+        };
+        std::fs::rename(&tmp, &fin).map_err(|e| format!("cannot rename {tmp:?}: {e}"))?;
+        prune_backups(&dir, keep);
+        Ok((fin, bytes, files))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("backup task failed: {e}")));
+    match result {
+        Ok((path, bytes, files)) => {
+            metrics::counter!(names::BACKUPS_TOTAL, "outcome" => "ok").increment(1);
+            metrics::gauge!(names::BACKUP_LAST_SUCCESS).set(now.timestamp() as f64);
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(path = %path.display(), bytes, files, duration_ms = ms, "backup written");
+            json(
+                StatusCode::CREATED,
+                &json!({
+                    "path": path.display().to_string(),
+                    "created_at": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "bytes": bytes,
+                    "files": files,
+                    "duration_ms": ms,
+                }),
+            )
+        }
+        Err(e) => {
+            metrics::counter!(names::BACKUPS_TOTAL, "outcome" => "error").increment(1);
+            tracing::error!(error = %e, "backup failed");
+            let code = if e.contains("No space left") {
+                ErrorCode::StorageFull
+            } else {
+                ErrorCode::StorageUnavailable
+            };
+            ApiError::new(code, format!("backup failed: {e}")).into_response()
+        }
+    }
+}
+
+/// Deletes all but the newest `keep` backups (names sort by time) and leftovers of
+/// interrupted ones.
+fn prune_backups(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut done: Vec<String> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with(BACKUP_PREFIX) {
+            done.push(name);
+        } else if name.starts_with(&format!(".tmp-{BACKUP_PREFIX}")) {
+            // Runs one at a time: any other temporary directory is from a crash.
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    done.sort();
+    let excess = done.len().saturating_sub(keep);
+    for name in &done[..excess] {
+        if let Err(e) = std::fs::remove_dir_all(dir.join(name)) {
+            tracing::warn!(error = %e, backup = %name, "cannot delete an old backup");
+        }
+    }
+}
