@@ -9,7 +9,8 @@
 #   scripts/fuzz.sh repro TARGET FILE..  run TARGET once on each FILE (with a backtrace)
 #
 # Environment (see fuzz/README.md):
-#   FUZZ_SECONDS   seconds per target (default 20)
+#   FUZZ_SECONDS   seconds per target (default 20); 0: only run the seeds and
+#                  regressions once each
 #   FUZZ_TARGETS   targets to run (default: all)
 #   FUZZ_JOBS      targets run at once (default: number of cores, at most 2)
 #   FUZZ_CORPUS    directory of persistent corpora (default: a temporary one, so the
@@ -60,10 +61,12 @@ build() {
   local started=$SECONDS
   # The prebuilt RocksDB of the main release build (building it is what takes long).
   local lib
+  # shellcheck disable=SC2012 # newest first; cargo's own paths, no odd names
   lib=$(ls -t "$CARGO_TARGET_DIR"/release/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1 || true)
   if [ -z "$lib" ]; then
     echo "fuzz: no librocksdb.a yet; building meterd in release first" >&2
     cargo build --release --lib
+    # shellcheck disable=SC2012
     lib=$(ls -t "$CARGO_TARGET_DIR"/release/build/librocksdb-sys-*/out/librocksdb.a | head -1)
   fi
   # A copy without debug info: 45 MB instead of 1.5 GB, so each target links in seconds.
@@ -140,17 +143,21 @@ run_one() {
   local seeds=("fuzz/corpus/$t")
   # Reproducers of known, not yet fixed bugs (fuzz/README.md): run first, every time.
   [ -d "fuzz/regressions/$t" ] && seeds+=("fuzz/regressions/$t")
+  local budget=(-max_total_time="$FUZZ_SECONDS")
+  [ "$FUZZ_SECONDS" = 0 ] && budget=(-runs=0)
   local rc=0
   # The outer timeout only guards against libFuzzer itself never returning.
   # shellcheck disable=SC2086
   RUST_BACKTRACE=1 timeout -k 10 $((FUZZ_SECONDS + 300)) "$bin_dir/$t" "$corpus" "${seeds[@]}" \
-    -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" -dict="$(dict "$t")" \
+    "${budget[@]}" -max_len="$(max_len "$t")" -dict="$(dict "$t")" \
     -rss_limit_mb=1024 -timeout=10 -print_final_stats=1 \
     -artifact_prefix="fuzz/artifacts/$t-" $FUZZ_ARGS >"$work/$t.log" 2>&1 || rc=$?
   echo "$rc" >"$work/$t.rc"
 }
 
-echo "fuzz: running ${FUZZ_TARGETS// /, } for ${FUZZ_SECONDS} s each, ${FUZZ_JOBS} at a time"
+budget_text="for ${FUZZ_SECONDS} s each"
+[ "$FUZZ_SECONDS" = 0 ] && budget_text="on their seeds only"
+echo "fuzz: running ${FUZZ_TARGETS// /, } ${budget_text}, ${FUZZ_JOBS} at a time"
 started=$SECONDS
 running=0
 for t in $FUZZ_TARGETS; do
@@ -176,7 +183,7 @@ for t in $FUZZ_TARGETS; do
     failed=$((failed + 1))
     echo "fuzz $t: FAILED (exit $rc)"
     echo "----- last lines of the $t log -----"
-    tail -n 60 "$work/$t.log"
+    tail -n 80 "$work/$t.log"
     echo "----- reproduce: scripts/fuzz.sh repro $t fuzz/artifacts/$t-<kind>-<sha1> (input above, in base64) -----"
   fi
 done

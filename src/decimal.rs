@@ -57,12 +57,46 @@ impl Amount {
         if text.contains('_') || text.starts_with('+') || text.ends_with('.') {
             return Err(DecimalError::Syntax);
         }
-        let dec = if text.contains(['e', 'E']) {
-            Decimal::from_scientific(text).map_err(|_| DecimalError::Syntax)?
-        } else {
-            Decimal::from_str_exact(text).map_err(|_| DecimalError::Syntax)?
-        };
-        Self::from_decimal(dec)
+        match text.find(['e', 'E']) {
+            // The mantissa is read exactly and the exponent applied in integers:
+            // `Decimal::from_scientific` rounds mantissas past 28 digits (so a value with
+            // more than 9 fractional digits could be accepted, rounded) and accepts an
+            // exponent like `-+9`.
+            Some(i) => {
+                let (mant, exp) = (&text[..i], &text[i + 1..]);
+                if mant.is_empty() || mant.ends_with('.') {
+                    return Err(DecimalError::Syntax);
+                }
+                let exp: i64 = exp.parse().map_err(|_| DecimalError::Syntax)?;
+                let mant = Decimal::from_str_exact(mant)
+                    .map_err(|_| DecimalError::Syntax)?
+                    .normalize();
+                Self::from_parts(mant.mantissa(), i64::from(mant.scale()).saturating_sub(exp))
+            }
+            None => {
+                Self::from_decimal(Decimal::from_str_exact(text).map_err(|_| DecimalError::Syntax)?)
+            }
+        }
+    }
+
+    /// `mantissa x 10^-scale`, exactly, or why it is not an amount.
+    fn from_parts(mantissa: i128, scale: i64) -> Result<Amount, DecimalError> {
+        if mantissa == 0 {
+            return Ok(Amount::ZERO);
+        }
+        if scale > i64::from(SCALE) {
+            return Err(DecimalError::TooPrecise);
+        }
+        let shift = u32::try_from(i64::from(SCALE).saturating_sub(scale))
+            .map_err(|_| DecimalError::TooLarge)?;
+        let nanos = 10i128
+            .checked_pow(shift)
+            .and_then(|f| mantissa.checked_mul(f))
+            .ok_or(DecimalError::TooLarge)?;
+        if !(-MAX_INPUT..=MAX_INPUT).contains(&nanos) {
+            return Err(DecimalError::TooLarge);
+        }
+        Ok(Amount(nanos))
     }
 
     /// Parses a non-negative input value (an event value, a limit, a grant amount).
@@ -212,5 +246,47 @@ mod tests {
             let expect: i128 = values.iter().map(|v| *v as i128 * 1_000_000).sum();
             prop_assert_eq!(total.0, expect);
         }
+    }
+
+    #[test]
+    fn exponents_are_exact() {
+        // Found by the `decimal` fuzz target: mantissas past 28 digits were rounded.
+        for t in [
+            "0.0000000000000000000000404864094e20",
+            "0.0000000000000000000000000000005e+01",
+            "9900003000.010999999999999999909e0",
+        ] {
+            // Refused (too many digits to read exactly), never rounded.
+            assert!(Amount::parse_signed(t).is_err(), "{t}");
+        }
+        assert_eq!(Amount::parse_signed("9e-+9"), Err(DecimalError::Syntax));
+        assert_eq!(Amount::parse_signed("1.e3"), Err(DecimalError::Syntax));
+        assert_eq!(Amount::parse_signed("e3"), Err(DecimalError::Syntax));
+        assert_eq!(Amount::parse_signed("2.5e3").unwrap().to_string(), "2500");
+        assert_eq!(
+            Amount::parse_signed("25E-10"),
+            Err(DecimalError::TooPrecise)
+        );
+        assert_eq!(Amount::parse_signed("25e-10").ok(), None);
+        assert_eq!(Amount::parse_signed("1e-9").unwrap(), Amount(1));
+        assert_eq!(Amount::parse_signed("-1.5e+2").unwrap().to_string(), "-150");
+        assert_eq!(Amount::parse_signed("0e999").unwrap(), Amount::ZERO);
+        assert_eq!(Amount::parse_signed("1e18"), Err(DecimalError::TooLarge));
+        assert_eq!(
+            Amount::parse_signed("9.99999999999999999e17")
+                .unwrap()
+                .to_string(),
+            "999999999999999999"
+        );
+        assert_eq!(Amount::parse_signed("1e99999"), Err(DecimalError::TooLarge));
+        // Found by the fuzzer in the first version of this: the scale arithmetic overflowed.
+        assert_eq!(
+            Amount::parse_signed("1e9223372036854775807"),
+            Err(DecimalError::TooLarge)
+        );
+        assert_eq!(
+            Amount::parse_signed("1e-9223372036854775808"),
+            Err(DecimalError::TooPrecise)
+        );
     }
 }

@@ -2,16 +2,37 @@
 //! method against no key, a bad key and each role of the own and the other tenant, with
 //! exact statuses and no side effects on refusal; same ids in two tenants never mix; API
 //! keys never appear in logs or metrics.
+//!
+//! The matrix's routes are checked against the router's own list
+//! ([`meterd::http::router::ROUTES`]): a new authenticated route without matrix cells
+//! fails `matrix_covers_every_authenticated_route`.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{time_at, Daemon, ADMIN, INGEST, OTHER_ADMIN, OTHER_INGEST, OTHER_READ, READ};
+use meterd::http::router::ROUTES;
 use serde_json::{json, Value};
+
+/// Routes answered without an API key, so not part of the matrix: the probes and
+/// `/openapi.json` on the API listener, `/metrics` and `POST /backup` on the operator
+/// listener. The router checks keys on every path under `/v1/` and `/api/v1/`.
+const PUBLIC: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/backup",
+    "/openapi.json",
+];
+
+fn authenticated(path: &str) -> bool {
+    path.starts_with("/v1/") || path.starts_with("/api/v1/")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Key {
@@ -40,8 +61,9 @@ impl Key {
     }
 }
 
-/// One route and method. `{l}` and `{c}` are replaced by a fresh lever and contract of the
-/// default tenant for every cell of the matrix.
+/// One route and method. `{l}`, `{c}` and `{p}` are replaced by a fresh lever, contract
+/// and plan of the default tenant for every cell of the matrix (`{from}` and `{now}` by
+/// timestamps).
 struct Case {
     method: &'static str,
     path: &'static str,
@@ -54,6 +76,8 @@ struct Case {
     other: u16,
     /// True when an allowed own-tenant request changes the default tenant's state.
     mutates: bool,
+    /// Problem `code` when `own` or `other` is an error status (401 and 403 have theirs).
+    code: &'static str,
 }
 
 fn cases() -> Vec<Case> {
@@ -65,6 +89,7 @@ fn cases() -> Vec<Case> {
         own,
         other,
         mutates,
+        code: "not_found",
     };
     vec![
         c(
@@ -76,6 +101,24 @@ fn cases() -> Vec<Case> {
             200,
             true,
         ),
+        // CloudEvents: the other tenant has neither the lever nor the contract, so its
+        // event is rejected per event (400 `rejected_events`), never counted here.
+        Case {
+            code: "rejected_events",
+            ..c(
+                "POST",
+                "/api/v1/events",
+                Some(
+                    json!({"specversion": "1.0", "id": "{c}-ce", "source": "matrix",
+                            "type": "{l}", "subject": "{c}", "time": "{now}",
+                            "data": {"value": 4}}),
+                ),
+                Key::Ingest,
+                204,
+                400,
+                true,
+            )
+        },
         c("GET", "/v1/levers", None, Key::Read, 200, 200, false),
         c(
             "PUT",
@@ -88,6 +131,26 @@ fn cases() -> Vec<Case> {
         ),
         c("GET", "/v1/levers/{l}", None, Key::Read, 200, 404, false),
         c("DELETE", "/v1/levers/{l}", None, Key::Admin, 204, 404, true),
+        c("GET", "/v1/plans", None, Key::Read, 200, 200, false),
+        c("GET", "/v1/plans/{p}", None, Key::Read, 200, 404, false),
+        // The quota names the default tenant's lever: to the other tenant's admin that
+        // lever does not exist, so its PUT is invalid (and creates nothing there).
+        Case {
+            code: "invalid_request",
+            ..c(
+                "PUT",
+                "/v1/plans/{p}",
+                Some(
+                    json!({"quotas": [{"lever": "{l}", "period": "month", "limit": 100,
+                                        "mode": "soft"}],
+                            "description": "changed"}),
+                ),
+                Key::Admin,
+                200,
+                400,
+                true,
+            )
+        },
         c("GET", "/v1/contracts", None, Key::Read, 200, 200, false),
         c(
             "PUT",
@@ -194,6 +257,7 @@ fn allowed(have: Key, need: Key) -> bool {
 fn fill(s: &str, n: usize, from: &str) -> String {
     s.replace("{l}", &format!("lv{n}"))
         .replace("{c}", &format!("ct{n}"))
+        .replace("{p}", &format!("pl{n}"))
         .replace("{from}", from)
         .replace("{now}", &time_at(-60_000))
 }
@@ -235,10 +299,47 @@ fn send(
     (status, ct, www, body)
 }
 
-/// The default tenant's view of lever `lv{n}`, contract `ct{n}`, its usage and grants.
-fn snapshot(d: &Daemon, n: usize, from: &str) -> (Value, Value, Value, Value) {
+/// The OpenAPI path template a matrix path stands for: the query is dropped and a
+/// placeholder segment becomes the parameter of its collection.
+fn template(path: &str) -> String {
+    let path = path.split('?').next().unwrap();
+    let segs: Vec<&str> = path.split('/').collect();
+    segs.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if !s.contains('{') {
+                return s.to_string();
+            }
+            match segs[i - 1] {
+                "levers" => "{lever}",
+                "contracts" => "{contract}",
+                "plans" => "{plan}",
+                "events" => "{id}",
+                parent => panic!("{path}: no template parameter for a segment under {parent}"),
+            }
+            .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Creates plan `plan` in the default tenant, with a quota on (existing) lever `lever`.
+fn plan_fixture(d: &Daemon, plan: &str, lever: &str) {
+    let (s, b) = d.req(
+        "PUT",
+        &format!("/v1/plans/{plan}"),
+        Some(ADMIN),
+        Some(&json!({"quotas": [{"lever": lever, "period": "day", "limit": 10}]})),
+    );
+    assert_eq!(s, 201, "{b}");
+}
+
+/// The default tenant's view of lever `lv{n}`, contract `ct{n}`, its usage and grants, and
+/// plan `pl{n}`.
+fn snapshot(d: &Daemon, n: usize, from: &str) -> [Value; 5] {
     let lever = d.req("GET", &format!("/v1/levers/lv{n}"), Some(ADMIN), None);
     let contract = d.req("GET", &format!("/v1/contracts/ct{n}"), Some(ADMIN), None);
+    let plan = d.req("GET", &format!("/v1/plans/pl{n}"), Some(ADMIN), None);
     let usage = d.req(
         "GET",
         &format!("/v1/contracts/ct{n}/usage?from={from}"),
@@ -251,12 +352,13 @@ fn snapshot(d: &Daemon, n: usize, from: &str) -> (Value, Value, Value, Value) {
         Some(ADMIN),
         None,
     );
-    (
+    [
         json!([lever.0, lever.1]),
         json!([contract.0, contract.1]),
         json!([usage.0, usage.1["items"]]),
         json!([grants.0, grants.1["items"]]),
-    )
+        json!([plan.0, plan.1]),
+    ]
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -280,6 +382,7 @@ fn role_and_tenant_matrix() {
                 n += 1;
                 d.lever(&format!("lv{n}"), "sum");
                 d.contract(&format!("ct{n}"));
+                plan_fixture(&d, &format!("pl{n}"), &format!("lv{n}"));
                 let before = snapshot(&d, n, &from);
                 let path = fill(case.path, n, &from);
                 let body = case.body.as_ref().map(|b| fill_json(b, n));
@@ -303,7 +406,7 @@ fn role_and_tenant_matrix() {
                     let code = match status {
                         401 => "unauthorized",
                         403 => "forbidden",
-                        _ => "not_found",
+                        _ => case.code,
                     };
                     assert_eq!(resp["code"], code, "{what}: {resp}");
                 }
@@ -335,6 +438,36 @@ fn role_and_tenant_matrix() {
                     ("GET", "/v1/contracts", 200, o) => {
                         assert_eq!(ids(&resp).contains(&format!("ct{n}")), !o, "{what}: {resp}")
                     }
+                    ("POST", "/api/v1/events", 204, false) => {
+                        assert_eq!(resp, Value::Null, "{what}: 204 with a body");
+                        let usage = &after[2][1];
+                        assert_eq!(usage[0]["lever"], format!("lv{n}"), "{what}: {usage}");
+                        assert_eq!(usage[0]["value"], "4", "{what}: {usage}");
+                    }
+                    ("POST", "/api/v1/events", 400, true) => {
+                        assert_eq!(
+                            (&resp["accepted"], &resp["duplicates"], &resp["rejected"]),
+                            (&json!(0), &json!(0), &json!(1)),
+                            "{what}: {resp}"
+                        );
+                        assert_eq!(resp["errors"][0]["code"], "unknown_lever", "{what}: {resp}");
+                    }
+                    ("GET", "/v1/plans", 200, o) => {
+                        assert_eq!(ids(&resp).contains(&format!("pl{n}")), !o, "{what}: {resp}")
+                    }
+                    ("GET", "/v1/plans/{p}", 200, false) => {
+                        assert_eq!(resp["id"], format!("pl{n}"), "{what}: {resp}")
+                    }
+                    ("PUT", "/v1/plans/{p}", 200, false) => {
+                        assert_eq!(resp["description"], "changed", "{what}: {resp}");
+                        assert_eq!(after[4][1]["quotas"][0]["period"], "month", "{what}");
+                    }
+                    ("PUT", "/v1/plans/{p}", 400, true) => {
+                        // Nothing was created in the other tenant either.
+                        let (s, b) =
+                            d.req("GET", &format!("/v1/plans/pl{n}"), key.secret(true), None);
+                        assert_eq!(s, 404, "{what}: the other tenant got a plan: {b}");
+                    }
                     ("GET", "/v1/contracts/{c}/usage?from={from}", 200, false) => {
                         assert_eq!(resp["contract"], format!("ct{n}"))
                     }
@@ -343,11 +476,13 @@ fn role_and_tenant_matrix() {
             }
         }
     }
-    assert_eq!(checked, 180);
+    assert_eq!(checked, cases().len() * KEYS.len() * 2);
+    assert_eq!(checked, 220);
 
     // Methods a route does not support: 401 without a valid key, 405 for every role.
     d.contract("ct_m");
     d.lever("lv_m", "sum");
+    plan_fixture(&d, "pl_m", "lv_m");
     let unsupported = [
         ("DELETE", "/v1/contracts/ct_m"),
         ("PATCH", "/v1/levers/lv_m"),
@@ -368,6 +503,14 @@ fn role_and_tenant_matrix() {
         ("POST", "/v1/events/some-id"),
         ("PUT", "/v1/contracts/ct_m/grants"),
         ("DELETE", "/v1/contracts/ct_m/grants"),
+        ("GET", "/api/v1/events"),
+        ("PUT", "/api/v1/events"),
+        ("DELETE", "/api/v1/events"),
+        ("POST", "/v1/plans"),
+        ("DELETE", "/v1/plans"),
+        ("DELETE", "/v1/plans/pl_m"),
+        ("POST", "/v1/plans/pl_m"),
+        ("PATCH", "/v1/plans/pl_m"),
     ];
     for (method, path) in unsupported {
         for key in KEYS {
@@ -393,6 +536,11 @@ fn role_and_tenant_matrix() {
         200,
         "405 must not delete"
     );
+    assert_eq!(
+        d.req("GET", "/v1/plans/pl_m", Some(ADMIN), None).0,
+        200,
+        "405 must not delete"
+    );
 
     // Unknown routes.
     for path in [
@@ -401,13 +549,55 @@ fn role_and_tenant_matrix() {
         "/v1/levers/lv_m/x",
         "/v1/",
         "/v1/events/x/y",
+        "/v1/plans/pl_m/x",
+        "/api/v1/nope",
+        "/api/v1/events/x",
+        "/api/v1/",
     ] {
         assert_eq!(send(&d, "GET", path, None, None).0, 401, "{path}");
         assert_eq!(send(&d, "GET", path, Some(ADMIN), None).0, 404, "{path}");
     }
-    for path in ["/", "/nope", "/v1", "/v2/levers", "/openapi.yaml"] {
+    for path in [
+        "/",
+        "/nope",
+        "/v1",
+        "/v2/levers",
+        "/openapi.yaml",
+        "/api/v1",
+        "/api/v2/events",
+    ] {
         assert_eq!(send(&d, "GET", path, None, None).0, 404, "{path}");
     }
+}
+
+/// The matrix has cells for exactly the authenticated routes the router serves, once
+/// each: a route added to [`ROUTES`] without matrix cells fails here, and so does a new
+/// route outside `/v1/` and `/api/v1/` (no key checked) until it is listed in [`PUBLIC`].
+#[test]
+fn matrix_covers_every_authenticated_route() {
+    for (method, path) in ROUTES {
+        assert!(
+            authenticated(path) || PUBLIC.contains(path),
+            "{method} {path} is served without an API key but is not a known public route"
+        );
+    }
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .filter(|(_, path)| authenticated(path))
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let mut covered = BTreeSet::new();
+    for case in cases() {
+        let key = (case.method.to_string(), template(case.path));
+        assert!(covered.insert(key.clone()), "{key:?} has two matrix cases");
+    }
+    let missing: Vec<_> = routed.difference(&covered).collect();
+    let extra: Vec<_> = covered.difference(&routed).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "routes without matrix cells: {missing:?}; matrix cases for no route: {extra:?}"
+    );
+    assert_eq!(covered.len(), 22);
 }
 
 #[test]

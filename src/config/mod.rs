@@ -218,8 +218,8 @@ impl Config {
         self.memory_limit / REQUEST_SHARE
     }
 
-    /// What a request with a body of `body_len` bytes (declared, or `max_body_bytes`
-    /// when chunked) is charged against [`Config::request_budget_bytes`].
+    /// What a request with a body of `body_len` bytes is charged against
+    /// [`Config::request_budget_bytes`] (for a chunked body: the bytes received so far).
     pub fn request_charge_bytes(&self, body_len: u64) -> u64 {
         body_len
             .min(self.max_body_bytes as u64)

@@ -324,8 +324,14 @@ impl<T> Guarded<T> {
         }
     }
 
-    /// Starts (or checks) the stall timer on `Pending`, clears it on progress.
-    fn watch<R>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    /// Starts (or checks) the stall timer on `Pending`; clears it when `r` is progress
+    /// (bytes written: a TCP flush is always ready and says nothing about the client).
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<R>>,
+        progress: bool,
+    ) -> Poll<io::Result<R>> {
         match r {
             Poll::Pending => {
                 let timeout = self.send_timeout;
@@ -342,7 +348,9 @@ impl<T> Guarded<T> {
                 Poll::Pending
             }
             ready => {
-                self.stalled = None;
+                if progress {
+                    self.stalled = None;
+                }
                 ready
             }
         }
@@ -367,19 +375,19 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.watch(cx, r)
+        this.watch(cx, r, true)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_flush(cx);
-        this.watch(cx, r)
+        this.watch(cx, r, false)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.watch(cx, r)
+        this.watch(cx, r, false)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -393,6 +401,6 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.watch(cx, r)
+        this.watch(cx, r, true)
     }
 }

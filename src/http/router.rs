@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorCode};
 use super::handlers::{
     admin, balance, changes, cloudevents, corrections, events, grants, ops, usage,
 };
-use super::util::{decode_segment, Body};
+use super::util::{decode_segment, Body, BodyCharge};
 use super::Surface;
 use crate::registry::{Principal, Role};
 use crate::state::State;
@@ -147,7 +147,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Routes an API path (public for the fuzz targets): `Ok(None)` when no route matches,
-/// `Err` (404) when an id segment is empty or not UTF-8 once percent-decoded.
+/// `Err` (404) when an id segment is empty or is not UTF-8 once percent-decoded.
 pub fn parse_route(path: &str) -> Result<Option<Route>, ApiError> {
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let d = |s: &str| -> Result<String, ApiError> {
@@ -391,7 +391,8 @@ async fn dispatch(
             );
         }
     };
-    let body_permit = match request_permits(&state, &req) {
+    let mut req = req;
+    let body_permit = match request_permits(&state, &mut req) {
         Ok(p) => p,
         Err(()) => {
             drop(permit);
@@ -451,13 +452,15 @@ async fn shed(state: &State, req: Request<Incoming>, detail: &str) -> Response<B
 }
 
 /// Reserves the request's charge against the request memory budget
-/// (`memory_limit / 4`, in KiB), computed from its declared `content-length`, or from
-/// `max_body_bytes` when the length is not declared (chunked). Requests without a body
-/// (GET, HEAD, `content-length: 0`) need none. `Err` when the budget is exhausted: the
-/// caller answers 429.
+/// (`memory_limit / 4`, in KiB), computed from its declared `content-length`. A body
+/// whose length is not declared (chunked) starts at the smallest charge and grows as
+/// its bytes arrive ([`BodyCharge`], read by `read_body`), so a slow chunked upload
+/// holds only what it has sent. Requests without a body (GET, HEAD,
+/// `content-length: 0`) need none. `Err` when the budget is exhausted: the caller
+/// answers 429.
 fn request_permits(
     state: &State,
-    req: &Request<Incoming>,
+    req: &mut Request<Incoming>,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         return Ok(None);
@@ -471,19 +474,28 @@ fn request_permits(
         Some(0) => return Ok(None),
         // Longer than the limit: the handler answers 413 without reading it.
         Some(n) => n,
-        None => state.cfg.max_body_bytes as u64,
+        None => 0,
     };
     let kib = state
         .cfg
         .request_charge_bytes(body)
         .div_ceil(1024)
         .clamp(1, u32::MAX as u64) as u32;
-    state
+    let permit = state
         .request_budget
         .clone()
         .try_acquire_many_owned(kib)
-        .map(Some)
-        .map_err(|_| ())
+        .map_err(|_| ())?;
+    if declared.is_some() {
+        return Ok(Some(permit));
+    }
+    let charge = Arc::new(BodyCharge::new(
+        state.request_budget.clone(),
+        crate::config::REQUEST_BYTES_PER_BODY_BYTE,
+        permit,
+    ));
+    req.extensions_mut().insert(charge);
+    Ok(None)
 }
 
 async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body> {

@@ -1,7 +1,11 @@
 //! Request helpers: bounded body reading, query strings, path segments, JSON responses.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -48,14 +52,67 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// Reads a whole body of at most `limit` bytes within `timeout`.
+/// The memory charge of a request whose body length was not declared (chunked): it
+/// starts small and grows with the bytes received, so a slow chunked upload holds only
+/// what it has sent, not `max_body_bytes` worth of the request budget. Put in the
+/// request's extensions by the router and read by [`read_body`].
+pub struct BodyCharge {
+    budget: Arc<Semaphore>,
+    per_byte: u64,
+    held_kib: AtomicU64,
+    permits: Mutex<Vec<OwnedSemaphorePermit>>,
+}
+
+impl BodyCharge {
+    /// A charge on `budget` (permits are KiB) that already holds `first`.
+    pub fn new(budget: Arc<Semaphore>, per_byte: u64, first: OwnedSemaphorePermit) -> Self {
+        BodyCharge {
+            budget,
+            per_byte,
+            held_kib: AtomicU64::new(first.num_permits() as u64),
+            permits: Mutex::new(vec![first]),
+        }
+    }
+
+    /// Grows the charge to cover a body of `bytes`; false when the budget cannot.
+    fn grow_to(&self, bytes: u64) -> bool {
+        let need = bytes.saturating_mul(self.per_byte).div_ceil(1024);
+        let held = self.held_kib.load(Ordering::Relaxed);
+        if need <= held {
+            return true;
+        }
+        let more = (need - held).min(u32::MAX as u64) as u32;
+        match self.budget.clone().try_acquire_many_owned(more) {
+            Ok(p) => {
+                self.held_kib.fetch_add(more as u64, Ordering::Relaxed);
+                self.permits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+enum ReadError {
+    TooLarge,
+    Overloaded,
+    Broken(String),
+}
+
+/// Reads a whole body of at most `limit` bytes within `timeout`. A request carrying a
+/// [`BodyCharge`] has it grown as bytes arrive (429 when the budget runs out).
 pub async fn read_body(
-    headers: &HeaderMap,
+    parts: &hyper::http::request::Parts,
     body: Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    if let Some(len) = headers
+    let charge = parts.extensions.get::<Arc<BodyCharge>>().cloned();
+    if let Some(len) = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -64,7 +121,31 @@ pub async fn read_body(
             return Err(too_large(limit));
         }
     }
-    let collect = Limited::new(body, limit).collect();
+    let collect = async {
+        let mut body = Limited::new(body, limit);
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    ReadError::TooLarge
+                } else {
+                    ReadError::Broken(e.to_string())
+                }
+            })?;
+            if let Ok(data) = frame.into_data() {
+                let total = (buf.len() + data.len()) as u64;
+                if let Some(c) = &charge {
+                    if !c.grow_to(total) {
+                        return Err(ReadError::Overloaded);
+                    }
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ApiError::new(
             ErrorCode::RequestTimeout,
@@ -73,19 +154,16 @@ pub async fn read_body(
                 humantime::format_duration(timeout)
             ),
         )),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(too_large(limit))
-            } else {
-                Err(ApiError::new(
-                    ErrorCode::MalformedBody,
-                    format!("could not read the body: {e}"),
-                ))
-            }
-        }
-        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(ReadError::TooLarge)) => Err(too_large(limit)),
+        Ok(Err(ReadError::Overloaded)) => Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "too much request data in progress for memory_limit; retry after the indicated delay",
+        )),
+        Ok(Err(ReadError::Broken(e))) => Err(ApiError::new(
+            ErrorCode::MalformedBody,
+            format!("could not read the body: {e}"),
+        )),
+        Ok(Ok(b)) => Ok(b),
     }
 }
 

@@ -121,7 +121,7 @@ pub enum StoreError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
     /// The data dir was written by an incompatible version.
-    #[error("data dir has on-disk format {found}, this meterd reads format {FORMAT_VERSION}; use a matching meterd version")]
+    #[error("data dir has on-disk format {found:?}, this meterd reads format {FORMAT_VERSION}; use a matching meterd version")]
     IncompatibleFormat {
         /// Version found on disk.
         found: String,

@@ -39,7 +39,7 @@ pub async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, Api
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
     read_body(
-        &parts.headers,
+        &parts,
         b,
         MAX_ADMIN_BODY,
         ctx.state.cfg.body_read_timeout,

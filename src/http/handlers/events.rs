@@ -32,7 +32,7 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     let cfg = &ctx.state.cfg;
     let (parts, body) = req.into_parts();
     let bytes = read_body(
-        &parts.headers,
+        &parts,
         body,
         cfg.max_body_bytes,
         cfg.body_read_timeout,
