@@ -38,13 +38,7 @@ const MAX_ADMIN_BODY: usize = 256 * 1024;
 pub async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
-    read_body(
-        &parts,
-        b,
-        MAX_ADMIN_BODY,
-        ctx.state.cfg.body_read_timeout,
-    )
-    .await
+    read_body(&parts, b, MAX_ADMIN_BODY, ctx.state.cfg.body_read_timeout).await
 }
 
 pub fn invalid((field, reason): (&'static str, String)) -> ApiError {

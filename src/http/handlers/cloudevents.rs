@@ -41,13 +41,7 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     };
     let cfg = &ctx.state.cfg;
     let (parts, body) = req.into_parts();
-    let bytes = read_body(
-        &parts,
-        body,
-        cfg.max_body_bytes,
-        cfg.body_read_timeout,
-    )
-    .await?;
+    let bytes = read_body(&parts, body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
     if batch_only && !bytes.trim_ascii_start().starts_with(b"[") {
         return Err(ApiError::new(
             ErrorCode::MalformedBody,

@@ -31,13 +31,7 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     let format = body_format(&req)?;
     let cfg = &ctx.state.cfg;
     let (parts, body) = req.into_parts();
-    let bytes = read_body(
-        &parts,
-        body,
-        cfg.max_body_bytes,
-        cfg.body_read_timeout,
-    )
-    .await?;
+    let bytes = read_body(&parts, body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
     let now = now_ms();
     let tenant = ctx.tenant()?;
     let elems = split_body(&bytes, format, cfg.max_batch_events).map_err(|e| match e {
