@@ -2,7 +2,8 @@
 # meterd's performance harness: one command runs every measurement and writes the report.
 #
 #   bash benches/run.sh                 # full run (~15 min on 2 cores), writes BENCHMARKS.md
-#   QUICK=1 bash benches/run.sh         # smoke run (~4 min), writes $TMPDIR/meterd-bench-quick.md
+#   QUICK=1 bash benches/run.sh         # smoke run (~6 min), writes $TMPDIR/meterd-bench-quick.md
+#   REPORT_FROM=$CARGO_TARGET_DIR/bench-results bash benches/run.sh   # rewrite the report only
 #
 # What it does (benches/README.md has the details):
 #  1. installs what is missing with apt-get (PostgreSQL, Redis, valgrind, util-linux);
@@ -24,6 +25,7 @@
 # Environment (defaults for the full run; QUICK=1 shrinks them):
 #   ROUNDS=5 ROUND_SECONDS=5 WARMUP_SECONDS=1 LAT_ROUNDS=3 LAT_SECONDS=8
 #   T7_CONTRACTS=100 T7_BUCKETS=100 T7_MINUTES=100 (1,000,000 keys) T7_IDS=10000000
+#   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
 #   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency memory restart profile micro"
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0
@@ -75,7 +77,10 @@ die() {
   printf 'run.sh: %s\n' "$*" >&2
   exit 1
 }
-has_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+# REPORT_FROM=DIR: no measurement, only the report, from the results of an earlier run
+# kept in DIR (e.g. $CARGO_TARGET_DIR/bench-results after editing benches/analysis.md).
+REPORT_FROM=${REPORT_FROM:-}
+has_phase() { [ -z "$REPORT_FROM" ] && [[ " $PHASES " == *" $1 "* ]]; }
 case $ROUND_SECONDS in '' | *[!0-9]*) die "ROUND_SECONDS must be a whole number of seconds" ;; esac
 [ "$ROUNDS" -ge 1 ] || die "ROUNDS must be at least 1"
 STARTED_S=$(date +%s)
@@ -104,7 +109,7 @@ done
 if has_phase profile; then
   command -v callgrind_control >/dev/null 2>&1 || missing+=(valgrind)
 fi
-if [ "${#missing[@]}" -gt 0 ]; then
+if [ "${#missing[@]}" -gt 0 ] && [ -z "$REPORT_FROM" ]; then
   # shellcheck disable=SC2207
   missing=($(printf '%s\n' "${missing[@]}" | sort -u))
   log "installing ${missing[*]} (apt-get)"
@@ -126,19 +131,27 @@ pin_srv() { "${PIN_SRV[@]}" "$@"; }
 
 # --- 2. build ---------------------------------------------------------------------------
 BUILD_CMD="cargo build --release --bins --examples"
-log "building: $BUILD_CMD (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-(cd "$REPO" && $BUILD_CMD --quiet)
 REL=$CARGO_TARGET_DIR/release
 METERD=$REL/meterd
 BASELINE=$REL/examples/baseline
 LOADGEN=$REL/examples/loadgen
-for b in "$METERD" "$BASELINE" "$LOADGEN"; do [ -x "$b" ] || die "missing $b"; done
+if [ -z "$REPORT_FROM" ]; then
+  log "building: $BUILD_CMD (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$REPO" && $BUILD_CMD --quiet)
+  for b in "$METERD" "$BASELINE" "$LOADGEN"; do [ -x "$b" ] || die "missing $b"; done
+fi
 
 # --- temp dir, cleanup ------------------------------------------------------------------
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/meterd-bench.XXXXXX")
 chmod 755 "$TMP"
 RES=$TMP/results
 mkdir -p "$RES"
+if [ -n "$REPORT_FROM" ]; then
+  RES=$(cd "$REPORT_FROM" && pwd)
+  [ -f "$RES/meta.env" ] || die "$REPORT_FROM has no meta.env (not a kept results dir)"
+fi
+# truncate FILE...: empties result files (never in REPORT_FROM mode).
+truncate_results() { [ -n "$REPORT_FROM" ] || for f in "$@"; do : >"$f"; done; }
 declare -A PID API MET
 PG_DATA=""
 REDIS_PID=""
@@ -170,7 +183,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-DSYNC_START=$(fsync_probe "$TMP")
+DSYNC_START=$([ -n "$REPORT_FROM" ] || fsync_probe "$TMP")
 KEY="bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 KEY_SHA=$(printf '%s' "$KEY" | sha256sum | cut -d' ' -f1)
 
@@ -190,6 +203,7 @@ durability = "$durability"
 flush_interval = "$flush"
 lateness = "$lateness"
 shutdown_grace = "10s"
+${EXTRA_CONFIG:-}
 
 [[api_keys]]
 tenant = "default"
@@ -318,8 +332,7 @@ check_line() {
 }
 TP=$RES/throughput.tsv # round name req/s events/s p50 p99 gen% srv% check
 LAT=$RES/latency.tsv
-: >"$TP"
-: >"$LAT"
+truncate_results "$TP" "$LAT"
 record() { # round name line meterd(0/1) [server metrics]
   local r=$1 name=$2 line=$3 m=$4
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" \
@@ -370,6 +383,15 @@ mmm() { # "median min max" [decimals] -> "m [min–max]"
   local m lo hi
   read -r m lo hi <<<"$1"
   echo "$(fmt "$m" "${2:-0}") [$(fmt "$lo" "${2:-0}")–$(fmt "$hi" "${2:-0}")]"
+}
+# mem_verdict VALUE LIMIT ROW...: the verdict, or "invalid" when a load's checks failed.
+mem_verdict() {
+  local v=$1 t=$2 row bad=""
+  shift 2
+  for row in "$@"; do
+    bad+=$(awk -F'\t' -v r="$row" '$1 == r && $6 != "ok" { printf "%s: %s ", r, $6 }' "$MEM")
+  done
+  if [ -n "$bad" ]; then echo "**invalid** ($bad)"; else verdict "$v" '<=' "$t"; fi
 }
 verdict() { # value op target
   awk -v v="$1" -v o="$2" -v t="$3" 'BEGIN { if (v == "nan" || v == "") { print "n/a"; exit }
@@ -568,7 +590,7 @@ done
 
 # --- 6. memory (T7) ---------------------------------------------------------------------
 MEM=$RES/memory.tsv
-: >"$MEM"
+truncate_results "$MEM"
 T7_KEYS=$((T7_CONTRACTS * T7_BUCKETS * T7_MINUTES))
 mem_load() { # name label args... -> LOADGEN line (count mode, 16 connections)
   local name=$1 label=$2
@@ -608,7 +630,7 @@ if has_phase memory; then
   # Event ids: normal operation (flush every 1 s), T7_IDS distinct ids on 8 contracts.
   name=mem-ids
   log "T7 ids: $T7_IDS distinct event ids"
-  start_meterd "$name" buffered 1s 1h 127.0.0.1:0 127.0.0.1:0 taskset -c "$CORE_SRV"
+  EXTRA_CONFIG=${T7_IDS_CONFIG:-} start_meterd "$name" buffered 1s 1h 127.0.0.1:0 127.0.0.1:0 taskset -c "$CORE_SRV"
   setup_meterd "$name" bench-c "$CONTRACTS"
   line=$(mem_load "$name" ids-warm --body batch --events 1000 --requests 100)
   sleep 3
@@ -624,7 +646,7 @@ fi
 
 # --- 7. restart (T8) --------------------------------------------------------------------
 RST=$RES/restart.tsv
-: >"$RST"
+truncate_results "$RST"
 if has_phase restart; then
   name=restart
   log "T8: $T8_EVENTS accepted events, none flushed (flush_interval 1h), then kill -9"
@@ -661,7 +683,7 @@ fi
 
 # --- 8. profile (callgrind) -------------------------------------------------------------
 PROF=$RES/profile.tsv
-: >"$PROF"
+truncate_results "$PROF"
 cg_count() { sed -n 's/^summary: //p' "$1" | head -n1; }
 # cg_top FILE yes|no N: the N costliest functions (inclusive or self), source paths and
 # object names cut off.
@@ -733,7 +755,7 @@ fi
 
 # --- 9. micro-benchmarks ----------------------------------------------------------------
 MICRO=$RES/micro.tsv
-: >"$MICRO"
+truncate_results "$MICRO"
 MICRO_ARGS=()
 [ "$QUICK" = 1 ] && MICRO_ARGS=(--warm-up-time 0.1 --measurement-time 0.3 --sample-size 10)
 MICRO_CMD="cargo bench --bench micro${MICRO_ARGS[*]:+ -- ${MICRO_ARGS[*]}}"
@@ -755,14 +777,27 @@ if has_phase micro; then
 fi
 
 # --- 10. report -------------------------------------------------------------------------
-ELAPSED_S=$(($(date +%s) - STARTED_S))
-LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-DSYNC_END=$(fsync_probe "$TMP")
+if [ -z "$REPORT_FROM" ]; then
+  ELAPSED_S=$(($(date +%s) - STARTED_S))
+  LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+  DSYNC_END=$(fsync_probe "$TMP")
+  RUN_DATE=$(date -u +%Y-%m-%dT%H:%MZ)
+  FS_DESC="$(df -T "$TMP" | awk 'NR == 2 { print $2 }') file system under $(dirname "$TMP")"
+  [ -f "$TMP/pg/event.sql" ] && cp "$TMP/pg/event.sql" "$RES/event.sql"
+  declare -p QUICK ROUNDS ROUND_SECONDS WARMUP_SECONDS LAT_ROUNDS LAT_SECONDS PHASES RUN_NOTE \
+    ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
+    T7_CONTRACTS T7_BUCKETS T7_MINUTES T7_IDS_CONFIG T8_EVENTS T8_ACCEPTED T8_LOAD_CHECK PG_CMD REDIS_CMD \
+    MICRO_CMD CORE_GEN CORE_SRV 2>/dev/null >"$RES/meta.env" || true
+else
+  # shellcheck disable=SC1091
+  . "$RES/meta.env"
+  [ -z "${RUN_NOTE_OVERRIDE:-}" ] || RUN_NOTE=$RUN_NOTE_OVERRIDE
+fi
 log "writing $OUT"
 {
   echo "# meterd benchmarks"
   echo
-  echo "Written by \`bash benches/run.sh\` on $(date -u +%Y-%m-%dT%H:%MZ)$([ "$QUICK" = 1 ] && echo ' (QUICK=1: smoke run, too short to judge targets)'),"
+  echo "Written by \`bash benches/run.sh\` on $RUN_DATE$([ "$QUICK" = 1 ] && echo ' (QUICK=1: smoke run, too short to judge targets)'),"
   echo "in $((ELAPSED_S / 60)) min $((ELAPSED_S % 60)) s: ROUNDS=$ROUNDS, ROUND_SECONDS=$ROUND_SECONDS (+${WARMUP_SECONDS} s warm-up),"
   echo "LAT_ROUNDS=$LAT_ROUNDS, LAT_SECONDS=$LAT_SECONDS, phases: $PHASES. The raw outputs (loadgen,"
   echo "pgbench, redis-benchmark, callgrind dumps) are left in \$CARGO_TARGET_DIR/bench-results."
@@ -782,7 +817,7 @@ log "writing $OUT"
   echo "| rustc | $(rustc --version) |"
   echo "| PostgreSQL | $("$PGBIN/postgres" --version 2>/dev/null || echo n/a) |"
   echo "| Redis | $(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo n/a) |"
-  echo "| data dirs | $(df -T "$TMP" | awk 'NR == 2 { print $2 }') file system under $(dirname "$TMP") |"
+  echo "| data dirs | $FS_DESC |"
   echo "| one 4 KiB O_DSYNC write (\`dd oflag=dsync\`, 300 writes) | $DSYNC_START ms at the start, $DSYNC_END ms at the end |"
   echo "| load average (1/5/15 min) | at start $LOAD_START, at the end $LOAD_END |"
   echo
@@ -830,10 +865,10 @@ log "writing $OUT"
     read -r _ k0 k1 _ _ _ <<<"$(grep '^counters-keys' "$MEM")"
     raw=$(awk -v a="$k0" -v b="$k1" -v n="$T7_KEYS" 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')
     net=$(awk -v a="$k0" -v b="$k1" -v c="$c0" -v d="$c1" -v n="$T7_KEYS" 'BEGIN { printf "%.0f", ((b - a) - (d - c)) * 1024 / n }')
-    echo "| T7 | RSS per active counter, $(fmt "$T7_KEYS") distinct (contract, lever, bucket, minute) keys, net of a same-size one-key control (raw, control included: $raw B) | $net B | ≤ 300 B | $(verdict "$net" '<=' 300) |"
+    echo "| T7 | RSS per active counter, $(fmt "$T7_KEYS") distinct (contract, lever, bucket, minute) keys, net of a same-size one-key control (raw, control included: $raw B) | $net B | ≤ 300 B | $(mem_verdict "$net" 300 counters-ctl counters-keys) |"
     read -r _ i0 i1 _ _ _ <<<"$(grep '^ids' "$MEM")"
     g=$(awk -v a="$i0" -v b="$i1" 'BEGIN { printf "%.1f", (b - a) / 1024 }')
-    echo "| T7 | RSS growth over $(fmt "$T7_IDS") distinct event ids | $g MiB | ≤ 64 MiB | $(verdict "$g" '<=' 64) |"
+    echo "| T7 | RSS growth over $(fmt "$T7_IDS") distinct event ids | $g MiB | ≤ 64 MiB | $(mem_verdict "$g" 64 ids) |"
   fi
   if [ -s "$RST" ]; then
     s=$(cut -f2 "$RST" | stats)
@@ -844,6 +879,35 @@ log "writing $OUT"
     echo "| T9 | single-event fsync ($C_T2 conns) / PostgreSQL peer tps ($C_T2 clients) (PostgreSQL $(mmm "$(col "$TP" "pg$C_T2" 3 | stats)") tps) | $(mmm "$s" 2) | ≥ 5 | $(verdict "${s%% *}" '>=' 5) |"
     s=$(ratios "$TP" M64b 3 "redis$C_T1" 3 | stats)
     echo "| – | single-event buffered ($C_T1 conns) / Redis peer (appendfsync everysec, $C_T1 clients) (Redis $(mmm "$(col "$TP" "redis$C_T1" 3 | stats)") req/s) | $(mmm "$s" 3) | (reported) | |"
+  fi
+  if [ -s "$TP" ]; then
+    echo
+    echo "### Server CPU per event (derived)"
+    echo
+    echo "The generator and the servers shared their CPUs with other processes, and the baseline"
+    echo "never used its whole CPU (it waits on the round trip), so req/s ratios mix server cost"
+    echo "with scheduling. The server's CPU time per event (its CPU share over the run / events per"
+    echo "second, user + system, from /proc/PID/stat) is the cost itself; the last column is the"
+    echo "ratio a target would show if the server CPU were the only bound (baseline µs / meterd µs)."
+    echo
+    echo "| config | server CPU µs per event | if CPU-bound: ratio to the baseline |"
+    echo "|---|---|---|"
+    cpu_us() { awk -F'\t' -v n="$1" '$2 == n && $9 == "ok" && $8 != "" && $4 > 0 { printf "%.4f\n", $8 * 10000 / $4 }' "$TP"; }
+    cpu_ratio() { # baseline config, meterd config, factor: per-round baseline µs / meterd µs x factor
+      awk -F'\t' -v a="$1" -v b="$2" -v f="$3" '$9 != "ok" || $8 == "" || $4 <= 0 { next }
+        $2 == a { x[$1] = $8 * 10000 / $4 } $2 == b { y[$1] = $8 * 10000 / $4 }
+        END { for (r in x) if (r in y && y[r] > 0) printf "%.4f\n", x[r] / y[r] * f }' "$TP"
+    }
+    for c in B64 M64b B256 M256f Bbatch Mbatch MbatchQ; do
+      case $c in
+        M64b) r="T1: $(mmm "$(cpu_ratio B64 M64b 1 | stats)" 3) (target ≥ 0.70)" ;;
+        M256f) r="T2: $(mmm "$(cpu_ratio B256 M256f 1 | stats)" 3) (target ≥ 0.50)" ;;
+        Mbatch) r="T3: $(mmm "$(cpu_ratio B64 Mbatch 1 | stats)" 2) x the baseline's single-event rate (target ≥ 15)" ;;
+        MbatchQ) r="T4: $(mmm "$(cpu_ratio Mbatch MbatchQ 1 | stats)" 3) (target ≥ 0.90)" ;;
+        *) r="" ;;
+      esac
+      echo "| $c | $(mmm "$(cpu_us "$c" | stats)" 2) | $r |"
+    done
   fi
   echo
   echo "## Commands"
@@ -871,7 +935,7 @@ log "writing $OUT"
   echo "\`synchronous_commit=on\`, \`fsync=on\`, defaults otherwise; each pgbench transaction is:"
   echo
   echo '```sql'
-  if [ -f "$TMP/pg/event.sql" ]; then sed 's/\\\\/\\/' "$TMP/pg/event.sql"; fi
+  if [ -f "$RES/event.sql" ]; then sed 's/\\\\/\\/' "$RES/event.sql"; fi
   echo '```'
   echo
   echo "Redis runs \`appendonly yes\`, \`appendfsync everysec\`, no RDB snapshots; each request is one"
@@ -888,10 +952,11 @@ log "writing $OUT"
     echo "the measured window (100% = one CPU). checks: for meterd every event of every 2xx answer"
     echo "must be \`accepted\`, with no non-2xx answers and no socket errors."
     echo
-    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | checks | meterd histograms (means over the run) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
-    sort -t$'\t' -k1,1n -s "$TP" >"$RES/tp-sorted.tsv"
-    tsv_table "$RES/tp-sorted.tsv" s s 0 0 s s s s s s
+    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | server CPU µs per event | checks | meterd histograms (means over the run) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    sort -t$'\t' -k1,1n -s "$TP" | awk -F'\t' -v OFS='\t' '{ print $1, $2, $3, $4, $5, $6, $7, $8,
+      ($8 != "" && $4 > 0) ? sprintf("%.2f", $8 * 10000 / $4) : "", $9, $10 }' >"$RES/tp-sorted.tsv"
+    tsv_table "$RES/tp-sorted.tsv" s s 0 0 s s s s s s s
     echo
     echo "pg: p50 column = pgbench's latency average. redis: p50 from redis-benchmark."
     echo
@@ -917,6 +982,7 @@ log "writing $OUT"
     echo "counter stays in memory), the same warm-up (100,000 events on one key); then $(fmt "$T7_KEYS") events"
     echo "on one key (ctl) or on $T7_CONTRACTS contracts x $T7_BUCKETS buckets x $T7_MINUTES minutes (keys). Ids: one"
     echo "daemon, \`flush_interval = 1s\`, warm-up 100,000 events, then $(fmt "$T7_IDS") events with distinct ids."
+    [ -z "${T7_IDS_CONFIG:-}" ] || echo "Extra configuration of the ids daemon: \`$(tr '\n' ' ' <<<"$T7_IDS_CONFIG")\`."
     echo
     echo "| run | RSS before (KiB) | RSS after (KiB) | peak RSS (KiB) | 2xx events/s | checks |"
     echo "|---|---|---|---|---|---|"
@@ -975,8 +1041,9 @@ log "writing $OUT"
     echo "| bench | median | per element | elements/s |"
     echo "|---|---|---|---|"
     while IFS=$'\t' read -r id el med; do
-      awk -v id="$id" -v el="$el" -v m="$med" 'function t(ns) { return ns >= 1e6 ? sprintf("%.2f ms", ns / 1e6) : ns >= 1e3 ? sprintf("%.2f µs", ns / 1e3) : sprintf("%.1f ns", ns) }
-        BEGIN { printf "| %s | %s | %s | %.0f |\n", id, t(m), t(m / el), el * 1e9 / m }'
+      awk -v id="$id" -v el="$el" -v m="$med" "$AWK_FMT"'
+        function t(ns) { return ns >= 1e6 ? sprintf("%.2f ms", ns / 1e6) : ns >= 1e3 ? sprintf("%.2f µs", ns / 1e3) : sprintf("%.1f ns", ns) }
+        BEGIN { printf "| %s | %s | %s | %s |\n", id, t(m), t(m / el), fmt(el * 1e9 / m, 0) }'
     done <"$MICRO"
     echo
     echo "Fastest parser per shape:"
@@ -996,11 +1063,13 @@ log "writing $OUT"
     echo "(Hand-written in benches/analysis.md from the figures of a full run; the tables above are"
     echo "regenerated by every run.)"
     echo
-    sed '1{/^# /d}' "$BENCH_DIR/analysis.md"
+    sed '1{/^# /d}; s/^## /### /' "$BENCH_DIR/analysis.md"
   fi
 } >"$OUT"
-KEPT=$CARGO_TARGET_DIR/bench-results
-rm -rf "$KEPT"
-cp -r "$RES" "$KEPT"
-log "raw outputs (loadgen, pgbench, callgrind dumps, criterion) kept in $KEPT"
+if [ -z "$REPORT_FROM" ]; then
+  KEPT=$CARGO_TARGET_DIR/bench-results
+  rm -rf "$KEPT"
+  cp -r "$RES" "$KEPT"
+  log "raw outputs (loadgen, pgbench, callgrind dumps, criterion) kept in $KEPT"
+fi
 log "done in $((ELAPSED_S / 60)) min $((ELAPSED_S % 60)) s; report: $OUT"

@@ -853,7 +853,14 @@ async fn run(a: RunArgs) -> Result<(), String> {
         start,
         warmup: Duration::from_secs_f64(warmup),
         end: Duration::from_secs_f64(total),
-        hard_end: start + Duration::from_secs_f64(total + a.grace),
+        // Count mode has no duration: it ends when the requests are answered (each
+        // request still gives up after an hour).
+        hard_end: start
+            + if a.requests.is_some() {
+                Duration::from_secs(3600)
+            } else {
+                Duration::from_secs_f64(total + a.grace)
+            },
     });
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = a.flush_pid.map(|pid| {
