@@ -76,7 +76,7 @@ pub enum Claim {
 /// The in-flight claim table.
 #[derive(Debug, Default)]
 pub struct Claims {
-    table: DashMap<ClaimKey, Arc<Owner>>,
+    table: DashMap<ClaimKey, Arc<Owner>, foldhash::fast::RandomState>,
 }
 
 impl Claims {

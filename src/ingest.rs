@@ -14,8 +14,8 @@
 //! all. Large batches run their CPU-bound phases with `block_in_place` so other requests
 //! on the same worker are not starved.
 
+use crate::hash::{FastHashMap, FastHashSet};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -303,7 +303,7 @@ fn check_and_plan(
     // Accepted events per shard, in input order.
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
     // Ids accepted earlier in this request: later occurrences are duplicates.
-    let mut taken: HashSet<u128> = HashSet::new();
+    let mut taken: FastHashSet<u128> = FastHashSet::default();
     let mut reserved = Reserved::default();
     let mut notifications: Vec<crate::notify::Entry> = Vec::new();
     for (n, &i) in claimed.iter().enumerate() {
@@ -449,7 +449,7 @@ fn check_and_plan(
         groups.push((shard, seq, events));
     }
     // Quota usage rows, coalesced per row, commit with the events.
-    let mut rows: HashMap<&UsageKey, (AggValue, i128)> = HashMap::new();
+    let mut rows: FastHashMap<&UsageKey, (AggValue, i128)> = FastHashMap::default();
     for r in &reserved.rows {
         rows.entry(&r.key)
             .and_modify(|(v, g)| {
@@ -469,7 +469,7 @@ fn check_and_plan(
             );
         }
     }
-    let mut takes: HashMap<&crate::quota::state::GrantKey, i128> = HashMap::new();
+    let mut takes: FastHashMap<&crate::quota::state::GrantKey, i128> = FastHashMap::default();
     for t in &reserved.takes {
         *takes.entry(&t.key).or_default() += t.amount.0;
     }

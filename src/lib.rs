@@ -22,6 +22,7 @@
 //! - [`revision`]: per-tenant revisions of stored usage rows, the changes feed index.
 //! - [`notify`]: the threshold-notification outbox and signed webhook delivery.
 //! - [`registry`]: tenants, levers, contracts, API keys and roles.
+//! - [`hash`]: the fast seeded hash maps of the hot path.
 //! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
 //! - [`telemetry`]: metric names and descriptions, logging set-up.
 //! - [`state`]: the shared state handed to handlers.
@@ -33,6 +34,7 @@ pub mod decimal;
 pub mod dedupe;
 pub mod event;
 pub mod flush;
+pub mod hash;
 pub mod http;
 pub mod ingest;
 pub mod journal;

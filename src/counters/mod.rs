@@ -20,7 +20,7 @@
 
 pub mod agg;
 
-use std::collections::HashMap;
+use crate::hash::FastHashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -51,21 +51,21 @@ pub struct SeriesWindow {
 }
 
 /// Deltas of one contract.
-pub type ContractDeltas = HashMap<SeriesWindow, AggValue>;
+pub type ContractDeltas = FastHashMap<SeriesWindow, AggValue>;
 
 /// A set of deltas taken out of a shard for flushing, with the journal records it
 /// covers.
 #[derive(Debug, Default)]
 pub struct FlushSet {
     /// Deltas per contract.
-    pub deltas: HashMap<ContractKey, ContractDeltas>,
+    pub deltas: FastHashMap<ContractKey, ContractDeltas>,
     /// Journal sequence numbers whose events are all in `deltas`.
     pub journal: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    pending: HashMap<ContractKey, ContractDeltas>,
+    pending: FastHashMap<ContractKey, ContractDeltas>,
     journal: Vec<u64>,
     flushing: Option<Arc<FlushSet>>,
     entries: usize,
@@ -246,7 +246,7 @@ impl Counters {
             tenant: Arc::from(tenant),
             contract: Arc::from(contract),
         };
-        let mut out = ContractDeltas::new();
+        let mut out = ContractDeltas::default();
         if let Some(f) = &s.flushing {
             if let Some(d) = f.deltas.get(&key) {
                 out.extend(d.iter().map(|(k, v)| (k.clone(), *v)));

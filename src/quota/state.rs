@@ -31,7 +31,7 @@
 //! `limit * threshold / 100` yields a [`Crossing`], which ingest writes to the outbox in
 //! the same batch (see [`crate::notify`]).
 
-use std::collections::HashMap;
+use crate::hash::FastHashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono_tz::Tz;
@@ -414,8 +414,8 @@ impl NotifiedKey {
 
 #[derive(Debug, Default)]
 struct Shard {
-    rows: HashMap<UsageKey, Row>,
-    grant_used: HashMap<GrantKey, Amount>,
+    rows: FastHashMap<UsageKey, Row>,
+    grant_used: FastHashMap<GrantKey, Amount>,
     /// Thresholds notified per period and limit: each notifies once.
     notified: std::collections::HashSet<NotifiedKey>,
 }
@@ -443,12 +443,12 @@ pub fn contract_anchor(c: &Contract) -> i64 {
 
 type PeriodSet = [(PeriodKind, super::period::Period); 5];
 /// Cached periods: valid from, valid to, the set.
-type PeriodCache = HashMap<(Tz, i64), (i64, i64, PeriodSet)>;
+type PeriodCache = FastHashMap<(Tz, i64), (i64, i64, PeriodSet)>;
 
 thread_local! {
     /// Periods per (zone, anchor), valid while `t` stays inside all of them: period
     /// boundaries change rarely, so most events reuse the last computation.
-    static PERIODS: std::cell::RefCell<PeriodCache> = std::cell::RefCell::new(HashMap::new());
+    static PERIODS: std::cell::RefCell<PeriodCache> = std::cell::RefCell::new(FastHashMap::default());
 }
 
 /// [`all_periods`], memoised per thread.
