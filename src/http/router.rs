@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorCode};
 use super::handlers::{
     admin, balance, changes, cloudevents, corrections, events, grants, ops, usage,
 };
-use super::util::{decode_segment, Body, BodyCharge};
+use super::util::{declared_length, decode_segment, Body, BodyCharge};
 use super::Surface;
 use crate::registry::{Principal, Role};
 use crate::state::State;
@@ -432,11 +432,7 @@ async fn dispatch(
 async fn shed(state: &State, req: Request<Incoming>, detail: &str) -> Response<Body> {
     use http_body_util::BodyExt;
     metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(req.headers());
     if declared.is_some_and(|n| n > 0 && n <= state.cfg.max_body_bytes as u64) {
         let mut body = req.into_body();
         let drain = async {
@@ -465,11 +461,7 @@ fn request_permits(
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         return Ok(None);
     }
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(req.headers());
     let body = match declared {
         Some(0) => return Ok(None),
         // Longer than the limit: the handler answers 413 without reading it.

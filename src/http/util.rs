@@ -1,7 +1,6 @@
 //! Request helpers: bounded body reading, query strings, path segments, JSON responses.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,8 +58,8 @@ impl hyper::body::Body for ChannelBody {
 pub struct BodyCharge {
     budget: Arc<Semaphore>,
     per_byte: u64,
-    held_kib: AtomicU64,
-    permits: Mutex<Vec<OwnedSemaphorePermit>>,
+    /// Everything held so far, merged into one permit (its count is the charge in KiB).
+    held: Mutex<OwnedSemaphorePermit>,
 }
 
 impl BodyCharge {
@@ -69,31 +68,35 @@ impl BodyCharge {
         BodyCharge {
             budget,
             per_byte,
-            held_kib: AtomicU64::new(first.num_permits() as u64),
-            permits: Mutex::new(vec![first]),
+            held: Mutex::new(first),
         }
     }
 
     /// Grows the charge to cover a body of `bytes`; false when the budget cannot.
     fn grow_to(&self, bytes: u64) -> bool {
         let need = bytes.saturating_mul(self.per_byte).div_ceil(1024);
-        let held = self.held_kib.load(Ordering::Relaxed);
-        if need <= held {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let have = held.num_permits() as u64;
+        if need <= have {
             return true;
         }
-        let more = (need - held).min(u32::MAX as u64) as u32;
+        let more = (need - have).min(u32::MAX as u64) as u32;
         match self.budget.clone().try_acquire_many_owned(more) {
             Ok(p) => {
-                self.held_kib.fetch_add(more as u64, Ordering::Relaxed);
-                self.permits
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(p);
+                held.merge(p);
                 true
             }
             Err(_) => false,
         }
     }
+}
+
+/// The declared `content-length` of a request, if any.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 enum ReadError {
@@ -111,19 +114,17 @@ pub async fn read_body(
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
     let charge = parts.extensions.get::<Arc<BodyCharge>>().cloned();
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(len) = declared_length(&parts.headers) {
         if len > limit as u64 {
             return Err(too_large(limit));
         }
     }
     let collect = async {
         let mut body = Limited::new(body, limit);
-        let mut buf = bytes::BytesMut::new();
+        // Frames are kept as they arrive; a body of one frame (the usual case) is
+        // returned without a copy.
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut total = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -135,16 +136,20 @@ pub async fn read_body(
                 }
             })?;
             if let Ok(data) = frame.into_data() {
-                let total = (buf.len() + data.len()) as u64;
+                total += data.len() as u64;
                 if let Some(c) = &charge {
                     if !c.grow_to(total) {
                         return Err(ReadError::Overloaded);
                     }
                 }
-                buf.extend_from_slice(&data);
+                frames.push(data);
             }
         }
-        Ok(buf.freeze())
+        Ok(match frames.len() {
+            0 => Bytes::new(),
+            1 => frames.pop().unwrap_or_default(),
+            _ => Bytes::from(frames.concat()),
+        })
     };
     match tokio::time::timeout(timeout, collect).await {
         Err(_) => Err(ApiError::new(

@@ -142,26 +142,33 @@ pub async fn backup(state: &std::sync::Arc<State>) -> Response<Body> {
     let name = format!("{BACKUP_PREFIX}{}", now.format("%Y%m%dT%H%M%S%.3fZ"));
     let st = state.clone();
     let keep = state.cfg.backup_keep;
-    let result = tokio::task::spawn_blocking(move || -> Result<_, String> {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {dir:?}: {e}"))?;
+    // A full disk is `storage_full`, any other failure `storage_unavailable`.
+    let fs_error = |what: String, e: std::io::Error| {
+        let code = if e.kind() == std::io::ErrorKind::StorageFull {
+            ErrorCode::StorageFull
+        } else {
+            ErrorCode::StorageUnavailable
+        };
+        ApiError::new(code, format!("backup failed: {what}: {e}"))
+    };
+    let result = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        std::fs::create_dir_all(&dir).map_err(|e| fs_error(format!("cannot create {dir:?}"), e))?;
         let tmp = dir.join(format!(".tmp-{name}"));
         let fin = dir.join(&name);
-        if tmp.exists() {
+        let (bytes, files) = st.store.checkpoint(&tmp).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&tmp);
-        }
-        let (bytes, files) = match st.store.checkpoint(&tmp) {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(e.to_string());
-            }
-        };
-        std::fs::rename(&tmp, &fin).map_err(|e| format!("cannot rename {tmp:?}: {e}"))?;
+        })?;
+        std::fs::rename(&tmp, &fin).map_err(|e| fs_error(format!("cannot rename {tmp:?}"), e))?;
         prune_backups(&dir, keep);
         Ok((fin, bytes, files))
     })
     .await
-    .unwrap_or_else(|e| Err(format!("backup task failed: {e}")));
+    .unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("backup task failed: {e}"),
+        ))
+    });
     match result {
         Ok((path, bytes, files)) => {
             metrics::counter!(names::BACKUPS_TOTAL, "outcome" => "ok").increment(1);
@@ -181,13 +188,8 @@ pub async fn backup(state: &std::sync::Arc<State>) -> Response<Body> {
         }
         Err(e) => {
             metrics::counter!(names::BACKUPS_TOTAL, "outcome" => "error").increment(1);
-            tracing::error!(error = %e, "backup failed");
-            let code = if e.contains("No space left") {
-                ErrorCode::StorageFull
-            } else {
-                ErrorCode::StorageUnavailable
-            };
-            ApiError::new(code, format!("backup failed: {e}")).into_response()
+            tracing::error!(error = ?e, "backup failed");
+            e.into_response()
         }
     }
 }
