@@ -27,14 +27,7 @@ const CONTRACT: &str = "bk-c";
 const LEVER: &str = "calls";
 
 fn counted(d: &Daemon) -> u64 {
-    let from = common::time_at(-2 * 86_400_000);
-    let v = d.usage(CONTRACT, &format!("lever={LEVER}&window=day&from={from}"));
-    v["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{v}"))
-        .iter()
-        .map(|r| r["value"].as_str().unwrap().parse::<u64>().unwrap())
-        .sum()
+    d.day_total(CONTRACT, LEVER)
 }
 
 fn events(ids: &[String]) -> Value {

@@ -117,23 +117,7 @@ fn batch(tag: &str, from: u64, n: u64) -> Value {
 
 /// Total of the contract's lever over all time, from the API.
 fn counted(d: &Daemon) -> u64 {
-    let from = common::time_at(-2 * 86_400_000);
-    let v = d.usage(CONTRACT, &format!("lever={LEVER}&window=day&from={from}"));
-    v["items"]
-        .as_array()
-        .or_else(|| v["rows"].as_array())
-        .map(|rows| {
-            rows.iter()
-                .map(|r| {
-                    r["value"]
-                        .as_str()
-                        .map(|s| s.parse::<f64>().unwrap())
-                        .or_else(|| r["value"].as_f64())
-                        .unwrap() as u64
-                })
-                .sum()
-        })
-        .unwrap_or_else(|| panic!("unexpected usage body {v}"))
+    d.day_total(CONTRACT, LEVER)
 }
 
 fn status(d: &Daemon, path: &str) -> (u16, Value) {

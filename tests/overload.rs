@@ -138,20 +138,7 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn counted(d: &Daemon) -> u64 {
-    let from = common::time_at(-2 * 86_400_000);
-    let v = d.usage(CONTRACT, &format!("lever={LEVER}&window=day&from={from}"));
-    v["items"]
-        .as_array()
-        .unwrap_or_else(|| panic!("{v}"))
-        .iter()
-        .map(|r| {
-            r["value"]
-                .as_str()
-                .map(|s| s.parse::<f64>().unwrap())
-                .or_else(|| r["value"].as_f64())
-                .unwrap() as u64
-        })
-        .sum()
+    d.day_total(CONTRACT, LEVER)
 }
 
 #[test]

@@ -260,6 +260,23 @@ impl Daemon {
         b
     }
 
+    /// Whole-number total of a `sum` lever of a contract over the last two days (day
+    /// rows, stored plus unflushed), with the read key.
+    pub fn day_total(&self, contract: &str, lever: &str) -> u64 {
+        let from = time_at(-2 * 86_400_000);
+        let v = self.usage(contract, &format!("lever={lever}&window=day&from={from}"));
+        v["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("unexpected usage body {v}"))
+            .iter()
+            .map(|r| {
+                let s = r["value"].as_str().unwrap_or_else(|| panic!("{r}"));
+                s.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("not a whole number: {r}"))
+            })
+            .sum()
+    }
+
     /// Scrapes /metrics.
     pub fn metrics_text(&self) -> String {
         self.client
