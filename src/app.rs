@@ -335,7 +335,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The journal writer stops once the last State handle is gone.
     let state = match Arc::try_unwrap(state) {
         Ok(s) => s,
-        Err(_) => {
+        Err(state) => {
+            // A request outlived the grace period and still holds the store.
+            state.store.stop_background_work();
             tracing::info!("stopped");
             return Ok(());
         }

@@ -28,8 +28,8 @@ use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event, Parsed};
 use crate::journal::CommitError;
-use crate::quota::state::{Reserved, UsageKey};
-use crate::registry::{Aggregation, Tenant};
+use crate::quota::state::{chain, chain_unlimited, Reserved, UsageKey};
+use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
 use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord};
@@ -92,16 +92,6 @@ enum Slot<'a> {
     /// Parsed, claim held by another request.
     Waiting(Event<'a>, ClaimKey, Arc<Owner>),
     Accepted,
-}
-
-fn reject(index: usize, id: Option<String>, code: &'static str, message: String) -> Slot<'static> {
-    Slot::Rejected(Rejection {
-        index,
-        id,
-        code,
-        field: None,
-        message,
-    })
 }
 
 fn maybe_blocking<R>(big: bool, f: impl FnOnce() -> R) -> R {
@@ -277,6 +267,33 @@ struct Plan {
     outbox: Vec<(u64, crate::notify::Entry)>,
 }
 
+/// What became of one claimed event in [`decide`].
+enum Verdict {
+    Duplicate,
+    Rejected(Rejection),
+    /// Admitted by its quotas: its record and the ancestors it counted toward.
+    Accepted(EventRecord, Vec<String>),
+    /// Valid, on a (contract, lever) whose chain has no finite quota: admitted with its
+    /// group (an index into the groups of [`decide`]).
+    Grouped(EventRecord, usize),
+}
+
+/// Events of one (contract, lever) without a finite quota in the contract's chain, whose
+/// usage is reserved together ([`crate::quota::state::QuotaBook::reserve_unlimited`]).
+struct UnlimitedGroup {
+    contract: Arc<Contract>,
+    lever: Arc<Lever>,
+    /// `(time_ms, value)` per event.
+    events: Vec<(i64, Amount)>,
+}
+
+/// Decisions for the claimed slots, in input order, with what they reserved.
+struct Decided {
+    verdicts: Vec<(usize, Verdict)>,
+    reserved: Reserved,
+    notifications: Vec<crate::notify::Entry>,
+}
+
 fn check_and_plan(
     state: &State,
     tenant: &Arc<Tenant>,
@@ -297,130 +314,51 @@ fn check_and_plan(
         })
         .collect();
     let records = state.store.multi_get(cf::DEDUPE, &keys)?;
-    let retention_ms = state.cfg.dedupe_retention.as_millis() as i64;
-    let lateness_ms = tenant.lateness.as_millis() as i64;
+    // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
+    // event by event when the registry gained a quota meanwhile (rare).
+    // A single event gains nothing from grouping (its decision is as cheap either way).
+    let group = claimed.len() > 1;
+    let decided = match decide(state, tenant, slots, &claimed, &records, now_ms, group) {
+        Some(d) => d,
+        None => decide(state, tenant, slots, &claimed, &records, now_ms, false)
+            .expect("the per-event path always decides"),
+    };
+    let Decided {
+        verdicts,
+        reserved,
+        notifications,
+    } = decided;
 
     // Accepted events per shard, in input order.
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
-    // Ids accepted earlier in this request: later occurrences are duplicates.
-    let mut taken: FastHashSet<u128> = FastHashSet::default();
-    let mut reserved = Reserved::default();
-    let mut notifications: Vec<crate::notify::Entry> = Vec::new();
-    for (n, &i) in claimed.iter().enumerate() {
-        let Slot::Claimed(ev, key) = &slots[i] else {
+    let mut decisions: Vec<(usize, Slot<'static>)> = Vec::new();
+    for (i, verdict) in verdicts {
+        let (record, ancestors) = match verdict {
+            Verdict::Duplicate => {
+                decisions.push((i, Slot::Duplicate));
+                continue;
+            }
+            Verdict::Rejected(r) => {
+                decisions.push((i, Slot::Rejected(r)));
+                continue;
+            }
+            Verdict::Accepted(record, ancestors) => (record, ancestors),
+            Verdict::Grouped(..) => unreachable!("groups are resolved in decide"),
+        };
+        let Slot::Claimed(ev, _) = &slots[i] else {
             unreachable!()
         };
-        if taken.contains(&key.1)
-            || is_recorded(records[n].as_deref(), &ev.id, now_ms, retention_ms)
-        {
-            slots[i] = Slot::Duplicate;
-            continue;
-        }
-        let key = *key;
-        let id = || Some(ev.shown_id.as_deref().unwrap_or(&ev.id).to_string());
-        let Some(lever) = tenant.lever(&ev.lever) else {
-            slots[i] = reject(
-                i,
-                id(),
-                "unknown_lever",
-                format!("lever {:?} does not exist", ev.lever),
-            );
-            continue;
-        };
-        let Some(contract) = tenant.contract(&ev.contract) else {
-            slots[i] = reject(
-                i,
-                id(),
-                "unknown_contract",
-                format!("contract {:?} does not exist", ev.contract),
-            );
-            continue;
-        };
-        let time_ms = ev.time_ms.unwrap_or(now_ms);
-        if time_ms < now_ms - lateness_ms {
-            slots[i] = reject(
-                i,
-                id(),
-                "too_late",
-                format!(
-                    "event time {} is older than the accepted lateness of {}; use an adjustment",
-                    crate::window::rfc3339(time_ms),
-                    humantime::format_duration(tenant.lateness)
-                ),
-            );
-            continue;
-        }
-        if time_ms > now_ms + MAX_EARLY_MS {
-            slots[i] = reject(
-                i,
-                id(),
-                "too_early",
-                format!(
-                    "event time {} is more than 5 minutes in the future",
-                    crate::window::rfc3339(time_ms)
-                ),
-            );
-            continue;
-        }
-        if let Some(end) = contract.ends_at_ms {
-            if time_ms >= end {
-                slots[i] = reject(
-                    i,
-                    id(),
-                    "contract_ended",
-                    format!(
-                        "contract {:?} ended at {}",
-                        ev.contract,
-                        contract.ends_at.as_deref().unwrap_or("")
-                    ),
-                );
-                continue;
-            }
-        }
-        let value = match lever.aggregation {
-            Aggregation::Count => Amount::ONE,
-            _ => ev.value.unwrap_or(Amount::ONE),
-        };
-        // The quota decision and the usage reservation are one step under the quota
-        // shard lock of the contract's chain (SPEC 3).
-        let crossed = reserved.crossings.len();
-        match state
-            .quotas
-            .try_reserve(tenant, &contract, &lever, value, time_ms, &mut reserved)
-        {
-            Ok(decision) => {
-                let (outcome, mode) = decision.labels();
-                metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => outcome, "mode" => mode)
-                    .increment(1);
-            }
-            Err(q) => {
-                metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => "rejected", "mode" => "hard")
-                    .increment(1);
-                slots[i] = reject(i, id(), "quota_exceeded", q.to_string());
-                continue;
-            }
-        }
-        for c in &reserved.crossings[crossed..] {
-            notifications.push(crate::notify::entry_for(&tenant.name, c, &ev.id, now_ms));
-        }
-        let record = EventRecord {
-            contract: contract.id.clone(),
-            lever: lever.id.clone(),
-            aggregation: lever.aggregation,
-            bucket: ev.bucket.as_ref().map(|b| b.to_string()),
-            time_ms,
-            value: value.0,
-            ordinal: 0,
-        };
-        let shard = state.counters.shard_of(&tenant.name, &contract.id);
-        let ancestors = std::mem::take(&mut reserved.last_ancestors);
+        let shard = state.counters.shard_of(&tenant.name, &record.contract);
+        let item = (record, ev.id.clone(), ancestors);
         match by_shard.iter_mut().find(|(s, _)| *s == shard) {
-            Some((_, v)) => v.push((record, ev.id.clone(), ancestors)),
-            None => by_shard.push((shard, vec![(record, ev.id.clone(), ancestors)])),
+            Some((_, v)) => v.push(item),
+            None => by_shard.push((shard, vec![item])),
         }
-        taken.insert(key.1);
     }
-    if taken.is_empty() {
+    for (i, slot) in decisions {
+        slots[i] = slot;
+    }
+    if by_shard.is_empty() {
         return Ok(None);
     }
 
@@ -483,6 +421,207 @@ fn check_and_plan(
         reserved,
         outbox,
     }))
+}
+
+/// Checks every claimed event (dedupe record, lever, contract, time window, quota) and
+/// reserves the usage of those admitted. With `group_unlimited`, events on levers without
+/// a finite quota in their contract's chain skip the per-event quota decision and are
+/// reserved per (contract, lever) at the end; if the registry gained such a quota
+/// meanwhile, everything reserved is rolled back and `None` returned, and the caller
+/// decides again without grouping.
+fn decide(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    slots: &[Slot<'_>],
+    claimed: &[usize],
+    records: &[Option<Vec<u8>>],
+    now_ms: i64,
+    group_unlimited: bool,
+) -> Option<Decided> {
+    let retention_ms = state.cfg.dedupe_retention.as_millis() as i64;
+    let lateness_ms = tenant.lateness.as_millis() as i64;
+    let mut verdicts: Vec<(usize, Verdict)> = Vec::with_capacity(claimed.len());
+    // Ids admitted earlier in this request: later occurrences are duplicates.
+    let mut taken: FastHashSet<u128> = FastHashSet::default();
+    let mut reserved = Reserved::default();
+    let mut notifications: Vec<crate::notify::Entry> = Vec::new();
+    let mut groups: Vec<UnlimitedGroup> = Vec::new();
+    // Per (contract, lever) allocation: its group, or `None` when a quota applies. The
+    // Arcs are kept alive in `groups` / `limited`, so their addresses stay unique.
+    let mut group_of: FastHashMap<(usize, usize), Option<usize>> = FastHashMap::default();
+    let mut limited: Vec<(Arc<Contract>, Arc<Lever>)> = Vec::new();
+    // Quota decisions per (outcome, mode) metric labels.
+    let mut tally: FastHashMap<(&'static str, &'static str), u64> = FastHashMap::default();
+    for (n, &i) in claimed.iter().enumerate() {
+        let Slot::Claimed(ev, key) = &slots[i] else {
+            unreachable!()
+        };
+        if taken.contains(&key.1)
+            || is_recorded(records[n].as_deref(), &ev.id, now_ms, retention_ms)
+        {
+            verdicts.push((i, Verdict::Duplicate));
+            continue;
+        }
+        let id = || Some(ev.shown_id.as_deref().unwrap_or(&ev.id).to_string());
+        let rejected = |code: &'static str, message: String| {
+            Verdict::Rejected(Rejection {
+                index: i,
+                id: id(),
+                code,
+                field: None,
+                message,
+            })
+        };
+        let Some(lever) = tenant.lever(&ev.lever) else {
+            let v = rejected(
+                "unknown_lever",
+                format!("lever {:?} does not exist", ev.lever),
+            );
+            verdicts.push((i, v));
+            continue;
+        };
+        let Some(contract) = tenant.contract(&ev.contract) else {
+            let v = rejected(
+                "unknown_contract",
+                format!("contract {:?} does not exist", ev.contract),
+            );
+            verdicts.push((i, v));
+            continue;
+        };
+        let time_ms = ev.time_ms.unwrap_or(now_ms);
+        if time_ms < now_ms - lateness_ms {
+            let v = rejected(
+                "too_late",
+                format!(
+                    "event time {} is older than the accepted lateness of {}; use an adjustment",
+                    crate::window::rfc3339(time_ms),
+                    humantime::format_duration(tenant.lateness)
+                ),
+            );
+            verdicts.push((i, v));
+            continue;
+        }
+        if time_ms > now_ms + MAX_EARLY_MS {
+            let v = rejected(
+                "too_early",
+                format!(
+                    "event time {} is more than 5 minutes in the future",
+                    crate::window::rfc3339(time_ms)
+                ),
+            );
+            verdicts.push((i, v));
+            continue;
+        }
+        if let Some(end) = contract.ends_at_ms {
+            if time_ms >= end {
+                let v = rejected(
+                    "contract_ended",
+                    format!(
+                        "contract {:?} ended at {}",
+                        ev.contract,
+                        contract.ends_at.as_deref().unwrap_or("")
+                    ),
+                );
+                verdicts.push((i, v));
+                continue;
+            }
+        }
+        let value = match lever.aggregation {
+            Aggregation::Count => Amount::ONE,
+            _ => ev.value.unwrap_or(Amount::ONE),
+        };
+        let record = EventRecord {
+            contract: contract.id.clone(),
+            lever: lever.id.clone(),
+            aggregation: lever.aggregation,
+            bucket: ev.bucket.as_ref().map(|b| b.to_string()),
+            time_ms,
+            value: value.0,
+            ordinal: 0,
+        };
+        if group_unlimited {
+            let pair = (
+                Arc::as_ptr(&contract) as usize,
+                Arc::as_ptr(&lever) as usize,
+            );
+            let group = *group_of.entry(pair).or_insert_with(|| {
+                let members = chain(tenant, &contract);
+                if chain_unlimited(tenant, &members, &lever.id) {
+                    groups.push(UnlimitedGroup {
+                        contract: contract.clone(),
+                        lever: lever.clone(),
+                        events: Vec::new(),
+                    });
+                    Some(groups.len() - 1)
+                } else {
+                    limited.push((contract.clone(), lever.clone()));
+                    None
+                }
+            });
+            if let Some(g) = group {
+                groups[g].events.push((time_ms, value));
+                verdicts.push((i, Verdict::Grouped(record, g)));
+                taken.insert(key.1);
+                continue;
+            }
+        }
+        // The quota decision and the usage reservation are one step under the quota
+        // shard lock of the contract's chain (SPEC 3).
+        let crossed = reserved.crossings.len();
+        match state
+            .quotas
+            .try_reserve(tenant, &contract, &lever, value, time_ms, &mut reserved)
+        {
+            Ok(decision) => *tally.entry(decision.labels()).or_default() += 1,
+            Err(q) => {
+                *tally.entry(("rejected", "hard")).or_default() += 1;
+                verdicts.push((i, rejected("quota_exceeded", q.to_string())));
+                continue;
+            }
+        }
+        for c in &reserved.crossings[crossed..] {
+            notifications.push(crate::notify::entry_for(&tenant.name, c, &ev.id, now_ms));
+        }
+        let ancestors = std::mem::take(&mut reserved.last_ancestors);
+        verdicts.push((i, Verdict::Accepted(record, ancestors)));
+        taken.insert(key.1);
+    }
+    // The grouped events' usage, one reservation per period row.
+    let mut ancestors_of: Vec<Vec<String>> = Vec::with_capacity(groups.len());
+    for g in &groups {
+        match state.quotas.reserve_unlimited(
+            tenant,
+            &g.contract,
+            &g.lever,
+            &g.events,
+            &mut reserved,
+        ) {
+            Some(ancestors) => ancestors_of.push(ancestors),
+            None => {
+                state.quotas.rollback(tenant, &reserved);
+                return None;
+            }
+        }
+    }
+    for (_, v) in verdicts.iter_mut() {
+        if let Verdict::Grouped(..) = v {
+            let Verdict::Grouped(record, g) = std::mem::replace(v, Verdict::Duplicate) else {
+                unreachable!()
+            };
+            *v = Verdict::Accepted(record, ancestors_of[g].clone());
+            *tally.entry(("allowed", "unlimited")).or_default() += 1;
+        }
+    }
+    // Counted only for the decisions that stand (not for an attempt given up above).
+    for ((outcome, mode), n) in tally {
+        metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => outcome, "mode" => mode)
+            .increment(n);
+    }
+    Some(Decided {
+        verdicts,
+        reserved,
+        notifications,
+    })
 }
 
 fn record_metrics(out: &Outcome) {

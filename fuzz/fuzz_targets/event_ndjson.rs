@@ -9,10 +9,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meterd::event::{parse_event, split_body, BodyError, BodyFormat};
+use meterd::event::{parse_body, parse_event, split_body, BodyError, BodyFormat};
 use meterd_fuzz::{check_native, BATCH_LIMIT};
 
 fuzz_target!(|body: &[u8]| {
+    // The one-pass reader must give exactly what splitting and reading each element gives.
+    let one_pass = parse_body(body, BodyFormat::Ndjson, BATCH_LIMIT);
+    let two_pass = split_body(body, BodyFormat::Ndjson, BATCH_LIMIT)
+        .map(|elems| elems.into_iter().map(parse_event).collect::<Vec<_>>());
+    assert_eq!(one_pass, two_pass);
     match split_body(body, BodyFormat::Ndjson, BATCH_LIMIT) {
         Ok(elems) => {
             let text = std::str::from_utf8(body).expect("an accepted body is UTF-8");

@@ -187,6 +187,10 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(4);
+        // Writes reach the memtables from the journal's one writer thread (and rarely from
+        // the flusher and admin requests), so parallel memtable inserts buy nothing; turning
+        // them off lets the write-only column families below use vector memtables.
+        db_opts.set_allow_concurrent_memtable_write(false);
         // One block cache for every column family (by default each table factory has
         // its own), and one cap on all memtables together: RocksDB's write buffer
         // manager flushes the largest memtable when the cap is near.
@@ -273,8 +277,14 @@ impl Store {
             quota.set_periodic_compaction_seconds(86_400);
         }
         quota.set_block_based_table_factory(&table(None));
+        // `quota` and `journal` are written on every commit and read only at start-up (a
+        // full scan): a vector memtable appends each write and sorts once at flush, where
+        // a skip list pays a search on every insert (the 5 period merges of a single event
+        // were 18% of its instructions; BENCHMARKS.md).
+        quota.set_memtable_factory(rocksdb::MemtableFactory::Vector);
         let mut journal = Options::default();
         journal.set_block_based_table_factory(&table(None));
+        journal.set_memtable_factory(rocksdb::MemtableFactory::Vector);
         let mut admin = Options::default();
         admin.set_block_based_table_factory(&table(None));
         let mut meta = Options::default();
@@ -600,6 +610,14 @@ impl Store {
             self.db.flush_cf(self.cf(name))?;
         }
         Ok(())
+    }
+
+    /// Stops RocksDB's background flushes and compactions, waiting for running ones.
+    /// Called when the process exits with the store still open (a request outlived the
+    /// shutdown grace period and holds it): no background thread may touch the store
+    /// while the process tears down, or its exit can abort.
+    pub fn stop_background_work(&self) {
+        self.db.cancel_all_background_work(true);
     }
 }
 

@@ -3,11 +3,14 @@
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use crate::event::{split_body, BodyError, BodyFormat};
+use crate::event::{parse_body, BodyError, BodyFormat};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, media_type, read_body, Body};
-use crate::ingest::ingest;
+use crate::ingest::ingest_parsed;
+
+/// Bodies above this size are parsed with `block_in_place`.
+const PARSE_BLOCKING_BYTES: usize = 16 * 1024;
 use crate::window::now_ms;
 
 fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
@@ -34,13 +37,21 @@ pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, A
     let bytes = read_body(&parts, body, cfg.max_body_bytes, cfg.body_read_timeout).await?;
     let now = now_ms();
     let tenant = ctx.tenant()?;
-    let elems = split_body(&bytes, format, cfg.max_batch_events).map_err(|e| match e {
+    let limit = cfg.max_batch_events;
+    // A large body is parsed off the async scheduler's cooperative budget, like the rest
+    // of a large batch's CPU-bound work (see `crate::ingest`).
+    let parsed = if bytes.len() > PARSE_BLOCKING_BYTES {
+        tokio::task::block_in_place(|| parse_body(&bytes, format, limit))
+    } else {
+        parse_body(&bytes, format, limit)
+    };
+    let parsed = parsed.map_err(|e| match e {
         BodyError::TooMany { .. } => ApiError::new(ErrorCode::BatchTooLarge, e.to_string()),
         BodyError::Malformed(_) | BodyError::Empty => ApiError::new(
             ErrorCode::MalformedBody,
             format!("{e}; nothing was accepted"),
         ),
     })?;
-    let outcome = ingest(&ctx.state, &tenant, &elems, now).await?;
+    let outcome = ingest_parsed(&ctx.state, &tenant, parsed, now).await?;
     Ok(json(StatusCode::OK, &outcome))
 }
