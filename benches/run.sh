@@ -638,6 +638,8 @@ if has_phase memory; then
   line=$(mem_load "$name" ids --body batch --events 1000 --requests $((T7_IDS / 1000)))
   sleep 3
   rss1=$(rss_kib "${PID[$name]}")
+  # What RocksDB holds at that point (memtables, block cache, table readers), for the report.
+  curl -s "http://${MET[$name]}/metrics" | grep '^meterd_store_memory_bytes' >"$RES/ids-store-memory.txt" || true
   printf 'ids\t%s\t%s\t%s\t%s\t%s\n' "$rss0" "$rss1" "$(rss_kib "${PID[$name]}" VmHWM:)" \
     "$(kv events_2xx_per_s "$line")" "$(check_line "$line" 1)" >>"$MEM"
   stop_pid "${PID[$name]}" TERM

@@ -306,14 +306,25 @@ fn check_and_plan(
     if claimed.is_empty() {
         return Ok(None);
     }
-    let keys: Vec<Vec<u8>> = claimed
+    let hash_of = |i: usize| match &slots[i] {
+        Slot::Claimed(_, k) => k.1,
+        _ => unreachable!(),
+    };
+    // Looked up in key order (a dedupe key is the tenant and the id hash, big-endian),
+    // which spares RocksDB's own sort of the keys; then put back in input order.
+    let mut order: Vec<usize> = (0..claimed.len()).collect();
+    order.sort_unstable_by_key(|&n| hash_of(claimed[n]));
+    let keys: Vec<Vec<u8>> = order
         .iter()
-        .map(|i| match &slots[*i] {
-            Slot::Claimed(_, k) => dedupe_key(&tenant.name, k.1),
-            _ => unreachable!(),
-        })
+        .map(|&n| dedupe_key(&tenant.name, hash_of(claimed[n])))
         .collect();
-    let records = state.store.multi_get(cf::DEDUPE, &keys)?;
+    let mut records: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
+    for (n, r) in order
+        .into_iter()
+        .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
+    {
+        records[n] = r;
+    }
     // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
     // event by event when the registry gained a quota meanwhile (rare).
     // A single event gains nothing from grouping (its decision is as cheap either way).
@@ -367,16 +378,18 @@ fn check_and_plan(
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
+    // Dedupe records go into the batch in key order: RocksDB's skip list then inserts each
+    // next to the previous one instead of searching from the top.
+    let mut dedupe: Vec<(u128, Vec<u8>)> = Vec::new();
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
         for (pos, (mut rec, id, ancestors)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
-            batch.put_cf(
-                dedupe_cf,
-                dedupe_key(&tenant.name, id_hash(&id)),
+            dedupe.push((
+                id_hash(&id),
                 encode_dedupe_with(now_ms, &id, &rec, &ancestors),
-            );
+            ));
             events.push(rec);
         }
         batch.put_cf(
@@ -385,6 +398,10 @@ fn check_and_plan(
             encode_journal(&tenant.name, &events),
         );
         groups.push((shard, seq, events));
+    }
+    dedupe.sort_unstable_by_key(|(h, _)| *h);
+    for (h, value) in dedupe {
+        batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
     }
     // Quota usage rows, coalesced per row, commit with the events.
     let mut rows: FastHashMap<&UsageKey, (AggValue, i128)> = FastHashMap::default();

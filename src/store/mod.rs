@@ -240,6 +240,12 @@ impl Store {
         // without walking the skiplist.
         dedupe.set_memtable_prefix_bloom_ratio(0.1);
         dedupe.set_memtable_whole_key_filtering(true);
+        // Every accepted event adds a dedupe record, so this column family's memtables
+        // dominate memory under ingest; they are written far more than read (new ids are
+        // answered by bloom filters), so smaller ones cost little ([`memtable_size`]).
+        if let Some(m) = memory {
+            dedupe.set_write_buffer_size(memtable_size(m));
+        }
         let retention_ms = dedupe_retention.as_millis() as i64;
         dedupe.set_compaction_filter(
             "meterd.dedupe.retention",
@@ -285,6 +291,11 @@ impl Store {
         let mut journal = Options::default();
         journal.set_block_based_table_factory(&table(None));
         journal.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+        // Journal records are deleted at the next flush of the counters (every second by
+        // default): a large memtable would only hold records already gone.
+        if let Some(m) = memory {
+            journal.set_write_buffer_size(memtable_size(m));
+        }
         let mut admin = Options::default();
         admin.set_block_based_table_factory(&table(None));
         let mut meta = Options::default();
@@ -437,6 +448,26 @@ impl Store {
             .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
             .into_iter()
             .map(|r| r.map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Point lookups of several keys, given in ascending order (RocksDB then skips its
+    /// own sort of the keys), without filling the block cache.
+    pub fn multi_get_sorted(
+        &self,
+        cf_name: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        debug_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "keys must be sorted");
+        let cf = self.cf(cf_name);
+        // Lookups of (mostly new) random ids have no locality: caching the data blocks
+        // they touch would only push useful blocks out of the shared cache.
+        let mut ro = ReadOptions::default();
+        ro.fill_cache(false);
+        self.db
+            .batched_multi_get_cf_opt(cf, keys, true, &ro)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(StoreError::from))
             .collect()
     }
 
@@ -619,6 +650,12 @@ impl Store {
     pub fn stop_background_work(&self) {
         self.db.cancel_all_background_work(true);
     }
+}
+
+/// Memtable size of the column families written on every event (`dedupe`, `journal`):
+/// an eighth of the memtable budget, 8-64 MiB (16 MiB at the default `memory_limit`).
+fn memtable_size(m: MemoryBudget) -> usize {
+    usize::try_from((m.memtables / 8).clamp(8 << 20, 64 << 20)).unwrap_or(64 << 20)
 }
 
 fn bloom(whole_key: bool) -> BlockBasedOptions {
