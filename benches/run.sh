@@ -699,7 +699,8 @@ cg_top() {
 WRAPPERS='clone$|thread_start|start_thread|call_once|__rust_begin_short_backtrace|tokio::runtime::(context|scheduler|task|blocking)|Scoped<T>::set|enter_runtime|BlockingTask'
 
 # profile_one KIND SERVER BODY N1 N2: KIND names the result, SERVER is fsync, buffered or
-# baseline, BODY single or batch (1,000 events).
+# baseline, BODY single, batch (1,000 events) or batch-quota (the same on contracts with a
+# hard monthly quota).
 profile_one() {
   local kind=$1 server=$2 body=$3 n1=$4 n2=$5 name=cg-$1 url pid
   local cgdir=$TMP/$name
@@ -716,12 +717,16 @@ profile_one() {
     start_meterd "$name" "$server" 1s 1h 127.0.0.1:0 127.0.0.1:0 \
       valgrind --tool=callgrind --callgrind-out-file="$cgdir/cg.out"
     setup_meterd "$name" bench-c "$CONTRACTS"
+    [ "$body" = batch-quota ] && setup_meterd "$name" bench-q "$CONTRACTS" quota
   fi
   url="http://${API[$name]}"
   pid=${PID[$name]}
   local args=(--url "$url" --conns 8 --body single) per=1
   if [ "$body" = batch ]; then
     args=(--url "$url" --conns 4 --body batch --events 1000)
+    per=1000
+  elif [ "$body" = batch-quota ]; then
+    args=(--url "$url" --conns 4 --body batch --events 1000 --contract-prefix bench-q)
     per=1000
   fi
   lg "$RES/$name-warm.txt" "${args[@]}" --requests $((200 / per + 2)) >/dev/null
@@ -753,6 +758,8 @@ if has_phase profile; then
   profile_one baseline baseline single "$CG_N1" "$CG_N2"
   log "callgrind: 1,000-event batches, $CG_B1 then $CG_B2 requests over 4 connections (fsync)"
   profile_one fsync-batch fsync batch "$CG_B1" "$CG_B2"
+  log "callgrind: the same with a hard monthly quota on every contract (T4)"
+  profile_one fsync-batch-quota fsync batch-quota "$CG_B1" "$CG_B2"
 fi
 
 # --- 9. micro-benchmarks ----------------------------------------------------------------
@@ -1016,7 +1023,7 @@ log "writing $OUT"
     echo "|---|---|---|---|---|---|---|---|"
     tsv_table "$PROF" s 0 0 0 0 0 0 s
     echo
-    for kind in fsync buffered fsync-batch; do
+    for kind in fsync buffered fsync-batch fsync-batch-quota; do
       [ -s "$RES/cg-$kind-inclusive.txt" ] || continue
       echo "Top-10 inclusive costs, meterd $kind, window N2 (\`callgrind_annotate --inclusive=yes\`;"
       echo "thread and tokio scheduler frames, which include everything, left out; % of all Ir):"

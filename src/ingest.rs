@@ -28,7 +28,7 @@ use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event, Parsed};
 use crate::journal::CommitError;
-use crate::quota::state::{chain, chain_unlimited, Reserved, UsageKey};
+use crate::quota::state::{chain, chain_unlimited, Reserved};
 use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
@@ -403,24 +403,15 @@ fn check_and_plan(
     for (h, value) in dedupe {
         batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
     }
-    // Quota usage rows, coalesced per row, commit with the events.
-    let mut rows: FastHashMap<&UsageKey, (AggValue, i128)> = FastHashMap::default();
-    for r in &reserved.rows {
-        rows.entry(&r.key)
-            .and_modify(|(v, g)| {
-                *v = v.merge(r.delta);
-                *g += r.granted.0;
-            })
-            .or_insert((r.delta, r.granted.0));
-    }
+    // Quota usage rows (one reservation per row: see `Reserved`) commit with the events.
     let quota_cf = state.store.cf(cf::QUOTA);
-    for (key, (v, granted)) in rows {
-        batch.merge_cf(quota_cf, key.encode(), v.encode());
-        if granted != 0 {
+    for r in &reserved.rows {
+        batch.merge_cf(quota_cf, r.key.encode(), r.delta.encode());
+        if r.granted.0 != 0 {
             batch.merge_cf(
                 quota_cf,
-                key.encode_granted(),
-                AggValue::Sum(granted).encode(),
+                r.key.encode_granted(),
+                AggValue::Sum(r.granted.0).encode(),
             );
         }
     }

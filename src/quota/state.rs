@@ -47,7 +47,11 @@ use crate::store::keys::{get_str, get_time, put_str, put_time};
 pub const MAX_CHAIN: usize = crate::http::handlers::admin::MAX_PARENT_DEPTH + 1;
 
 /// One period's usage of one contract and lever.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Hashing a key hashes a 64-bit digest of its (tenant, contract, lever) computed when
+/// the key is built (once per event and contract for the five period rows), not the
+/// strings themselves: the quota maps hash every row several times per event.
+#[derive(Debug, Clone, Eq)]
 pub struct UsageKey {
     /// Tenant.
     pub tenant: Arc<str>,
@@ -61,9 +65,77 @@ pub struct UsageKey {
     pub start: i64,
     /// Period end (epoch ms, exclusive).
     pub end: i64,
+    /// [`UsageKey::family`] of (tenant, contract, lever).
+    family: u64,
+}
+
+impl PartialEq for UsageKey {
+    fn eq(&self, o: &UsageKey) -> bool {
+        // The cheap fields first; equal strings are mostly the same `Arc`.
+        self.family == o.family
+            && self.kind == o.kind
+            && self.start == o.start
+            && self.end == o.end
+            && self.contract == o.contract
+            && self.lever == o.lever
+            && self.tenant == o.tenant
+    }
+}
+
+impl std::hash::Hash for UsageKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.family);
+        h.write_u8(self.kind.code());
+        h.write_i64(self.start);
+        h.write_i64(self.end);
+    }
 }
 
 impl UsageKey {
+    /// The key of one period row.
+    pub fn new(
+        tenant: Arc<str>,
+        contract: Arc<str>,
+        lever: Arc<str>,
+        kind: PeriodKind,
+        start: i64,
+        end: i64,
+    ) -> UsageKey {
+        let family = UsageKey::family(&tenant, &contract, &lever);
+        UsageKey::with_family(family, tenant, contract, lever, kind, start, end)
+    }
+
+    /// The key of one period row whose [`UsageKey::family`] is already known.
+    pub fn with_family(
+        family: u64,
+        tenant: Arc<str>,
+        contract: Arc<str>,
+        lever: Arc<str>,
+        kind: PeriodKind,
+        start: i64,
+        end: i64,
+    ) -> UsageKey {
+        debug_assert_eq!(family, UsageKey::family(&tenant, &contract, &lever));
+        UsageKey {
+            tenant,
+            contract,
+            lever,
+            kind,
+            start,
+            end,
+            family,
+        }
+    }
+
+    /// Digest of (tenant, contract, lever), the part of a row's hash that comes from
+    /// its strings.
+    pub fn family(tenant: &str, contract: &str, lever: &str) -> u64 {
+        use std::hash::BuildHasher;
+        // In memory only (never stored), so any fixed seed does; `str` hashing ends each
+        // string with a marker byte.
+        foldhash::fast::FixedState::with_seed(0x6d65_7465_7264).hash_one((tenant, contract, lever))
+    }
+
     /// Key of the row's usage in the `quota` column family.
     pub fn encode(&self) -> Vec<u8> {
         self.encode_as(self.kind.code())
@@ -145,14 +217,14 @@ impl StoredKey {
                 return None;
             }
             return Some(StoredKey::Notified(NotifiedKey {
-                row: UsageKey {
+                row: UsageKey::new(
                     tenant,
                     contract,
                     lever,
-                    kind: PeriodKind::from_code(kind)?,
+                    PeriodKind::from_code(kind)?,
                     start,
                     end,
-                },
+                ),
                 threshold: u32::from_be_bytes(b[..4].try_into().ok()?),
                 limit: Amount(i128::from_be_bytes(b[4..].try_into().ok()?)),
             }));
@@ -175,14 +247,14 @@ impl StoredKey {
             return None;
         }
         let granted = code.is_ascii_uppercase();
-        let key = UsageKey {
+        let key = UsageKey::new(
             tenant,
             contract,
             lever,
-            kind: PeriodKind::from_code(code.to_ascii_lowercase())?,
+            PeriodKind::from_code(code.to_ascii_lowercase())?,
             start,
             end,
-        };
+        );
         Some(if granted {
             StoredKey::Granted(key)
         } else {
@@ -363,6 +435,42 @@ pub struct Reserved {
     /// The ancestors of the last admitted event's contract (its chain at the decision,
     /// nearest first), remembered with the event for retraction.
     pub last_ancestors: Vec<String>,
+    /// Position in `rows` of each row's reservation.
+    at: FastHashMap<UsageKey, usize>,
+}
+
+impl Reserved {
+    /// Records that the events of this request moved `key` from `prev` to `new`, adding
+    /// `delta` (of which `granted` came from grants). One reservation per row: a row's
+    /// later events merge into it (keeping the first `prev`), so the batch writes one
+    /// merge operand per row and a rollback undoes the request's whole change at once.
+    fn reserve_row(
+        &mut self,
+        key: UsageKey,
+        prev: Option<Row>,
+        delta: AggValue,
+        granted: Amount,
+        new: AggValue,
+    ) {
+        match self.at.get(&key) {
+            Some(&i) => {
+                let r = &mut self.rows[i];
+                r.delta = r.delta.merge(delta);
+                r.granted = r.granted.saturating_add(granted);
+                r.new = new;
+            }
+            None => {
+                self.at.insert(key.clone(), self.rows.len());
+                self.rows.push(Reservation {
+                    key,
+                    prev,
+                    delta,
+                    granted,
+                    new,
+                });
+            }
+        }
+    }
 }
 
 /// How an admitted event related to its quotas (for metrics).
@@ -588,20 +696,22 @@ impl QuotaBook {
             } else {
                 Vec::new()
             };
-            let contract: Arc<str> = Arc::from(c.id.as_str());
+            let contract: Arc<str> = c.shared_id.clone();
+            let family = UsageKey::family(&tenant.name, &contract, &lever_name);
             let mut rows: Vec<Planned> = Vec::with_capacity(5);
             // Allowance the hard and soft quotas need from grants.
             let mut need_hard: Option<(Amount, &EffectiveQuota)> = None;
             let mut need_soft = Amount::ZERO;
             for (kind, period) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
-                let key = UsageKey {
-                    tenant: tenant.name.clone(),
-                    contract: contract.clone(),
-                    lever: lever_name.clone(),
+                let key = UsageKey::with_family(
+                    family,
+                    tenant.name.clone(),
+                    contract.clone(),
+                    lever_name.clone(),
                     kind,
-                    start: period.start_ms,
-                    end: period.end_ms,
-                };
+                    period.start_ms,
+                    period.end_ms,
+                );
                 let prev = m.rows.get(&key).copied();
                 let new = prev.map(|r| r.value.merge(delta)).unwrap_or(delta);
                 let granted = prev.map(|r| r.granted).unwrap_or(Amount::ZERO);
@@ -702,13 +812,7 @@ impl QuotaBook {
                         granted: granted.saturating_add(taken),
                     },
                 );
-                out.rows.push(Reservation {
-                    key: p.key,
-                    prev: p.prev,
-                    delta,
-                    granted: taken,
-                    new: p.new,
-                });
+                out.reserve_row(p.key, p.prev, delta, taken, p.new);
             }
             for t in takes {
                 let used = m.grant_used.entry(t.key.clone()).or_default();
@@ -815,16 +919,18 @@ impl QuotaBook {
                 }
                 last = Some((set, at));
             }
-            let contract_id: Arc<str> = Arc::from(c.id.as_str());
+            let contract_id: Arc<str> = c.shared_id.clone();
+            let family = UsageKey::family(&tenant.name, &contract_id, &lever_name);
             for &(kind, start, end, delta) in &acc {
-                let key = UsageKey {
-                    tenant: tenant.name.clone(),
-                    contract: contract_id.clone(),
-                    lever: lever_name.clone(),
+                let key = UsageKey::with_family(
+                    family,
+                    tenant.name.clone(),
+                    contract_id.clone(),
+                    lever_name.clone(),
                     kind,
                     start,
                     end,
-                };
+                );
                 let prev = m.rows.get(&key).copied();
                 let new = prev.map(|r| r.value.merge(delta)).unwrap_or(delta);
                 let granted = prev.map(|r| r.granted).unwrap_or_default();
@@ -835,13 +941,7 @@ impl QuotaBook {
                         granted,
                     },
                 );
-                out.rows.push(Reservation {
-                    key,
-                    prev,
-                    delta,
-                    granted: Amount::ZERO,
-                    new,
-                });
+                out.reserve_row(key, prev, delta, Amount::ZERO, new);
             }
         }
         Some(chain.iter().skip(1).map(|c| c.id.clone()).collect())
@@ -992,14 +1092,14 @@ impl QuotaBook {
         for c in members {
             let id: Arc<str> = Arc::from(c.id.as_str());
             for (kind, p) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
-                let key = UsageKey {
-                    tenant: tenant.name.clone(),
-                    contract: id.clone(),
-                    lever: lever.clone(),
+                let key = UsageKey::new(
+                    tenant.name.clone(),
+                    id.clone(),
+                    lever.clone(),
                     kind,
-                    start: p.start_ms,
-                    end: p.end_ms,
-                };
+                    p.start_ms,
+                    p.end_ms,
+                );
                 if self
                     .lock_owner(tenant, &key.contract)
                     .rows
@@ -1087,14 +1187,14 @@ mod tests {
 
     #[test]
     fn stored_keys_roundtrip() {
-        let k = UsageKey {
-            tenant: Arc::from("t"),
-            contract: Arc::from("c"),
-            lever: Arc::from("l"),
-            kind: PeriodKind::BillingPeriod,
-            start: -5,
-            end: i64::MAX,
-        };
+        let k = UsageKey::new(
+            Arc::from("t"),
+            Arc::from("c"),
+            Arc::from("l"),
+            PeriodKind::BillingPeriod,
+            -5,
+            i64::MAX,
+        );
         assert_eq!(
             StoredKey::decode(&k.encode()),
             Some(StoredKey::Usage(k.clone()))

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +250,10 @@ pub struct Contract {
     /// Parsed quotas (derived).
     #[serde(skip)]
     pub parsed_quotas: Vec<ParsedQuota>,
+    /// `id` as a shared string (derived), for the quota rows' keys: one allocation per
+    /// definition instead of one per event, and equal keys compare by pointer first.
+    #[serde(skip)]
+    pub shared_id: Arc<str>,
 }
 
 /// A quota with its fields parsed, for the per-event decision.
@@ -303,6 +308,7 @@ impl Contract {
             .and_then(crate::window::parse_rfc3339)
             .unwrap_or(0);
         self.parsed_quotas = parse_quotas(&self.body.quotas);
+        self.shared_id = Arc::from(self.id.as_str());
         self
     }
 

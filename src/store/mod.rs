@@ -792,13 +792,8 @@ mod tests {
         // consumption rows are kept.
         use crate::quota::period::PeriodKind;
         use crate::quota::state::{GrantKey, UsageKey};
-        let row = |kind: PeriodKind, end: i64| UsageKey {
-            tenant: "t".into(),
-            contract: "c".into(),
-            lever: "l".into(),
-            kind,
-            start: end - DAY_MS,
-            end,
+        let row = |kind: PeriodKind, end: i64| {
+            UsageKey::new("t".into(), "c".into(), "l".into(), kind, end - DAY_MS, end)
         };
         let ended = row(PeriodKind::Day, now - 3 * DAY_MS);
         let recent = row(PeriodKind::Day, now - DAY_MS);

@@ -334,6 +334,7 @@ pub async fn put_contract(
         tz: None,
         anchor_ms: 0,
         parsed_quotas: Vec::new(),
+        shared_id: Default::default(),
     }
     .finish();
     let enc = serde_json::to_vec(&contract)

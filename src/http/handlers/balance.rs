@@ -106,14 +106,14 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Respons
     for lever in levers {
         for eq in effective_quotas(&tenant, &c, &lever) {
             let period = period_containing(eq.kind, now, tz, anchor);
-            let key = UsageKey {
-                tenant: tenant.name.clone(),
-                contract: contract_id.clone(),
-                lever: Arc::from(lever.as_str()),
-                kind: eq.kind,
-                start: period.start_ms,
-                end: period.end_ms,
-            };
+            let key = UsageKey::new(
+                tenant.name.clone(),
+                contract_id.clone(),
+                Arc::from(lever.as_str()),
+                eq.kind,
+                period.start_ms,
+                period.end_ms,
+            );
             let row = ctx.state.quotas.row(&key, &root);
             let usage = row.map(|r| r.value.amount()).unwrap_or(Amount::ZERO);
             // Allowance from grants: what they covered in this period plus what is left
