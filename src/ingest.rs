@@ -276,6 +276,9 @@ enum Verdict {
     /// Valid, on a (contract, lever) whose chain has no finite quota: admitted with its
     /// group (an index into the groups of [`decide`]).
     Grouped(EventRecord, usize),
+    /// Valid, on a (contract, lever) with a finite quota in its chain: decided with the
+    /// other events of its chain root (an index into the pending events of [`decide`]).
+    Pending(EventRecord, usize),
 }
 
 /// Events of one (contract, lever) without a finite quota in the contract's chain, whose
@@ -314,6 +317,9 @@ fn check_and_plan(
     // which spares RocksDB's own sort of the keys; then put back in input order.
     let mut order: Vec<usize> = (0..claimed.len()).collect();
     order.sort_unstable_by_key(|&n| hash_of(claimed[n]));
+    let repeats = order
+        .windows(2)
+        .any(|w| hash_of(claimed[w[0]]) == hash_of(claimed[w[1]]));
     let keys: Vec<Vec<u8>> = order
         .iter()
         .map(|&n| dedupe_key(&tenant.name, hash_of(claimed[n])))
@@ -328,11 +334,25 @@ fn check_and_plan(
     // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
     // event by event when the registry gained a quota meanwhile (rare).
     // A single event gains nothing from grouping (its decision is as cheap either way).
+    // Deciding limited events per chain root changes their order across roots only,
+    // which is harmless unless an id repeats in the request (its first admitted
+    // occurrence counts): then every event is decided in input order.
     let group = claimed.len() > 1;
-    let decided = match decide(state, tenant, slots, &claimed, &records, now_ms, group) {
+    let decided = match decide(
+        state,
+        tenant,
+        slots,
+        &claimed,
+        &records,
+        now_ms,
+        group,
+        group && !repeats,
+    ) {
         Some(d) => d,
-        None => decide(state, tenant, slots, &claimed, &records, now_ms, false)
-            .expect("the per-event path always decides"),
+        None => decide(
+            state, tenant, slots, &claimed, &records, now_ms, false, false,
+        )
+        .expect("the per-event path always decides"),
     };
     let Decided {
         verdicts,
@@ -354,7 +374,9 @@ fn check_and_plan(
                 continue;
             }
             Verdict::Accepted(record, ancestors) => (record, ancestors),
-            Verdict::Grouped(..) => unreachable!("groups are resolved in decide"),
+            Verdict::Grouped(..) | Verdict::Pending(..) => {
+                unreachable!("groups are resolved in decide")
+            }
         };
         let Slot::Claimed(ev, _) = &slots[i] else {
             unreachable!()
@@ -374,7 +396,11 @@ fn check_and_plan(
     }
 
     let first_seq = state.journal.reserve(by_shard.len() as u64);
-    let mut batch = WriteBatch::default();
+    // Sized up front (per event: a dedupe record, its share of a journal record and of
+    // the quota rows, about 400 bytes), so the batch's buffer is not regrown and copied.
+    let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
+    let mut batch =
+        WriteBatch::with_capacity_bytes(512 + 400 * accepted + 80 * reserved.rows.len());
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
@@ -436,7 +462,10 @@ fn check_and_plan(
 /// a finite quota in their contract's chain skip the per-event quota decision and are
 /// reserved per (contract, lever) at the end; if the registry gained such a quota
 /// meanwhile, everything reserved is rolled back and `None` returned, and the caller
-/// decides again without grouping.
+/// decides again without grouping. With `bulk_limited`, the other events are decided per
+/// (chain root, lever) in one hold of the root's quota lock
+/// ([`crate::quota::state::QuotaBook::reserve_bulk`]), in input order within a root;
+/// roots share no rows, so this decides exactly as input order would.
 fn decide(
     state: &State,
     tenant: &Arc<Tenant>,
@@ -445,6 +474,7 @@ fn decide(
     records: &[Option<Vec<u8>>],
     now_ms: i64,
     group_unlimited: bool,
+    bulk_limited: bool,
 ) -> Option<Decided> {
     let retention_ms = state.cfg.dedupe_retention.as_millis() as i64;
     let lateness_ms = tenant.lateness.as_millis() as i64;
@@ -458,6 +488,8 @@ fn decide(
     // Arcs are kept alive in `groups` / `limited`, so their addresses stay unique.
     let mut group_of: FastHashMap<(usize, usize), Option<usize>> = FastHashMap::default();
     let mut limited: Vec<(Arc<Contract>, Arc<Lever>)> = Vec::new();
+    // Events decided per chain root after the loop: (contract, lever, value, time).
+    let mut pending: Vec<(Arc<Contract>, Arc<Lever>, Amount, i64)> = Vec::new();
     // Quota decisions per (outcome, mode) metric labels.
     let mut tally: FastHashMap<(&'static str, &'static str), u64> = FastHashMap::default();
     for (n, &i) in claimed.iter().enumerate() {
@@ -573,6 +605,11 @@ fn decide(
                 continue;
             }
         }
+        if bulk_limited {
+            pending.push((contract, lever, value, time_ms));
+            verdicts.push((i, Verdict::Pending(record, pending.len() - 1)));
+            continue;
+        }
         // The quota decision and the usage reservation are one step under the quota
         // shard lock of the contract's chain (SPEC 3).
         let crossed = reserved.crossings.len();
@@ -593,6 +630,122 @@ fn decide(
         let ancestors = std::mem::take(&mut reserved.last_ancestors);
         verdicts.push((i, Verdict::Accepted(record, ancestors)));
         taken.insert(key.1);
+    }
+    // The pending events, per (chain root, lever) in input order.
+    if !pending.is_empty() {
+        let mut answers: Vec<Option<Result<Vec<String>, String>>> = vec![None; pending.len()];
+        let mut root_of: FastHashMap<usize, String> = FastHashMap::default();
+        let mut bulk_at: FastHashMap<(String, usize), usize> = FastHashMap::default();
+        let mut bulks: Vec<(String, Arc<Lever>, Vec<usize>)> = Vec::new();
+        for (pi, (contract, lever, _, _)) in pending.iter().enumerate() {
+            let root = root_of
+                .entry(Arc::as_ptr(contract) as usize)
+                .or_insert_with(|| {
+                    chain(tenant, contract)
+                        .last()
+                        .map(|c| c.id.clone())
+                        .unwrap_or_default()
+                })
+                .clone();
+            let key = (root, Arc::as_ptr(lever) as usize);
+            match bulk_at.get(&key) {
+                Some(&b) => bulks[b].2.push(pi),
+                None => {
+                    bulks.push((key.0.clone(), lever.clone(), vec![pi]));
+                    bulk_at.insert(key, bulks.len() - 1);
+                }
+            }
+        }
+        let pending_slot: FastHashMap<usize, usize> = verdicts
+            .iter()
+            .filter_map(|(i, v)| match v {
+                Verdict::Pending(_, pi) => Some((*pi, *i)),
+                _ => None,
+            })
+            .collect();
+        for (root, lever, members) in &bulks {
+            let items: Vec<(Arc<Contract>, Amount, i64)> = members
+                .iter()
+                .map(|&pi| (pending[pi].0.clone(), pending[pi].2, pending[pi].3))
+                .collect();
+            if let Some(results) =
+                state
+                    .quotas
+                    .reserve_bulk(tenant, root, lever, &items, &mut reserved)
+            {
+                for (&pi, r) in members.iter().zip(results) {
+                    answers[pi] = Some(match r {
+                        Ok((d, ancestors)) => {
+                            *tally.entry(d.labels()).or_default() += 1;
+                            Ok(ancestors.to_vec())
+                        }
+                        Err(q) => {
+                            *tally.entry(("rejected", "hard")).or_default() += 1;
+                            Err(q.to_string())
+                        }
+                    });
+                }
+                continue;
+            }
+            // Grants, thresholds or a moved root: one by one, in input order.
+            for &pi in members {
+                let (contract, lever, value, time_ms) = &pending[pi];
+                let crossed = reserved.crossings.len();
+                let r = state.quotas.try_reserve(
+                    tenant,
+                    contract,
+                    lever,
+                    *value,
+                    *time_ms,
+                    &mut reserved,
+                );
+                answers[pi] = Some(match r {
+                    Ok(d) => {
+                        *tally.entry(d.labels()).or_default() += 1;
+                        let Slot::Claimed(ev, _) = &slots[pending_slot[&pi]] else {
+                            unreachable!()
+                        };
+                        for c in &reserved.crossings[crossed..] {
+                            notifications.push(crate::notify::entry_for(
+                                &tenant.name,
+                                c,
+                                &ev.id,
+                                now_ms,
+                            ));
+                        }
+                        Ok(std::mem::take(&mut reserved.last_ancestors))
+                    }
+                    Err(q) => {
+                        *tally.entry(("rejected", "hard")).or_default() += 1;
+                        Err(q.to_string())
+                    }
+                });
+            }
+        }
+        for (i, v) in verdicts.iter_mut() {
+            let Verdict::Pending(_, pi) = v else {
+                continue;
+            };
+            let answer = answers[*pi].take().expect("every pending event is decided");
+            let Verdict::Pending(record, _) = std::mem::replace(v, Verdict::Duplicate) else {
+                unreachable!()
+            };
+            *v = match answer {
+                Ok(ancestors) => Verdict::Accepted(record, ancestors),
+                Err(message) => {
+                    let Slot::Claimed(ev, _) = &slots[*i] else {
+                        unreachable!()
+                    };
+                    Verdict::Rejected(Rejection {
+                        index: *i,
+                        id: Some(ev.shown_id.as_deref().unwrap_or(&ev.id).to_string()),
+                        code: "quota_exceeded",
+                        field: None,
+                        message,
+                    })
+                }
+            };
+        }
     }
     // The grouped events' usage, one reservation per period row.
     let mut ancestors_of: Vec<Vec<String>> = Vec::with_capacity(groups.len());

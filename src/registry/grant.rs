@@ -206,6 +206,11 @@ impl Grants {
         self.items.iter().filter(|g| !g.expired_at(t_ms)).count()
     }
 
+    /// Whether any grant (past, present or future) is for `lever`.
+    pub fn any_for(&self, lever: &str) -> bool {
+        self.items.iter().any(|g| g.lever == lever)
+    }
+
     /// The grant `id`.
     pub fn get(&self, id: &str) -> Option<&std::sync::Arc<Grant>> {
         self.items.iter().find(|g| g.id == id)
