@@ -542,9 +542,7 @@ fn bench_quota(c: &mut Criterion) {
                     t,
                     &mut out,
                 );
-                out.rows.clear();
-                out.takes.clear();
-                out.crossings.clear();
+                out.clear();
                 d.is_ok()
             })
         });

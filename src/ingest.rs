@@ -290,6 +290,23 @@ struct UnlimitedGroup {
     events: Vec<(i64, Amount)>,
 }
 
+/// How [`decide`] may group the quota work of a request's events.
+#[derive(Clone, Copy)]
+struct Grouping {
+    /// Reserve events without a finite quota per (contract, lever).
+    unlimited: bool,
+    /// Decide the other events per (chain root, lever).
+    bulk: bool,
+}
+
+impl Grouping {
+    /// Every event decided on its own, in input order.
+    const NONE: Grouping = Grouping {
+        unlimited: false,
+        bulk: false,
+    };
+}
+
 /// Decisions for the claimed slots, in input order, with what they reserved.
 struct Decided {
     verdicts: Vec<(usize, Verdict)>,
@@ -338,19 +355,20 @@ fn check_and_plan(
     // which is harmless unless an id repeats in the request (its first admitted
     // occurrence counts): then every event is decided in input order.
     let group = claimed.len() > 1;
-    let decided = match decide(
-        state,
-        tenant,
-        slots,
-        &claimed,
-        &records,
-        now_ms,
-        group,
-        group && !repeats,
-    ) {
+    let grouping = Grouping {
+        unlimited: group,
+        bulk: group && !repeats,
+    };
+    let decided = match decide(state, tenant, slots, &claimed, &records, now_ms, grouping) {
         Some(d) => d,
         None => decide(
-            state, tenant, slots, &claimed, &records, now_ms, false, false,
+            state,
+            tenant,
+            slots,
+            &claimed,
+            &records,
+            now_ms,
+            Grouping::NONE,
         )
         .expect("the per-event path always decides"),
     };
@@ -458,11 +476,11 @@ fn check_and_plan(
 }
 
 /// Checks every claimed event (dedupe record, lever, contract, time window, quota) and
-/// reserves the usage of those admitted. With `group_unlimited`, events on levers without
+/// reserves the usage of those admitted. With `grouping.unlimited`, events on levers without
 /// a finite quota in their contract's chain skip the per-event quota decision and are
 /// reserved per (contract, lever) at the end; if the registry gained such a quota
 /// meanwhile, everything reserved is rolled back and `None` returned, and the caller
-/// decides again without grouping. With `bulk_limited`, the other events are decided per
+/// decides again without grouping. With `grouping.bulk`, the other events are decided per
 /// (chain root, lever) in one hold of the root's quota lock
 /// ([`crate::quota::state::QuotaBook::reserve_bulk`]), in input order within a root;
 /// roots share no rows, so this decides exactly as input order would.
@@ -473,9 +491,12 @@ fn decide(
     claimed: &[usize],
     records: &[Option<Vec<u8>>],
     now_ms: i64,
-    group_unlimited: bool,
-    bulk_limited: bool,
+    grouping: Grouping,
 ) -> Option<Decided> {
+    let Grouping {
+        unlimited: group_unlimited,
+        bulk: bulk_limited,
+    } = grouping;
     let retention_ms = state.cfg.dedupe_retention.as_millis() as i64;
     let lateness_ms = tenant.lateness.as_millis() as i64;
     let mut verdicts: Vec<(usize, Verdict)> = Vec::with_capacity(claimed.len());

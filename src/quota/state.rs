@@ -440,6 +440,15 @@ pub struct Reserved {
 }
 
 impl Reserved {
+    /// Forgets everything reserved (the reservations themselves stay in the book).
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        self.takes.clear();
+        self.crossings.clear();
+        self.last_ancestors.clear();
+        self.at.clear();
+    }
+
     /// Records that the events of this request moved `key` from `prev` to `new`, adding
     /// `delta` (of which `granted` came from grants). One reservation per row: a row's
     /// later events merge into it (keeping the first `prev`), so the batch writes one
@@ -452,7 +461,12 @@ impl Reserved {
         granted: Amount,
         new: AggValue,
     ) {
-        match self.at.get(&key) {
+        // (`rows` is public: an index that no longer points at the key is ignored.)
+        match self
+            .at
+            .get(&key)
+            .filter(|&&i| self.rows.get(i).is_some_and(|r| r.key == key))
+        {
             Some(&i) => {
                 let r = &mut self.rows[i];
                 r.delta = r.delta.merge(delta);
