@@ -240,12 +240,6 @@ impl Store {
         // without walking the skiplist.
         dedupe.set_memtable_prefix_bloom_ratio(0.1);
         dedupe.set_memtable_whole_key_filtering(true);
-        // Every accepted event adds a dedupe record, so this column family's memtables
-        // dominate memory under ingest; they are written far more than read (new ids are
-        // answered by bloom filters), so smaller ones cost little ([`memtable_size`]).
-        if let Some(m) = memory {
-            dedupe.set_write_buffer_size(memtable_size(m));
-        }
         let retention_ms = dedupe_retention.as_millis() as i64;
         dedupe.set_compaction_filter(
             "meterd.dedupe.retention",
@@ -291,11 +285,6 @@ impl Store {
         let mut journal = Options::default();
         journal.set_block_based_table_factory(&table(None));
         journal.set_memtable_factory(rocksdb::MemtableFactory::Vector);
-        // Journal records are deleted at the next flush of the counters (every second by
-        // default): a large memtable would only hold records already gone.
-        if let Some(m) = memory {
-            journal.set_write_buffer_size(memtable_size(m));
-        }
         let mut admin = Options::default();
         admin.set_block_based_table_factory(&table(None));
         let mut meta = Options::default();
@@ -650,12 +639,6 @@ impl Store {
     pub fn stop_background_work(&self) {
         self.db.cancel_all_background_work(true);
     }
-}
-
-/// Memtable size of the column families written on every event (`dedupe`, `journal`):
-/// an eighth of the memtable budget, 8-64 MiB (16 MiB at the default `memory_limit`).
-fn memtable_size(m: MemoryBudget) -> usize {
-    usize::try_from((m.memtables / 8).clamp(8 << 20, 64 << 20)).unwrap_or(64 << 20)
 }
 
 fn bloom(whole_key: bool) -> BlockBasedOptions {
