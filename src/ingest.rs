@@ -1,11 +1,14 @@
 //! The ingest pipeline: events -> dedupe -> validation -> group commit -> counters.
 //!
 //! Per request:
-//! 1. parse every element (bad ones are `invalid_event`, the rest go on);
+//! 1. parse every element in one pass over the body (bad ones are `invalid_event`, the
+//!    rest go on; see [`crate::event::parse_body`]);
 //! 2. claim every id in memory ([`crate::dedupe`]); ids held by other in-flight requests
 //!    wait for those requests' fate;
 //! 3. look claimed ids up in the `dedupe` column family (one multi-get);
-//! 4. validate the rest (lever, contract, time window, contract end);
+//! 4. validate the rest (lever, contract, time window, contract end) and decide quotas:
+//!    per (chain root, lever) in input order under the root's quota lock, levers without a
+//!    finite quota once per (contract, lever) (see `decide`);
 //! 5. write one batch: per owning shard one journal record, plus one dedupe record per
 //!    accepted event, and wait for the group commit;
 //! 6. add the events to the shard counters, release the claims, answer.

@@ -1,8 +1,10 @@
 //! Parsing native events (SPEC 2.1) from JSON object, JSON array and NDJSON bodies.
 //!
-//! Parsing is two-level: the body is split into raw JSON elements (a malformed body is a
-//! whole-request error), then each element is read field by field, so a bad event gets a
-//! precise per-event `invalid_event` naming its field and never affects its neighbours.
+//! A body whose elements are all objects is read in one pass into their fields
+//! ([`parse_body`]); any other body is read in two levels: split into raw JSON elements (a
+//! malformed body is a whole-request error), then each element read field by field, so a
+//! bad event gets a precise per-event `invalid_event` naming its field and never affects
+//! its neighbours. Both give the same result.
 //! Values keep their exact decimal text (`serde_json` raw values): numbers never pass
 //! through binary floating point. Strings without escapes are borrowed from the body.
 
