@@ -293,6 +293,10 @@ struct UnlimitedGroup {
     events: Vec<(i64, Amount)>,
 }
 
+/// An event left for the per-root decisions of [`decide`]: contract, lever, value, time
+/// and its slot.
+type PendingEvent = (Arc<Contract>, Arc<Lever>, Amount, i64, usize);
+
 /// How [`decide`] may group the quota work of a request's events.
 #[derive(Clone, Copy)]
 struct Grouping {
@@ -421,7 +425,7 @@ fn check_and_plan(
     // the quota rows, about 400 bytes), so the batch's buffer is not regrown and copied.
     let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
     let mut batch =
-        WriteBatch::with_capacity_bytes(512 + 400 * accepted + 80 * reserved.rows.len());
+        WriteBatch::with_capacity_bytes(512 + 400 * accepted + 80 * reserved.rows().len());
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
@@ -452,7 +456,7 @@ fn check_and_plan(
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events.
     let quota_cf = state.store.cf(cf::QUOTA);
-    for r in &reserved.rows {
+    for r in reserved.rows() {
         batch.merge_cf(quota_cf, r.key.encode(), r.delta.encode());
         if r.granted.0 != 0 {
             batch.merge_cf(
@@ -512,8 +516,8 @@ fn decide(
     // Arcs are kept alive in `groups` / `limited`, so their addresses stay unique.
     let mut group_of: FastHashMap<(usize, usize), Option<usize>> = FastHashMap::default();
     let mut limited: Vec<(Arc<Contract>, Arc<Lever>)> = Vec::new();
-    // Events decided per chain root after the loop: (contract, lever, value, time).
-    let mut pending: Vec<(Arc<Contract>, Arc<Lever>, Amount, i64)> = Vec::new();
+    // Events decided per chain root after the loop.
+    let mut pending: Vec<PendingEvent> = Vec::new();
     // Quota decisions per (outcome, mode) metric labels.
     let mut tally: FastHashMap<(&'static str, &'static str), u64> = FastHashMap::default();
     for (n, &i) in claimed.iter().enumerate() {
@@ -630,7 +634,7 @@ fn decide(
             }
         }
         if bulk_limited {
-            pending.push((contract, lever, value, time_ms));
+            pending.push((contract, lever, value, time_ms, i));
             verdicts.push((i, Verdict::Pending(record, pending.len() - 1)));
             continue;
         }
@@ -661,7 +665,7 @@ fn decide(
         let mut root_of: FastHashMap<usize, String> = FastHashMap::default();
         let mut bulk_at: FastHashMap<(String, usize), usize> = FastHashMap::default();
         let mut bulks: Vec<(String, Arc<Lever>, Vec<usize>)> = Vec::new();
-        for (pi, (contract, lever, _, _)) in pending.iter().enumerate() {
+        for (pi, (contract, lever, _, _, _)) in pending.iter().enumerate() {
             let root = root_of
                 .entry(Arc::as_ptr(contract) as usize)
                 .or_insert_with(|| {
@@ -680,13 +684,6 @@ fn decide(
                 }
             }
         }
-        let pending_slot: FastHashMap<usize, usize> = verdicts
-            .iter()
-            .filter_map(|(i, v)| match v {
-                Verdict::Pending(_, pi) => Some((*pi, *i)),
-                _ => None,
-            })
-            .collect();
         for (root, lever, members) in &bulks {
             let items: Vec<(Arc<Contract>, Amount, i64)> = members
                 .iter()
@@ -713,7 +710,7 @@ fn decide(
             }
             // Grants, thresholds or a moved root: one by one, in input order.
             for &pi in members {
-                let (contract, lever, value, time_ms) = &pending[pi];
+                let (contract, lever, value, time_ms, slot) = &pending[pi];
                 let crossed = reserved.crossings.len();
                 let r = state.quotas.try_reserve(
                     tenant,
@@ -726,7 +723,7 @@ fn decide(
                 answers[pi] = Some(match r {
                     Ok(d) => {
                         *tally.entry(d.labels()).or_default() += 1;
-                        let Slot::Claimed(ev, _) = &slots[pending_slot[&pi]] else {
+                        let Slot::Claimed(ev, _) = &slots[*slot] else {
                             unreachable!()
                         };
                         for c in &reserved.crossings[crossed..] {

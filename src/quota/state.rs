@@ -426,8 +426,8 @@ impl Crossing {
 /// Everything the events of one request reserved.
 #[derive(Debug, Default)]
 pub struct Reserved {
-    /// Period rows.
-    pub rows: Vec<Reservation>,
+    /// Period rows, one per row (see [`Reserved::rows`]).
+    rows: Vec<Reservation>,
     /// Grant consumption.
     pub takes: Vec<GrantTake>,
     /// Threshold crossings.
@@ -440,6 +440,11 @@ pub struct Reserved {
 }
 
 impl Reserved {
+    /// The period rows reserved, one per row, in the order first reserved.
+    pub fn rows(&self) -> &[Reservation] {
+        &self.rows
+    }
+
     /// Forgets everything reserved (the reservations themselves stay in the book).
     pub fn clear(&mut self) {
         self.rows.clear();
@@ -461,12 +466,7 @@ impl Reserved {
         granted: Amount,
         new: AggValue,
     ) {
-        // (`rows` is public: an index that no longer points at the key is ignored.)
-        match self
-            .at
-            .get(&key)
-            .filter(|&&i| self.rows.get(i).is_some_and(|r| r.key == key))
-        {
+        match self.at.get(&key) {
             Some(&i) => {
                 let r = &mut self.rows[i];
                 r.delta = r.delta.merge(delta);
