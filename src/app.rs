@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -187,8 +187,37 @@ async fn shutdown_signal() {
     }
 }
 
+/// What is left after [`run`] returned: call [`Stopped::finish`] once the runtime has
+/// been shut down.
+#[must_use]
+pub struct Stopped {
+    /// The journal thread, when a request outlived the shutdown grace period and still
+    /// held the store as `run` returned.
+    journal: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Stopped {
+    /// Waits (up to 10 s) for the journal thread to close the store. Shutting the runtime
+    /// down drops the requests that outlived the grace period and with them the last
+    /// handles on the store, so the store is closed here, before the process exits, and
+    /// never on another thread while the exit tears RocksDB's globals down (which can
+    /// abort).
+    pub fn finish(self) {
+        let Some(journal) = self.journal else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !journal.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if journal.is_finished() {
+            let _ = journal.join();
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT.
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     let prom = telemetry::install_metrics().context("installing the metrics recorder")?;
     if cfg.uses_development_keys {
         let banner = "!".repeat(78);
@@ -335,17 +364,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // The journal writer stops once the last State handle is gone.
     let state = match Arc::try_unwrap(state) {
         Ok(s) => s,
-        Err(state) => {
-            // A request outlived the grace period and still holds the store.
-            state.store.stop_background_work();
+        Err(_) => {
+            // A request outlived the grace period and still holds the store: the
+            // caller joins the journal thread after shutting the runtime down.
             tracing::info!("stopped");
-            return Ok(());
+            return Ok(Stopped {
+                journal: Some(journal_thread),
+            });
         }
     };
     drop(state);
     let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(Stopped { journal: None })
 }
 
 /// Environment as a map (so configuration loading never reads globals in tests).

@@ -114,7 +114,11 @@ fn main() -> ExitCode {
                 }
             };
             match rt.block_on(meterd::app::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(stopped) => {
+                    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+                    stopped.finish();
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("meterd: {e:#}");
                     tracing::error!(error = format!("{e:#}"), "fatal");

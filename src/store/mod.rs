@@ -631,14 +631,6 @@ impl Store {
         }
         Ok(())
     }
-
-    /// Stops RocksDB's background flushes and compactions, waiting for running ones.
-    /// Called when the process exits with the store still open (a request outlived the
-    /// shutdown grace period and holds it): no background thread may touch the store
-    /// while the process tears down, or its exit can abort.
-    pub fn stop_background_work(&self) {
-        self.db.cancel_all_background_work(true);
-    }
 }
 
 fn bloom(whole_key: bool) -> BlockBasedOptions {
