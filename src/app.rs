@@ -251,7 +251,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         .context("loading quota usage")?;
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
     let revisions = Revisions::load(&store).context("loading revisions")?;
-    let (journal, journal_thread) = Journal::start(store.clone(), cfg.durability, 1);
+    let (journal, journal_thread) =
+        Journal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1);
     let state = Arc::new(State {
         outbox,
         revisions,

@@ -6,13 +6,21 @@
 //! answering every request in it. While one fsync runs, the next group queues up, so
 //! concurrent requests share fsyncs and no request pays a private one.
 //!
+//! Fsyncs are paced: the next one starts no sooner than `group_commit_interval` (1 ms by
+//! default) after the previous one started, so a busy journal fsyncs at most 1,000 times
+//! a second, with groups as large as the request rate makes them, and an idle one still
+//! commits at once. Every fsync costs device operations and, on virtual disks, host CPU
+//! charged to the machine: unpaced, at 8k requests/s the fsyncs alone got the benchmark
+//! VM throttled for 11-16 ms of every 100 ms, which set the p99 (BENCHMARKS.md).
+//!
 //! With `durability = "buffered"` the writer answers right after the write (the data is
 //! in the OS page cache and survives `kill -9`); the flusher fsyncs the WAL every
 //! `flush_interval`, which bounds what a power loss can take.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
@@ -39,6 +47,7 @@ struct Commit {
 pub struct Journal {
     tx: Sender<Commit>,
     next_seq: AtomicU64,
+    fsyncs: Arc<AtomicU64>,
 }
 
 /// Why a commit failed.
@@ -61,23 +70,33 @@ impl CommitError {
 
 impl Journal {
     /// Starts the writer thread. `first_seq` is the next unused journal sequence number.
+    /// With `durability = fsync`, fsyncs start at least `group_commit_interval` apart.
     pub fn start(
         store: Store,
         durability: Durability,
+        group_commit_interval: Duration,
         first_seq: u64,
     ) -> (Journal, JoinHandle<()>) {
         let (tx, rx) = crossbeam_channel::bounded::<Commit>(65_536);
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let counted = fsyncs.clone();
         let handle = std::thread::Builder::new()
             .name("meterd-journal".into())
-            .spawn(move || writer(store, durability, rx))
+            .spawn(move || writer(store, durability, group_commit_interval, rx, &counted))
             .expect("spawn journal writer");
         (
             Journal {
                 tx,
                 next_seq: AtomicU64::new(first_seq),
+                fsyncs,
             },
             handle,
         )
+    }
+
+    /// Group-commit fsyncs made so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// Sets the next sequence number (after journal replay).
@@ -117,13 +136,29 @@ impl Journal {
     }
 }
 
-fn writer(store: Store, durability: Durability, rx: Receiver<Commit>) {
+fn writer(
+    store: Store,
+    durability: Durability,
+    interval: Duration,
+    rx: Receiver<Commit>,
+    fsyncs: &AtomicU64,
+) {
     let group_size = metrics::histogram!(names::JOURNAL_GROUP_SIZE);
     let fsync_secs = metrics::histogram!(names::JOURNAL_FSYNC_SECONDS);
     let write_secs = metrics::histogram!(names::JOURNAL_WRITE_SECONDS);
     let mut group: Vec<Commit> = Vec::with_capacity(MAX_GROUP);
     let mut results: Vec<Result<(), String>> = Vec::with_capacity(MAX_GROUP);
+    let mut last_sync: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
+        // Pacing: the next fsync starts no sooner than `interval` after the previous
+        // one started; requests arriving meanwhile join this group. An idle journal
+        // (last fsync longer ago) commits at once.
+        if let (Durability::Fsync, Some(at)) = (durability, last_sync) {
+            let wait = (at + interval).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -158,7 +193,9 @@ fn writer(store: Store, durability: Durability, rx: Receiver<Commit>) {
         write_secs.record(started.elapsed().as_secs_f64());
         if durability == Durability::Fsync && any_ok {
             let t = Instant::now();
+            last_sync = Some(t);
             let synced: Result<(), StoreError> = store.sync_wal();
+            fsyncs.fetch_add(1, Ordering::Relaxed);
             fsync_secs.record(t.elapsed().as_secs_f64());
             if let Err(e) = synced {
                 let msg = e.to_string();
@@ -173,5 +210,78 @@ fn writer(store: Store, durability: Durability, rx: Receiver<Commit>) {
         for (c, r) in group.drain(..).zip(results.drain(..)) {
             let _ = c.done.send(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::cf;
+
+    fn batch(store: &Store, key: u32) -> WriteBatch {
+        let mut b = WriteBatch::default();
+        b.put_cf(store.cf(cf::META), key.to_be_bytes(), b"v");
+        b
+    }
+
+    #[test]
+    fn paced_fsyncs_gather_the_requests_that_arrive_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let interval = Duration::from_millis(200);
+        let (journal, thread) = Journal::start(store.clone(), Durability::Fsync, interval, 1);
+        let journal = Arc::new(journal);
+        // An idle journal commits at once.
+        let t0 = Instant::now();
+        journal.commit_blocking(batch(&store, 0)).unwrap();
+        assert_eq!(journal.fsyncs(), 1);
+        // Requests arriving within the interval wait for it and share one fsync.
+        let waiters: Vec<_> = (1..=8)
+            .map(|i| {
+                let (j, s) = (journal.clone(), store.clone());
+                std::thread::spawn(move || j.commit_blocking(batch(&s, i)))
+            })
+            .collect();
+        for w in waiters {
+            w.join().unwrap().unwrap();
+        }
+        assert!(
+            t0.elapsed() >= interval,
+            "the second fsync came before the interval"
+        );
+        assert!(
+            journal.fsyncs() <= 3,
+            "{} fsyncs for 9 requests",
+            journal.fsyncs()
+        );
+        for i in 0..=8u32 {
+            assert!(store.get(cf::META, &i.to_be_bytes()).unwrap().is_some());
+        }
+        drop(journal);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn unpaced_fsyncs_follow_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (journal, thread) = Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1);
+        for i in 0..5 {
+            journal.commit_blocking(batch(&store, i)).unwrap();
+        }
+        assert_eq!(journal.fsyncs(), 5, "one fsync per sequential commit");
+        // Buffered durability never fsyncs per group.
+        drop(journal);
+        thread.join().unwrap();
+        let (journal, thread) = Journal::start(
+            store.clone(),
+            Durability::Buffered,
+            Duration::from_millis(1),
+            1,
+        );
+        journal.commit_blocking(batch(&store, 9)).unwrap();
+        assert_eq!(journal.fsyncs(), 0);
+        drop(journal);
+        thread.join().unwrap();
     }
 }

@@ -121,6 +121,8 @@ pub struct Config {
     pub durability: Durability,
     /// Flush interval.
     pub flush_interval: Duration,
+    /// Shortest time between two group-commit fsyncs of the journal (fsync durability).
+    pub group_commit_interval: Duration,
     /// Default lateness.
     pub lateness: Duration,
     /// Dedupe retention.
@@ -314,6 +316,9 @@ fn err(file: &str, key: impl Into<String>, reason: impl Into<String>) -> ConfigE
     }
 }
 
+/// Largest `group_commit_interval`: the pacing can add up to this to an acknowledgement.
+pub const MAX_GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Parses a human duration such as `1s`, `500ms`, `1h`, `35d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("invalid duration {text:?}: {e}"))
@@ -362,6 +367,14 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
     let flush_interval = dur("flush_interval", &raw.flush_interval)?;
     if flush_interval < Duration::from_millis(10) || flush_interval > Duration::from_secs(3600) {
         return Err(err(file, "flush_interval", "must be between 10ms and 1h"));
+    }
+    let group_commit_interval = dur("group_commit_interval", &raw.group_commit_interval)?;
+    if group_commit_interval > MAX_GROUP_COMMIT_INTERVAL {
+        return Err(err(
+            file,
+            "group_commit_interval",
+            "must be at most 10ms (it adds up to that much to an acknowledgement)",
+        ));
     }
     let lateness = dur("lateness", &raw.lateness)?;
     if lateness > Duration::from_secs(366 * 86400) {
@@ -722,6 +735,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         data_dir: PathBuf::from(raw.data_dir),
         durability,
         flush_interval,
+        group_commit_interval,
         lateness,
         dedupe_retention,
         window_retention,
@@ -772,6 +786,27 @@ mod tests {
         assert_eq!(e.key, "api_keys[0].role");
         let e = Config::from_toml("f.toml", "flush_interval = \"soon\"").unwrap_err();
         assert_eq!(e.key, "flush_interval");
+        // group_commit_interval: 1ms by default, 0 (no pacing) up to 10ms, not past it.
+        let gci =
+            |v: &str| Config::from_toml("f.toml", &format!("group_commit_interval = \"{v}\""));
+        assert_eq!(
+            Config::from_toml("f.toml", "")
+                .unwrap()
+                .group_commit_interval,
+            Duration::from_millis(1)
+        );
+        assert_eq!(gci("0s").unwrap().group_commit_interval, Duration::ZERO);
+        assert_eq!(
+            gci("250us").unwrap().group_commit_interval,
+            Duration::from_micros(250)
+        );
+        assert_eq!(
+            gci("10ms").unwrap().group_commit_interval,
+            MAX_GROUP_COMMIT_INTERVAL
+        );
+        let e = gci("10001us").unwrap_err();
+        assert_eq!(e.key, "group_commit_interval");
+        assert_eq!(gci("soon").unwrap_err().key, "group_commit_interval");
         let e = Config::from_toml("f.toml", "shards = \"many\"").unwrap_err();
         assert_eq!(e.key, "shards");
         // A tenant's lateness is bounded by dedupe_retention like the default one.

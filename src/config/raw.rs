@@ -22,6 +22,9 @@ pub struct RawConfig {
     /// How often in-memory counters are flushed into RocksDB windows.
     #[serde(default = "d_flush_interval")]
     pub flush_interval: String,
+    /// Shortest time between two group-commit fsyncs (`durability = "fsync"`).
+    #[serde(default = "d_group_commit_interval")]
+    pub group_commit_interval: String,
     /// Default accepted lateness of event times.
     #[serde(default = "d_lateness")]
     pub lateness: String,
@@ -164,6 +167,9 @@ fn d_durability() -> String {
 }
 fn d_flush_interval() -> String {
     "1s".into()
+}
+fn d_group_commit_interval() -> String {
+    "1ms".into()
 }
 fn d_lateness() -> String {
     "1h".into()
