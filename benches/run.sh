@@ -91,6 +91,22 @@ fsync_probe() {
     awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") printf "%.2f", $(i - 1) * 1000 / 300 }'
   rm -f "$1/dsync.probe"
 }
+# stall_probe: CPU time taken from a thread spinning on the server core, alone and while
+# dd fsyncs as fast as it can on the generator core. On the benchmark VM the host stops
+# both vCPUs for 11-16 ms of every 100 ms once the fsync rate passes ~2,500/s (what paced
+# group commit avoids). Prints "idle_ms_per_s busy_ms_per_s busy_max_ms spacing_ms n".
+stall_probe() {
+  local idle busy dd_pid
+  idle=$(taskset -c "$CORE_SRV" "$LOADGEN" stalls --seconds 3)
+  taskset -c "$CORE_GEN" dd if=/dev/zero of="$TMP/stall.probe" bs=4k count=1000000 oflag=dsync 2>/dev/null &
+  dd_pid=$!
+  sleep 0.3
+  busy=$(taskset -c "$CORE_SRV" "$LOADGEN" stalls --seconds 3)
+  kill "$dd_pid" 2>/dev/null
+  wait "$dd_pid" 2>/dev/null || true
+  rm -f "$TMP/stall.probe"
+  echo "$(kv per_s_ms "$idle") $(kv per_s_ms "$busy") $(kv max_ms "$busy") $(kv median_spacing_ms "$busy") $(kv count "$busy")"
+}
 
 # --- 1. packages ------------------------------------------------------------------------
 SUDO=""
@@ -790,11 +806,12 @@ if [ -z "$REPORT_FROM" ]; then
   ELAPSED_S=$(($(date +%s) - STARTED_S))
   LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
   DSYNC_END=$(fsync_probe "$TMP")
+  STALLS=$(stall_probe)
   RUN_DATE=$(date -u +%Y-%m-%dT%H:%MZ)
   FS_DESC="$(df -T "$TMP" | awk 'NR == 2 { print $2 }') file system under $(dirname "$TMP")"
   [ -f "$TMP/pg/event.sql" ] && cp "$TMP/pg/event.sql" "$RES/event.sql"
   declare -p QUICK ROUNDS ROUND_SECONDS WARMUP_SECONDS LAT_ROUNDS LAT_SECONDS PHASES RUN_NOTE \
-    ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
+    ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END STALLS RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
     T7_CONTRACTS T7_BUCKETS T7_MINUTES T7_IDS_CONFIG T8_EVENTS T8_ACCEPTED T8_LOAD_CHECK PG_CMD REDIS_CMD \
     MICRO_CMD CORE_GEN CORE_SRV 2>/dev/null >"$RES/meta.env" || true
 else
@@ -828,6 +845,10 @@ log "writing $OUT"
   echo "| Redis | $(redis-server --version 2>/dev/null | cut -d' ' -f3 || echo n/a) |"
   echo "| data dirs | $FS_DESC |"
   echo "| one 4 KiB O_DSYNC write (\`dd oflag=dsync\`, 300 writes) | $DSYNC_START ms at the start, $DSYNC_END ms at the end |"
+  if [ -n "${STALLS:-}" ]; then
+    read -r st_idle st_busy st_max st_spacing st_n <<<"$STALLS"
+    echo "| CPU time taken from a thread spinning on CPU $CORE_SRV (\`loadgen stalls\`, 3 s) | alone: $st_idle ms/s; while \`dd oflag=dsync\` fsyncs as fast as it can on CPU $CORE_GEN: $st_busy ms/s ($st_n stalls of up to $st_max ms, median spacing $st_spacing ms) |"
+  fi
   echo "| load average (1/5/15 min) | at start $LOAD_START, at the end $LOAD_END |"
   echo
   echo "Pinning: the generators (loadgen, pgbench, redis-benchmark) run on CPU $CORE_GEN, every server"

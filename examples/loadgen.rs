@@ -55,6 +55,10 @@
 //! A human summary, then one line `LOADGEN key=value ...` that `benches/run.sh` parses.
 //! `loadgen wait-ready --url URL --since-ns T0` polls URL every 2 ms until it answers 200
 //! and prints `READY ms=<now - T0>` (T0 from `date +%s%N`).
+//!
+//! `loadgen stalls --seconds S` spins on its CPU and prints `STALLS ...`: how much time
+//! the CPU was taken away (gaps over 1 ms). `benches/run.sh` runs it on the server core,
+//! once alone and once while `dd oflag=dsync` fsyncs as fast as it can on the other core.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -105,6 +109,13 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+    },
+    /// Spins on the CPU it is pinned to and prints `STALLS ...`: how often and how long
+    /// the CPU was taken from it (gaps of more than 1 ms between two clock reads).
+    Stalls {
+        /// Seconds to spin.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
 }
 
@@ -1185,6 +1196,45 @@ async fn wait_ready(url: &str, since_ns: Option<u128>, timeout: f64) -> Result<(
     }
 }
 
+/// Spins for `seconds`, reading the monotonic clock; a gap of more than 1 ms between two
+/// reads is time the CPU was taken away (other threads, interrupts, or the hypervisor
+/// not running the vCPU). Prints `STALLS` with their count, total, largest, and the
+/// median spacing of their starts.
+fn stalls(seconds: f64) {
+    let start = Instant::now();
+    let end = Duration::from_secs_f64(seconds);
+    let mut prev = start;
+    let mut gaps: Vec<(Duration, Duration)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        let d = now - prev;
+        if d > Duration::from_millis(1) {
+            gaps.push((prev - start, d));
+        }
+        prev = now;
+        if now - start >= end {
+            break;
+        }
+    }
+    let total: Duration = gaps.iter().map(|g| g.1).sum();
+    let max = gaps.iter().map(|g| g.1).max().unwrap_or_default();
+    let mut spacing: Vec<f64> = gaps
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0).as_secs_f64() * 1e3)
+        .collect();
+    spacing.sort_by(f64::total_cmp);
+    let median_spacing = spacing.get(spacing.len() / 2).copied().unwrap_or(f64::NAN);
+    println!(
+        "STALLS seconds={:.1} count={} total_ms={:.1} per_s_ms={:.1} max_ms={:.2} median_spacing_ms={:.1}",
+        seconds,
+        gaps.len(),
+        total.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3 / seconds,
+        max.as_secs_f64() * 1e3,
+        median_spacing
+    );
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1199,6 +1249,10 @@ fn main() -> std::process::ExitCode {
                 since_ns,
                 timeout,
             } => wait_ready(&url, since_ns, timeout).await,
+            Command::Stalls { seconds } => {
+                stalls(seconds);
+                Ok(())
+            }
         }
     });
     match r {
