@@ -2,8 +2,9 @@
 //!
 //! Requests hand their write batch (journal records + dedupe records) to one writer
 //! thread. The writer drains everything queued, writes the batches into the RocksDB WAL
-//! (consecutive small ones merged into one write of up to 1 MiB), and, with `durability = "fsync"`, fsyncs the WAL once for the whole group before
-//! answering every request in it. While one fsync runs, the next group queues up, so
+//! (consecutive small ones merged into one write of up to 1 MiB), and, with
+//! `durability = "fsync"`, fsyncs the WAL once for the whole group before answering
+//! every request in it. While one fsync runs, the next group queues up, so
 //! concurrent requests share fsyncs and no request pays a private one.
 //!
 //! Fsyncs are paced: the next one starts no sooner than `group_commit_interval` (1 ms by
@@ -174,11 +175,14 @@ fn writer(
         // A merged write is atomic, so its requests share one result.
         let mut start = 0;
         while start < group.len() {
-            let mut end = start + 1;
-            let mut bytes = group[start].batch.size_in_bytes();
-            while end < group.len() && bytes + group[end].batch.size_in_bytes() <= MAX_MERGED_BYTES
-            {
-                bytes += group[end].batch.size_in_bytes();
+            let mut end = start;
+            let mut bytes = 0;
+            while let Some(c) = group.get(end) {
+                let size = c.batch.size_in_bytes();
+                if end > start && bytes + size > MAX_MERGED_BYTES {
+                    break;
+                }
+                bytes += size;
                 end += 1;
             }
             let batches = group[start..end]

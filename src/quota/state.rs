@@ -621,6 +621,66 @@ struct Planned {
     new: AggValue,
 }
 
+/// What an event needs from grants on one chain member, gathered over the member's finite
+/// quotas. One rule for the per-event ([`QuotaBook::try_reserve`]) and the bulk
+/// ([`QuotaBook::reserve_bulk`]) decision.
+struct Need<'q> {
+    /// The event's value (its contribution to an additive row).
+    value: Amount,
+    /// Whether the lever adds up (only then can grants cover an excess).
+    additive: bool,
+    /// Largest excess over a hard quota that grants could still cover, and that quota.
+    hard: Option<(Amount, &'q EffectiveQuota)>,
+    /// Largest excess over a soft quota (the event's whole value when grants cannot
+    /// cover it).
+    soft: Amount,
+}
+
+impl<'q> Need<'q> {
+    fn new(value: Amount, additive: bool) -> Need<'q> {
+        Need {
+            value,
+            additive,
+            hard: None,
+            soft: Amount::ZERO,
+        }
+    }
+
+    /// Accounts quota `q` (limit `limit`) on a row the event takes to `new`, whose
+    /// allowance already holds `granted`, and updates `decision`. `Err` when a hard quota
+    /// is exceeded by more than grants may cover (more than the event's own value, or on
+    /// a lever that does not add up).
+    fn add(
+        &mut self,
+        decision: &mut Decision,
+        q: &'q EffectiveQuota,
+        limit: Amount,
+        new: Amount,
+        granted: Amount,
+    ) -> Result<(), ()> {
+        *decision = match (*decision, q.hard) {
+            (_, true) => Decision::WithinHard,
+            (Decision::Unlimited, false) => Decision::WithinSoft,
+            (d, false) => d,
+        };
+        let excess = new.saturating_sub(limit.saturating_add(granted));
+        if excess > Amount::ZERO {
+            let coverable = self.additive && excess <= self.value;
+            if q.hard {
+                if !coverable {
+                    return Err(());
+                }
+                if self.hard.is_none_or(|(n, _)| excess > n) {
+                    self.hard = Some((excess, q));
+                }
+            } else {
+                self.soft = self.soft.max(if coverable { excess } else { self.value });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl QuotaBook {
     /// Creates `n` empty shards.
     pub fn new(n: usize) -> QuotaBook {
@@ -714,8 +774,7 @@ impl QuotaBook {
             let family = UsageKey::family(&tenant.name, &contract, &lever_name);
             let mut rows: Vec<Planned> = Vec::with_capacity(5);
             // Allowance the hard and soft quotas need from grants.
-            let mut need_hard: Option<(Amount, &EffectiveQuota)> = None;
-            let mut need_soft = Amount::ZERO;
+            let mut need = Need::new(v, additive);
             for (kind, period) in periods_at(time_ms, contract_tz(c), contract_anchor(c)) {
                 let key = UsageKey::with_family(
                     family,
@@ -731,27 +790,11 @@ impl QuotaBook {
                 let granted = prev.map(|r| r.granted).unwrap_or(Amount::ZERO);
                 if let Some(q) = quotas.iter().find(|q| q.kind == kind) {
                     if let Some(limit) = q.limit {
-                        decision = match (decision, q.hard) {
-                            (_, true) => Decision::WithinHard,
-                            (Decision::Unlimited, false) => Decision::WithinSoft,
-                            (d, false) => d,
-                        };
-                        let allowance = limit.saturating_add(granted);
-                        let excess = new.amount().saturating_sub(allowance);
-                        if excess > Amount::ZERO {
-                            // Grants cover at most the event's own value, and only on
-                            // additive levers.
-                            let coverable = additive && excess <= v;
-                            if q.hard {
-                                if !coverable {
-                                    return Err(exceeded(c, lever, q, limit));
-                                }
-                                if need_hard.is_none_or(|(n, _)| excess > n) {
-                                    need_hard = Some((excess, q));
-                                }
-                            } else {
-                                need_soft = need_soft.max(if coverable { excess } else { v });
-                            }
+                        if need
+                            .add(&mut decision, q, limit, new.amount(), granted)
+                            .is_err()
+                        {
+                            return Err(exceeded(c, lever, q, limit));
                         }
                         if notify {
                             let prev_amount = prev.map(|r| r.value.amount()).unwrap_or_default();
@@ -779,8 +822,8 @@ impl QuotaBook {
                 }
                 rows.push(Planned { key, prev, new });
             }
-            let hard_need = need_hard.map(|(n, _)| n).unwrap_or_default();
-            let need = hard_need.max(need_soft);
+            let (need_hard, need_soft) = (need.hard, need.soft);
+            let need = need_hard.map(|(n, _)| n).unwrap_or_default().max(need_soft);
             let mut takes = Vec::new();
             let mut taken = Amount::ZERO;
             if additive && need > Amount::ZERO {
@@ -1073,8 +1116,7 @@ impl QuotaBook {
             'members: for &mi in idx {
                 let mb = &members[mi];
                 let c = &mb.contract;
-                let mut need_hard: Option<(Amount, &EffectiveQuota)> = None;
-                let mut need_soft = Amount::ZERO;
+                let mut need = Need::new(v, additive);
                 for (kind, p) in periods_at(*time_ms, contract_tz(c), contract_anchor(c)) {
                     let li = *at
                         .entry((mi, kind, p.start_ms, p.end_ms))
@@ -1102,36 +1144,23 @@ impl QuotaBook {
                         continue;
                     };
                     let limit = q.limit.expect("finite quotas only");
-                    decision = match (decision, q.hard) {
-                        (_, true) => Decision::WithinHard,
-                        (Decision::Unlimited, false) => Decision::WithinSoft,
-                        (d, false) => d,
-                    };
                     let row = &local[li];
                     let new = row.cur.map(|x| x.merge(delta)).unwrap_or(delta);
                     let granted = row.prev.map(|r| r.granted).unwrap_or(Amount::ZERO);
-                    let excess = new.amount().saturating_sub(limit.saturating_add(granted));
-                    if excess > Amount::ZERO {
-                        let coverable = additive && excess <= v;
-                        if q.hard {
-                            if !coverable {
-                                verdict = Err(exceeded(c, lever, q, limit));
-                                break 'members;
-                            }
-                            if need_hard.is_none_or(|(n, _)| excess > n) {
-                                need_hard = Some((excess, q));
-                            }
-                        } else {
-                            need_soft = need_soft.max(if coverable { excess } else { v });
-                        }
+                    if need
+                        .add(&mut decision, q, limit, new.amount(), granted)
+                        .is_err()
+                    {
+                        verdict = Err(exceeded(c, lever, q, limit));
+                        break 'members;
                     }
                 }
                 // No grants: nothing covers an excess.
-                if let Some((_, q)) = need_hard {
+                if let Some((_, q)) = need.hard {
                     verdict = Err(exceeded(c, lever, q, q.limit.unwrap_or_default()));
                     break 'members;
                 }
-                if need_soft > Amount::ZERO {
+                if need.soft > Amount::ZERO {
                     decision = Decision::Overage;
                 }
             }
