@@ -28,7 +28,7 @@
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
 #   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency memory restart profile micro"
-#   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0
+#   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
 #   CARGO_TARGET_DIR=$HOME/.cache/meterd/target
 set -euo pipefail
 shopt -s inherit_errexit
@@ -148,7 +148,9 @@ pin_srv() { "${PIN_SRV[@]}" "$@"; }
 # --- 2. build ---------------------------------------------------------------------------
 BUILD_CMD="cargo build --release --bins --examples"
 REL=$CARGO_TARGET_DIR/release
-METERD=$REL/meterd
+# METERD=/path/to/meterd measures another build of meterd (A/B of a change) against the
+# baseline and generator built here.
+METERD=${METERD:-$REL/meterd}
 BASELINE=$REL/examples/baseline
 LOADGEN=$REL/examples/loadgen
 if [ -z "$REPORT_FROM" ]; then
@@ -348,7 +350,22 @@ check_line() {
 }
 TP=$RES/throughput.tsv # round name req/s events/s p50 p99 gen% srv% check
 LAT=$RES/latency.tsv
-truncate_results "$TP" "$LAT"
+LATDB=$RES/latency-rocksdb.tsv
+# round events-file -> round, flushes, compactions, MB written by them, longest compaction ms
+rocksdb_round_summary() {
+  awk -v r="$1" '
+    function num(key,   m) {
+      if (match($0, "\"" key "\": [0-9]+")) return substr($0, RSTART + length(key) + 4, RLENGTH - length(key) - 4) + 0
+      return 0
+    }
+    /"event": "flush_finished"/ { f++ }
+    /"event": "compaction_finished"/ {
+      c++; mb += num("total_output_size") / 1048576
+      t = num("compaction_time_micros") / 1000; if (t > tmax) tmax = t
+    }
+    END { printf "%s\t%d\t%d\t%.0f\t%.0f\n", r, f, c, mb, tmax }' "$2"
+}
+truncate_results "$TP" "$LAT" "$LATDB"
 record() { # round name line meterd(0/1) [server metrics]
   local r=$1 name=$2 line=$3 m=$4
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" \
@@ -584,6 +601,7 @@ if has_phase latency; then
         name=baseline
         extra=()
       fi
+      log_lines=$(wc -l <"$TMP/$name/data/LOG" 2>/dev/null || echo 0)
       line=$(lg "$RES/lat-$r-$w.txt" --label "lat-$w" --url "http://${API[$name]}" --conns $C_T2 \
         --body single --rate "$T5_RATE" --warmup "$WARMUP_SECONDS" --duration "$LAT_SECONDS" \
         --side-path /v1/contracts/bench-q0/balance --side-rate $SIDE_RATE --side-conns $SIDE_CONNS \
@@ -596,6 +614,13 @@ if has_phase latency; then
         "$(kv flushes "$line")" "$(kv flush_busy_ms "$line")" \
         "$(check_line "$line" "$([ "$w" = M ] && echo 1 || echo 0)")$([ "$(kv side_non2xx "$line")" = 0 ] || echo ";side_non2xx=$(kv side_non2xx "$line")")" \
         "$([ -z "$before" ] || mdelta "$before" "$(msnap fsync)")" >>"$LAT"
+      if [ "$w" = M ]; then
+        # RocksDB's background work during the round (its event log), kept with the
+        # results so that a bad round can be traced to a flush or compaction.
+        tail -n +$((log_lines + 1)) "$TMP/$name/data/LOG" 2>/dev/null | grep 'EVENT_LOG_v1' \
+          >"$RES/lat-$r-M.rocksdb-events.txt" || true
+        rocksdb_round_summary "$r" "$RES/lat-$r-M.rocksdb-events.txt" >>"$LATDB"
+      fi
     done
   done
 fi
@@ -1003,6 +1028,15 @@ log "writing $OUT"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     tsv_table "$LAT" s s 0 0 s s s s 0 s 0 s s 0 s s s s
     echo
+    if [ -s "$LATDB" ]; then
+      echo "RocksDB background work in the meterd daemon during each latency round (from its event"
+      echo "log; the events themselves are kept as \`lat-ROUND-M.rocksdb-events.txt\` in the results):"
+      echo
+      echo "| round | flushes | compactions | MB written by compactions | longest compaction ms |"
+      echo "|---|---|---|---|---|"
+      tsv_table "$LATDB" s 0 0 0 0
+      echo
+    fi
   fi
   if [ -s "$MEM" ]; then
     echo "### Memory (T7)"

@@ -304,17 +304,9 @@ impl Store {
         // a skip list pays a search on every insert (the 5 period merges of a single event
         // were 18% of its instructions; BENCHMARKS.md).
         quota.set_memtable_factory(rocksdb::MemtableFactory::Vector);
-        // A few thousand distinct rows take every merge operand: a flush combines them
-        // into a small file, so a 16 MiB memtable costs little and holds a quarter of the
-        // RAM RocksDB's default (64 MiB) would (T7: it was the largest memtable at 33 MB).
-        quota.set_write_buffer_size(16 << 20);
         let mut journal = Options::default();
         journal.set_block_based_table_factory(&table(None));
         journal.set_memtable_factory(rocksdb::MemtableFactory::Vector);
-        // Journal records live until the next counter flush (about a second), then are
-        // deleted: a small memtable flushes mostly cancelled puts, and does not hold
-        // 64 MiB of already-flushed events in RAM.
-        journal.set_write_buffer_size(16 << 20);
         let mut admin = Options::default();
         admin.set_block_based_table_factory(&table(None));
         let mut meta = Options::default();
