@@ -230,11 +230,12 @@ async fn run_claimed<'a>(
     // Phase 5: durable commit.
     let Plan {
         batch,
+        quota,
         groups,
         reserved,
         outbox,
     } = plan;
-    let commit = state.journal.commit(batch).await;
+    let commit = state.journal.commit_with_quota(batch, quota).await;
     if let Err(e) = commit {
         state.quotas.rollback(tenant, &reserved);
         state.storage_ok.store(false, Ordering::SeqCst);
@@ -264,6 +265,8 @@ type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>, Vec<String>)>);
 
 struct Plan {
     batch: WriteBatch,
+    /// Quota row operands, committed atomically with `batch`.
+    quota: crate::journal::QuotaOperands,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
     reserved: Reserved,
     /// Threshold notifications staged in the batch.
@@ -421,11 +424,10 @@ fn check_and_plan(
     }
 
     let first_seq = state.journal.reserve(by_shard.len() as u64);
-    // Sized up front (per event: a dedupe record, its share of a journal record and of
-    // the quota rows, about 400 bytes), so the batch's buffer is not regrown and copied.
+    // Sized up front (per event: a dedupe record and its share of a journal record, about
+    // 320 bytes), so the batch's buffer is not regrown and copied.
     let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
-    let mut batch =
-        WriteBatch::with_capacity_bytes(512 + 400 * accepted + 80 * reserved.rows().len());
+    let mut batch = WriteBatch::with_capacity_bytes(512 + 320 * accepted);
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
@@ -454,16 +456,13 @@ fn check_and_plan(
     for (h, value) in dedupe {
         batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
     }
-    // Quota usage rows (one reservation per row: see `Reserved`) commit with the events.
-    let quota_cf = state.store.cf(cf::QUOTA);
+    // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,
+    // as operands the journal combines with those of the requests written alongside.
+    let mut quota = Vec::with_capacity(reserved.rows().len() + reserved.takes.len());
     for r in reserved.rows() {
-        batch.merge_cf(quota_cf, r.key.encode(), r.delta.encode());
+        quota.push((r.key.encode(), r.delta));
         if r.granted.0 != 0 {
-            batch.merge_cf(
-                quota_cf,
-                r.key.encode_granted(),
-                AggValue::Sum(r.granted.0).encode(),
-            );
+            quota.push((r.key.encode_granted(), AggValue::Sum(r.granted.0)));
         }
     }
     let mut takes: FastHashMap<&crate::quota::state::GrantKey, i128> = FastHashMap::default();
@@ -471,11 +470,12 @@ fn check_and_plan(
         *takes.entry(&t.key).or_default() += t.amount.0;
     }
     for (key, amount) in takes {
-        batch.merge_cf(quota_cf, key.encode(), AggValue::Sum(amount).encode());
+        quota.push((key.encode(), AggValue::Sum(amount)));
     }
     let outbox = state.outbox.stage(&state.store, &mut batch, notifications);
     Ok(Some(Plan {
         batch,
+        quota,
         groups,
         reserved,
         outbox,
