@@ -265,6 +265,18 @@ fn combined_quota(
     commits: &mut [Commit],
     rows: &mut FastHashMap<Vec<u8>, AggValue>,
 ) -> Option<WriteBatch> {
+    let quota_cf = store.cf(cf::QUOTA);
+    if let [one] = commits {
+        // Alone in its write: nothing to combine with (a request reserves each row once).
+        if one.quota.is_empty() {
+            return None;
+        }
+        let mut batch = WriteBatch::with_capacity_bytes(one.quota.len() * 96);
+        for (key, value) in one.quota.drain(..) {
+            batch.merge_cf(quota_cf, key, value.encode());
+        }
+        return Some(batch);
+    }
     for c in commits.iter_mut() {
         for (key, delta) in c.quota.drain(..) {
             match rows.get_mut(&key) {
@@ -278,7 +290,6 @@ fn combined_quota(
     if rows.is_empty() {
         return None;
     }
-    let quota_cf = store.cf(cf::QUOTA);
     let mut batch = WriteBatch::with_capacity_bytes(rows.len() * 96);
     for (key, value) in rows.drain() {
         batch.merge_cf(quota_cf, key, value.encode());

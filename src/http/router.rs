@@ -410,11 +410,14 @@ async fn dispatch(
     // The handler runs as its own task, holding the in-flight permit, so a client that
     // disconnects cannot cancel it halfway (e.g. after its events are committed but
     // before they are counted and their ids released).
+    // Boxed before spawning: the handler's future is several KiB (the largest of every
+    // route's), and tokio moves a spawned future by value a few times on its way into
+    // the task; a box moves as a pointer (memcpy was 4.7% of the server's CPU).
     let ctx = Ctx { state, principal };
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(Box::pin(async move {
         let _permits = (permit, body_permit);
         handle(ctx, route, req).await
-    });
+    }));
     let resp = match task.await {
         Ok(r) => r,
         Err(e) => {
