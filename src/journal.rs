@@ -290,8 +290,11 @@ fn combined_quota(
     if rows.is_empty() {
         return None;
     }
-    let mut batch = WriteBatch::with_capacity_bytes(rows.len() * 96);
-    for (key, value) in rows.drain() {
+    // In key order: the memtable's skip list then inserts each next to the previous one.
+    let mut sorted: Vec<(Vec<u8>, AggValue)> = rows.drain().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96);
+    for (key, value) in sorted {
         batch.merge_cf(quota_cf, key, value.encode());
     }
     Some(batch)

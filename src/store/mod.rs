@@ -189,7 +189,7 @@ impl Store {
         db_opts.set_keep_log_file_num(4);
         // Writes reach the memtables from the journal's one writer thread (and rarely from
         // the flusher and admin requests), so parallel memtable inserts buy nothing; turning
-        // them off lets the write-only column families below use vector memtables.
+        // them off lets the `journal` column family below use a vector memtable.
         db_opts.set_allow_concurrent_memtable_write(false);
         // One block cache for every column family (by default each table factory has
         // its own), and one cap on all memtables together: RocksDB's write buffer
@@ -239,7 +239,7 @@ impl Store {
         // lookup read and parsed the whole filter again (megabytes per file), and the CPU
         // per event grew with the data (T2 fell from 18k to 7k req/s within a few million
         // ids). Pinned, they stay in the cache (and in its usage) while their file lives:
-        // about 2.3 bytes per remembered id (a 10-bit bloom filter plus the index).
+        // about 1.1 bytes per remembered id (the filter plus the index; README, Memory).
         let mut dedupe_table = table(Some(true));
         dedupe_table.set_unpartitioned_pinning_tier(rocksdb::BlockBasedTablePinningTier::All);
         // Ribbon filters below L0 (about 30% smaller than bloom at the same false-positive
@@ -299,11 +299,15 @@ impl Store {
             quota.set_periodic_compaction_seconds(86_400);
         }
         quota.set_block_based_table_factory(&table(None));
-        // `quota` and `journal` are written on every commit and read only at start-up (a
-        // full scan): a vector memtable appends each write and sorts once at flush, where
-        // a skip list pays a search on every insert (the 5 period merges of a single event
-        // were 18% of its instructions; BENCHMARKS.md).
-        quota.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+        // `quota` keeps RocksDB's skip list. A vector memtable (append, sort once at flush)
+        // made inserts cheaper, but its flush sorted the whole memtable in one go: 600k
+        // operands on a few dozen rows took 5 s of the one CPU on the benchmark VM, and
+        // requests queued behind it for seconds (T5). The journal combines a write's
+        // operands per row, so the skip list sees one insert per row and write, on a
+        // search path that stays in cache (few distinct keys).
+        // `journal` is written on every commit and read only at start-up (a full scan): a
+        // vector memtable appends each write where a skip list pays a search per insert,
+        // and its flush sorts keys that arrive in order (sequence numbers), which is cheap.
         let mut journal = Options::default();
         journal.set_block_based_table_factory(&table(None));
         journal.set_memtable_factory(rocksdb::MemtableFactory::Vector);
