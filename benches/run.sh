@@ -1028,6 +1028,18 @@ log "writing $OUT"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     tsv_table "$LAT" s s 0 0 s s s s 0 s 0 s s 0 s s s s
     echo
+    slow=$(for f in "$RES"/lat-*-M.txt; do
+      [ -f "$f" ] || continue
+      r=${f##*/lat-}
+      sed -n "s/^slow episodes /- round ${r%-M.txt}: slow episodes /p" "$f"
+    done)
+    if [ -n "$slow" ]; then
+      echo "Where meterd's slow requests were, by intended send time (loadgen; unix ms to match"
+      echo "with the RocksDB event log):"
+      echo
+      echo "$slow"
+      echo
+    fi
     if [ -s "$LATDB" ]; then
       echo "RocksDB background work in the meterd daemon during each latency round (from its event"
       echo "log; the events themselves are kept as \`lat-ROUND-M.rocksdb-events.txt\` in the results):"

@@ -672,6 +672,35 @@ fn sample_flushes(pid: u32, start: Instant, stop: Arc<AtomicBool>) -> (Vec<(u64,
 }
 
 /// True when `[a, b]` overlaps one of the sorted, disjoint `intervals`.
+/// Latency (ms) above which a 100 ms window of intended send times counts as slow.
+const SLOW_MS: u64 = 20;
+
+/// Runs of consecutive 100 ms windows (by intended send time) in which some request took
+/// longer than `slow_ms`: (first window start ns, last window end ns, worst latency ns).
+/// They locate a stall in time, to be matched with the server's logs.
+fn slow_episodes(spans: &[(u64, u64)], slow_ms: u64) -> Vec<(u64, u64, u64)> {
+    const WINDOW_NS: u64 = 100_000_000;
+    let mut worst: BTreeMap<u64, u64> = BTreeMap::new();
+    for &(i, d) in spans {
+        let lat = d.saturating_sub(i);
+        if lat > slow_ms * 1_000_000 {
+            let w = worst.entry(i / WINDOW_NS).or_default();
+            *w = (*w).max(lat);
+        }
+    }
+    let mut out: Vec<(u64, u64, u64)> = Vec::new();
+    for (w, lat) in worst {
+        match out.last_mut() {
+            Some(e) if e.1 == w * WINDOW_NS => {
+                e.1 = (w + 1) * WINDOW_NS;
+                e.2 = e.2.max(lat);
+            }
+            _ => out.push((w * WINDOW_NS, (w + 1) * WINDOW_NS, lat)),
+        }
+    }
+    out
+}
+
 fn overlaps(intervals: &[(u64, u64)], a: u64, b: u64) -> bool {
     // First interval ending at or after a.
     let i = intervals.partition_point(|iv| iv.1 < a);
@@ -860,6 +889,9 @@ async fn run(a: RunArgs) -> Result<(), String> {
         });
     }
     let start = Instant::now();
+    let start_unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let plan = Arc::new(Plan {
         start,
         warmup: Duration::from_secs_f64(warmup),
@@ -1073,6 +1105,36 @@ async fn run(a: RunArgs) -> Result<(), String> {
     );
     if let Some(s) = &st.sample {
         println!("first non-2xx body: {s}");
+    }
+    if fixed {
+        let episodes = slow_episodes(&st.spans, SLOW_MS);
+        if !episodes.is_empty() {
+            let shown: Vec<String> = episodes
+                .iter()
+                .take(8)
+                .map(|e| {
+                    format!(
+                        "{:.1}-{:.1} s (unix ms {}) max {:.1} ms",
+                        e.0 as f64 / 1e9,
+                        e.1 as f64 / 1e9,
+                        start_unix_ms + u128::from(e.0 / 1_000_000),
+                        e.2 as f64 / 1e6
+                    )
+                })
+                .collect();
+            println!(
+                "slow episodes (100 ms windows of intended send time with a latency over \
+                 {SLOW_MS} ms): {}",
+                shown.join("; ")
+            );
+        }
+        let worst = episodes.iter().map(|e| e.2).max().unwrap_or(0);
+        let _ = write!(
+            line,
+            " slow_episodes={} worst_episode_ms={:.1}",
+            episodes.len(),
+            worst as f64 / 1e6
+        );
     }
     if a.flush_pid.is_some() {
         let mut during = histogram();
