@@ -351,21 +351,35 @@ check_line() {
 TP=$RES/throughput.tsv # round name req/s events/s p50 p99 gen% srv% check
 LAT=$RES/latency.tsv
 LATDB=$RES/latency-rocksdb.tsv
-# round events-file -> round, flushes, compactions, MB written by them, longest compaction ms
+# round events-file t0_us t1_us -> round, flushes and compactions that ran during the
+# window [t0, t1] (a job started before its round and still running counts too), MB the
+# compactions wrote, the longest compaction's ms. The events file is the daemon's whole
+# RocksDB event log; a job with no start in it began before the log, one with no end had
+# not ended when the log was copied.
 rocksdb_round_summary() {
-  awk -v r="$1" '
-    function num(key,   m) {
+  awk -v r="$1" -v t0="$3" -v t1="$4" '
+    function num(key) {
       if (match($0, "\"" key "\": [0-9]+")) return substr($0, RSTART + length(key) + 4, RLENGTH - length(key) - 4) + 0
-      return 0
+      return -1
     }
-    /"event": "flush_finished"/ { f++ }
-    /"event": "compaction_finished"/ {
-      c++; mb += num("total_output_size") / 1048576
-      t = num("compaction_time_micros") / 1000; if (t > tmax) tmax = t
+    /"event": "(flush|compaction)_(started|finished)"/ {
+      j = num("job"); t = num("time_micros")
+      kind[j] = ($0 ~ /"event": "flush_/) ? "f" : "c"
+      if ($0 ~ /_started"/) st[j] = t; else { en[j] = t; out[j] = num("total_output_size") }
     }
-    END { printf "%s\t%d\t%d\t%.0f\t%.0f\n", r, f, c, mb, tmax }' "$2"
+    END {
+      for (j in kind) {
+        s0 = (j in st) ? st[j] : 0; e0 = (j in en) ? en[j] : 1e18
+        if (s0 > t1 || e0 < t0) continue
+        if (kind[j] == "f") { f++; continue }
+        c++; if (out[j] > 0) mb += out[j] / 1048576
+        d = ((j in en) && (j in st)) ? (e0 - s0) / 1000 : -1
+        if (d > tmax) tmax = d
+      }
+      printf "%s\t%d\t%d\t%.0f\t%.0f\n", r, f, c, mb, tmax
+    }' "$2"
 }
-truncate_results "$TP" "$LAT" "$LATDB"
+truncate_results "$TP" "$LAT" "$LATDB" "$RES/lat-windows.tsv"
 record() { # round name line meterd(0/1) [server metrics]
   local r=$1 name=$2 line=$3 m=$4
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$name" \
@@ -601,7 +615,7 @@ if has_phase latency; then
         name=baseline
         extra=()
       fi
-      log_lines=$(wc -l <"$TMP/$name/data/LOG" 2>/dev/null || echo 0)
+      t0_us=$(date +%s%6N)
       line=$(lg "$RES/lat-$r-$w.txt" --label "lat-$w" --url "http://${API[$name]}" --conns $C_T2 \
         --body single --rate "$T5_RATE" --warmup "$WARMUP_SECONDS" --duration "$LAT_SECONDS" \
         --side-path /v1/contracts/bench-q0/balance --side-rate $SIDE_RATE --side-conns $SIDE_CONNS \
@@ -615,14 +629,16 @@ if has_phase latency; then
         "$(check_line "$line" "$([ "$w" = M ] && echo 1 || echo 0)")$([ "$(kv side_non2xx "$line")" = 0 ] || echo ";side_non2xx=$(kv side_non2xx "$line")")" \
         "$([ -z "$before" ] || mdelta "$before" "$(msnap fsync)")" >>"$LAT"
       if [ "$w" = M ]; then
-        # RocksDB's background work during the round (its event log), kept with the
-        # results so that a bad round can be traced to a flush or compaction.
-        tail -n +$((log_lines + 1)) "$TMP/$name/data/LOG" 2>/dev/null | grep 'EVENT_LOG_v1' \
-          >"$RES/lat-$r-M.rocksdb-events.txt" || true
-        rocksdb_round_summary "$r" "$RES/lat-$r-M.rocksdb-events.txt" >>"$LATDB"
+        printf '%s\t%s\t%s\n' "$r" "$t0_us" "$(date +%s%6N)" >>"$RES/lat-windows.tsv"
       fi
     done
   done
+  # RocksDB's background work during each meterd round, from the daemon's event log (kept
+  # with the results), so that a bad round can be traced to a flush or a compaction.
+  grep -h 'EVENT_LOG_v1' "$TMP/fsync/data/LOG" >"$RES/fsync-rocksdb-events.txt" 2>/dev/null || true
+  while IFS=$'\t' read -r r a b; do
+    rocksdb_round_summary "$r" "$RES/fsync-rocksdb-events.txt" "$a" "$b" >>"$LATDB"
+  done <"$RES/lat-windows.tsv"
 fi
 for n in fsync buffered baseline; do
   [ -n "${PID[$n]:-}" ] && stop_pid "${PID[$n]}" TERM
@@ -1041,8 +1057,8 @@ log "writing $OUT"
       echo
     fi
     if [ -s "$LATDB" ]; then
-      echo "RocksDB background work in the meterd daemon during each latency round (from its event"
-      echo "log; the events themselves are kept as \`lat-ROUND-M.rocksdb-events.txt\` in the results):"
+      echo "RocksDB background work that ran during each meterd latency round, including jobs started"
+      echo "before it (from the daemon's event log, kept as \`fsync-rocksdb-events.txt\` in the results):"
       echo
       echo "| round | flushes | compactions | MB written by compactions | longest compaction ms |"
       echo "|---|---|---|---|---|"
