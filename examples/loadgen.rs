@@ -671,7 +671,6 @@ fn sample_flushes(pid: u32, start: Instant, stop: Arc<AtomicBool>) -> (Vec<(u64,
     (out, prev_cpu - first_cpu)
 }
 
-/// True when `[a, b]` overlaps one of the sorted, disjoint `intervals`.
 /// Latency (ms) above which a 100 ms window of intended send times counts as slow.
 const SLOW_MS: u64 = 20;
 
@@ -701,6 +700,7 @@ fn slow_episodes(spans: &[(u64, u64)], slow_ms: u64) -> Vec<(u64, u64, u64)> {
     out
 }
 
+/// True when `[a, b]` overlaps one of the sorted, disjoint `intervals`.
 fn overlaps(intervals: &[(u64, u64)], a: u64, b: u64) -> bool {
     // First interval ending at or after a.
     let i = intervals.partition_point(|iv| iv.1 < a);

@@ -265,34 +265,25 @@ fn combined_quota(
     commits: &mut [Commit],
     rows: &mut FastHashMap<Vec<u8>, AggValue>,
 ) -> Option<WriteBatch> {
-    let quota_cf = store.cf(cf::QUOTA);
-    if let [one] = commits {
+    let mut sorted: Vec<(Vec<u8>, AggValue)> = if let [one] = commits {
         // Alone in its write: nothing to combine with (a request reserves each row once).
-        if one.quota.is_empty() {
-            return None;
-        }
-        let mut batch = WriteBatch::with_capacity_bytes(one.quota.len() * 96);
-        for (key, value) in one.quota.drain(..) {
-            batch.merge_cf(quota_cf, key, value.encode());
-        }
-        return Some(batch);
-    }
-    for c in commits.iter_mut() {
-        for (key, delta) in c.quota.drain(..) {
-            match rows.get_mut(&key) {
-                Some(v) => *v = v.merge(delta),
-                None => {
-                    rows.insert(key, delta);
-                }
+        std::mem::take(&mut one.quota)
+    } else {
+        for c in commits.iter_mut() {
+            for (key, delta) in c.quota.drain(..) {
+                rows.entry(key)
+                    .and_modify(|v| *v = v.merge(delta))
+                    .or_insert(delta);
             }
         }
-    }
-    if rows.is_empty() {
+        rows.drain().collect()
+    };
+    if sorted.is_empty() {
         return None;
     }
     // In key order: the memtable's skip list then inserts each next to the previous one.
-    let mut sorted: Vec<(Vec<u8>, AggValue)> = rows.drain().collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let quota_cf = store.cf(cf::QUOTA);
     let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96);
     for (key, value) in sorted {
         batch.merge_cf(quota_cf, key, value.encode());

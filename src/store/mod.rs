@@ -305,6 +305,7 @@ impl Store {
         // requests queued behind it for seconds (T5). The journal combines a write's
         // operands per row, so the skip list sees one insert per row and write, on a
         // search path that stays in cache (few distinct keys).
+
         // `journal` is written on every commit and read only at start-up (a full scan): a
         // vector memtable appends each write where a skip list pays a search per insert,
         // and its flush sorts keys that arrive in order (sequence numbers), which is cheap.
