@@ -246,13 +246,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     };
     let registry = Registry::new(&cfg);
     load_registry(&store, &registry, &cfg).context("loading levers and contracts")?;
+    // Starting the journal folds the quota usage a killed process left in the quota
+    // log into the stored rows, which the quota book is loaded from next.
+    let (journal, journal_thread) =
+        Journal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1)
+            .context("folding the quota log")?;
     let quotas = QuotaBook::new(cfg.shards);
     load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
         .context("loading quota usage")?;
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
     let revisions = Revisions::load(&store).context("loading revisions")?;
-    let (journal, journal_thread) =
-        Journal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1);
     let state = Arc::new(State {
         outbox,
         revisions,

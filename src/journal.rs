@@ -3,10 +3,20 @@
 //! Requests hand their write batch (journal records + dedupe records) and their quota
 //! usage operands to one writer thread. The writer drains everything queued, writes the
 //! batches into the RocksDB WAL (consecutive small ones merged into one write of up to
-//! 1 MiB, with the quota operands of that write's requests combined per row), and, with
-//! `durability = "fsync"`, fsyncs the WAL once for the whole group before answering
-//! every request in it. While one fsync runs, the next group queues up, so
-//! concurrent requests share fsyncs and no request pays a private one.
+//! 1 MiB, with the quota operands of that write's requests combined per row into one
+//! quota log record), and, with `durability = "fsync"`, fsyncs the WAL once for the whole
+//! group before answering every request in it. While one fsync runs, the next group
+//! queues up, so concurrent requests share fsyncs and no request pays a private one.
+//!
+//! Quota usage reaches the `quota` column family through the quota log: each write
+//! appends one record (its combined operands) to `quota_log`, atomically with the events
+//! it counts, and the writer keeps the sum of the records not yet folded. About once a
+//! second ([`QUOTA_FOLD_INTERVAL`]) it folds them: one merge operand per changed row into
+//! `quota` and a range deletion of the folded records, in one atomic write. A record is
+//! thus counted exactly once, whether the process stops before or after its fold; what a
+//! killed process left unfolded is folded by the next [`Journal::start`], before the
+//! quota book is loaded. The hot rows of a busy contract get one memtable entry a second
+//! instead of one per write, and a record costs one append to a vector memtable.
 //!
 //! Fsyncs are paced: the next one starts no sooner than `group_commit_interval` (1 ms by
 //! default) after the previous one started, so a busy journal fsyncs at most 1,000 times
@@ -43,6 +53,15 @@ const MAX_MERGED_BYTES: usize = 1 << 20;
 
 /// Merge operands for the `quota` column family: (row key, delta).
 pub type QuotaOperands = Vec<(Vec<u8>, AggValue)>;
+
+/// How long quota log records wait before the writer folds them into `quota`.
+pub const QUOTA_FOLD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Unfolded quota log records after which the writer folds sooner.
+const QUOTA_FOLD_RECORDS: u64 = 8192;
+
+/// Distinct unfolded rows after which the writer folds sooner (bounds its memory).
+const QUOTA_FOLD_ROWS: usize = 1 << 18;
 
 struct Commit {
     batch: WriteBatch,
@@ -84,29 +103,32 @@ impl CommitError {
 }
 
 impl Journal {
-    /// Starts the writer thread. `first_seq` is the next unused journal sequence number.
-    /// With `durability = fsync`, fsyncs start at least `group_commit_interval` apart.
+    /// Folds what an earlier run left in the quota log into `quota` (so the quota
+    /// book can be loaded after this returns), then starts the writer thread.
+    /// `first_seq` is the next unused journal sequence number. With
+    /// `durability = fsync`, fsyncs start at least `group_commit_interval` apart.
     pub fn start(
         store: Store,
         durability: Durability,
         group_commit_interval: Duration,
         first_seq: u64,
-    ) -> (Journal, JoinHandle<()>) {
+    ) -> Result<(Journal, JoinHandle<()>), StoreError> {
+        let log = QuotaLog::new(fold_quota_log(&store)?);
         let (tx, rx) = crossbeam_channel::bounded::<Commit>(65_536);
         let fsyncs = Arc::new(AtomicU64::new(0));
         let counted = fsyncs.clone();
         let handle = std::thread::Builder::new()
             .name("meterd-journal".into())
-            .spawn(move || writer(store, durability, group_commit_interval, rx, &counted))
+            .spawn(move || writer(store, durability, group_commit_interval, rx, &counted, log))
             .expect("spawn journal writer");
-        (
+        Ok((
             Journal {
                 tx,
                 next_seq: AtomicU64::new(first_seq),
                 fsyncs,
             },
             handle,
-        )
+        ))
     }
 
     /// Group-commit fsyncs made so far.
@@ -131,10 +153,11 @@ impl Journal {
 
     /// Commits a batch and merge operands for the `quota` column family atomically with
     /// it. Within one RocksDB write the writer combines the operands of all its requests
-    /// per row ([`AggValue::merge`] is associative and commutative, so the stored rows
-    /// are exactly what per-request operands would give): at 50 requests per group on a
-    /// few contracts, hundreds of operands become one per row, and the quota memtable
-    /// inserts, and later sorts and merges at flush, a fraction of them.
+    /// per row into one quota log record, and folds those records into `quota` about
+    /// once a second ([`AggValue::merge`] is associative and commutative, so the stored
+    /// rows are exactly what per-request operands would give): at 50 requests per group
+    /// on a few contracts, hundreds of operands become one per row and write, and the
+    /// quota memtable sees one per row and fold.
     pub async fn commit_with_quota(
         &self,
         batch: WriteBatch,
@@ -180,6 +203,7 @@ fn writer(
     interval: Duration,
     rx: Receiver<Commit>,
     fsyncs: &AtomicU64,
+    mut log: QuotaLog,
 ) {
     let group_size = metrics::histogram!(names::JOURNAL_GROUP_SIZE);
     let fsync_secs = metrics::histogram!(names::JOURNAL_FSYNC_SECONDS);
@@ -188,7 +212,23 @@ fn writer(
     let mut results: Vec<Result<(), String>> = Vec::with_capacity(MAX_GROUP);
     let mut last_sync: Option<Instant> = None;
     let mut rows: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
-    while let Ok(first) = rx.recv() {
+    let mut record: Vec<u8> = Vec::new();
+    loop {
+        // An idle writer still folds the quota log when it is due.
+        let first = match log.due_in() {
+            None => match rx.recv() {
+                Ok(c) => c,
+                Err(_) => break,
+            },
+            Some(wait) => match rx.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    log.fold(&store);
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
+        };
         // Pacing: the next fsync starts no sooner than `interval` after the previous
         // one started; requests arriving meanwhile join this group. An idle journal
         // (last fsync longer ago) commits at once.
@@ -227,11 +267,19 @@ fn writer(
                 .iter_mut()
                 .map(|c| std::mem::take(&mut c.batch))
                 .collect();
-            if let Some(q) = combined_quota(&store, &mut group[start..end], &mut rows) {
-                batches.push(q);
+            let ops = combined_quota(&mut group[start..end], &mut rows);
+            if !ops.is_empty() {
+                record.clear();
+                encode_log_record(&ops, &mut record);
+                let mut b = WriteBatch::with_capacity_bytes(record.len() + 32);
+                b.put_cf(store.cf(cf::QUOTA_LOG), log.next.to_be_bytes(), &record);
+                batches.push(b);
             }
             let r = store.write_all(batches, false).map_err(|e| e.to_string());
-            any_ok |= r.is_ok();
+            if r.is_ok() {
+                any_ok = true;
+                log.written(ops);
+            }
             results.extend(std::iter::repeat_n(r, end - start));
             start = end;
         }
@@ -255,40 +303,186 @@ fn writer(
         for (c, r) in group.drain(..).zip(results.drain(..)) {
             let _ = c.done.send(r);
         }
+        // After the answers: a fold delays no request of this group.
+        if log.due_in() == Some(Duration::ZERO) {
+            log.fold(&store);
+        }
+    }
+    // Shutting down: fold what is left (a failure leaves it for the next start).
+    log.fold(&store);
+}
+
+/// The quota operands of `commits`, combined per row (each request's own operands
+/// when it is alone). `rows` is scratch space, left empty.
+fn combined_quota(
+    commits: &mut [Commit],
+    rows: &mut FastHashMap<Vec<u8>, AggValue>,
+) -> QuotaOperands {
+    if let [one] = commits {
+        // Alone in its write: nothing to combine with (a request reserves each row once).
+        return std::mem::take(&mut one.quota);
+    }
+    for c in commits.iter_mut() {
+        for (key, delta) in c.quota.drain(..) {
+            rows.entry(key)
+                .and_modify(|v| *v = v.merge(delta))
+                .or_insert(delta);
+        }
+    }
+    rows.drain().collect()
+}
+
+/// Quota log records written but not yet folded into `quota`, summed per row.
+#[derive(Debug)]
+struct QuotaLog {
+    /// Sum of the unfolded records per row.
+    pending: FastHashMap<Vec<u8>, AggValue>,
+    /// Number of the first unfolded record.
+    first: u64,
+    /// Number of the next record.
+    next: u64,
+    /// When the first unfolded record was written.
+    since: Option<Instant>,
+}
+
+impl QuotaLog {
+    fn new(next: u64) -> QuotaLog {
+        QuotaLog {
+            pending: FastHashMap::default(),
+            first: next,
+            next,
+            since: None,
+        }
+    }
+
+    /// Notes that record `self.next`, holding `ops`, was written.
+    fn written(&mut self, ops: QuotaOperands) {
+        if ops.is_empty() {
+            return;
+        }
+        self.next += 1;
+        self.since.get_or_insert_with(Instant::now);
+        for (key, delta) in ops {
+            self.pending
+                .entry(key)
+                .and_modify(|v| *v = v.merge(delta))
+                .or_insert(delta);
+        }
+    }
+
+    /// `None` with nothing to fold, else how long until the fold is due.
+    fn due_in(&self) -> Option<Duration> {
+        let since = self.since?;
+        if self.next - self.first >= QUOTA_FOLD_RECORDS || self.pending.len() >= QUOTA_FOLD_ROWS {
+            return Some(Duration::ZERO);
+        }
+        Some((since + QUOTA_FOLD_INTERVAL).saturating_duration_since(Instant::now()))
+    }
+
+    /// Writes the unfolded records' sums into `quota` and deletes the records, in one
+    /// atomic write. On failure everything stays pending for the next attempt.
+    fn fold(&mut self, store: &Store) {
+        if self.first == self.next {
+            return;
+        }
+        let t = Instant::now();
+        let batch = fold_batch(store, &self.pending, self.first, self.next);
+        match store.write(batch, false) {
+            Ok(()) => {
+                self.pending.clear();
+                self.pending.shrink_to(1024);
+                self.first = self.next;
+                self.since = None;
+                metrics::histogram!(names::QUOTA_FOLD_SECONDS).record(t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                // Retried after another interval, not at once.
+                self.since = Some(Instant::now());
+                tracing::error!(error = %e, "folding the quota log failed; kept for the next attempt");
+            }
+        }
     }
 }
 
-/// The quota operands of `commits`, combined per row into one batch of merges (`None`
-/// when there are none). `rows` is scratch space, left empty.
-fn combined_quota(
+/// One merge per row of `sums` into `quota` (in key order) and the deletion of quota log
+/// records `first..next`.
+fn fold_batch(
     store: &Store,
-    commits: &mut [Commit],
-    rows: &mut FastHashMap<Vec<u8>, AggValue>,
-) -> Option<WriteBatch> {
-    let mut sorted: Vec<(Vec<u8>, AggValue)> = if let [one] = commits {
-        // Alone in its write: nothing to combine with (a request reserves each row once).
-        std::mem::take(&mut one.quota)
-    } else {
-        for c in commits.iter_mut() {
-            for (key, delta) in c.quota.drain(..) {
-                rows.entry(key)
-                    .and_modify(|v| *v = v.merge(delta))
-                    .or_insert(delta);
-            }
-        }
-        rows.drain().collect()
-    };
-    if sorted.is_empty() {
-        return None;
-    }
-    // In key order: the memtable's skip list then inserts each next to the previous one.
-    sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    sums: &FastHashMap<Vec<u8>, AggValue>,
+    first: u64,
+    next: u64,
+) -> WriteBatch {
+    let mut sorted: Vec<(&Vec<u8>, &AggValue)> = sums.iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let quota_cf = store.cf(cf::QUOTA);
-    let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96);
-    for (key, value) in sorted {
-        batch.merge_cf(quota_cf, key, value.encode());
+    let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96 + 64);
+    let mut value = Vec::with_capacity(33);
+    for (key, v) in sorted {
+        value.clear();
+        v.encode_into(&mut value);
+        batch.merge_cf(quota_cf, key, &value);
     }
-    Some(batch)
+    batch.delete_range_cf(
+        store.cf(cf::QUOTA_LOG),
+        first.to_be_bytes(),
+        next.to_be_bytes(),
+    );
+    batch
+}
+
+/// Folds every record in the quota log into `quota` (start-up: what a killed process
+/// left). Returns the number for the next record.
+pub fn fold_quota_log(store: &Store) -> Result<u64, StoreError> {
+    let mut sums: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
+    let mut first: Option<u64> = None;
+    let mut next = 0u64;
+    store.scan_all(cf::QUOTA_LOG, |k, v| {
+        let n = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("quota_log"))?);
+        first.get_or_insert(n);
+        next = n + 1;
+        decode_log_record(v, |key, delta| {
+            sums.entry(key.to_vec())
+                .and_modify(|s| *s = s.merge(delta))
+                .or_insert(delta);
+        })
+        .ok_or(StoreError::Corrupt("quota_log"))
+    })?;
+    if let Some(first) = first {
+        store.write(fold_batch(store, &sums, first, next), true)?;
+        tracing::info!(
+            records = next - first,
+            rows = sums.len(),
+            "quota log folded"
+        );
+    }
+    Ok(next)
+}
+
+/// Appends a quota log record: per operand, the key's length (u32 LE), the key, the
+/// value's length (u8) and its [`AggValue`] encoding.
+fn encode_log_record(ops: &[(Vec<u8>, AggValue)], out: &mut Vec<u8>) {
+    for (key, value) in ops {
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key);
+        let at = out.len();
+        out.push(0);
+        value.encode_into(out);
+        out[at] = (out.len() - at - 1) as u8;
+    }
+}
+
+/// Calls `f` with each operand of a quota log record; `None` when it is corrupt.
+fn decode_log_record(mut b: &[u8], mut f: impl FnMut(&[u8], AggValue)) -> Option<()> {
+    while !b.is_empty() {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let key = rest.get(..len)?;
+        let (&vlen, rest) = rest.get(len..)?.split_first()?;
+        let value = AggValue::decode(rest.get(..vlen as usize)?)?;
+        f(key, value);
+        b = &rest[vlen as usize..];
+    }
+    Some(())
 }
 
 #[cfg(test)]
@@ -307,7 +501,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let interval = Duration::from_millis(200);
-        let (journal, thread) = Journal::start(store.clone(), Durability::Fsync, interval, 1);
+        let (journal, thread) =
+            Journal::start(store.clone(), Durability::Fsync, interval, 1).unwrap();
         let journal = Arc::new(journal);
         // An idle journal commits at once.
         let t0 = Instant::now();
@@ -349,7 +544,8 @@ mod tests {
             Durability::Fsync,
             Duration::from_millis(100),
             1,
-        );
+        )
+        .unwrap();
         journal.commit_blocking(batch(&store, 0)).unwrap();
         let journal = Arc::new(journal);
         // Per commit i: a sum, a max and a latest operand on shared rows, and a row of its
@@ -388,29 +584,199 @@ mod tests {
                 expected.insert(k, e);
             }
         }
-        for (k, v) in &expected {
-            let stored = store.get(cf::QUOTA, k).unwrap().expect("row written");
-            assert_eq!(AggValue::decode(&stored), Some(*v), "row {k:?}");
-        }
         assert!(
             journal.fsyncs() < n,
             "{} groups: commits were not grouped",
             journal.fsyncs()
         );
-        // Grouped commits wrote one operand per row, not one per commit and row.
-        let entries = store
-            .property_int(cf::QUOTA, "rocksdb.num-entries-active-mem-table")
-            .unwrap();
-        assert!(entries < 4 * n, "{entries} quota operands for {n} commits");
+        // Grouped commits wrote one quota log record per write, not one per commit.
+        let records = log_records(&store);
+        assert!(
+            !records.is_empty() && (records.len() as u64) < n,
+            "{} quota log records for {n} commits",
+            records.len()
+        );
+        // Each record holds one operand per row.
+        for r in &records {
+            let mut keys = Vec::new();
+            decode_log_record(r, |k, _| keys.push(k.to_vec())).unwrap();
+            let distinct: std::collections::HashSet<_> = keys.iter().collect();
+            assert_eq!(distinct.len(), keys.len(), "a row twice in one record");
+        }
+        // The writer's last fold (at shutdown) puts exactly the fold of every operand into
+        // `quota`, and empties the log.
         drop(journal);
         thread.join().unwrap();
+        for (k, v) in &expected {
+            let stored = store.get(cf::QUOTA, k).unwrap().expect("row written");
+            assert_eq!(AggValue::decode(&stored), Some(*v), "row {k:?}");
+        }
+        assert!(
+            log_records(&store).is_empty(),
+            "folded records left in the log"
+        );
+        assert_eq!(
+            store
+                .property_int(cf::QUOTA, "rocksdb.num-entries-active-mem-table")
+                .unwrap(),
+            expected.len() as u64,
+            "one merge per row"
+        );
+    }
+
+    fn log_records(store: &Store) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        store
+            .scan_all(cf::QUOTA_LOG, |_, v| {
+                out.push(v.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn an_idle_writer_folds_the_quota_log_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (journal, thread) =
+            Journal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            journal
+                .commit_blocking_with_quota(
+                    batch(&store, i),
+                    vec![(b"row".to_vec(), AggValue::Sum(2))],
+                )
+                .unwrap();
+        }
+        // Committed, not yet folded: the usage is in the log only.
+        assert_eq!(log_records(&store).len(), 3);
+        assert_eq!(store.get(cf::QUOTA, b"row").unwrap(), None);
+        // No further commit wakes the writer: it folds on its own.
+        while store.get(cf::QUOTA, b"row").unwrap().is_none() {
+            assert!(
+                t0.elapsed() < QUOTA_FOLD_INTERVAL * 10,
+                "the idle writer never folded the log"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            t0.elapsed() >= QUOTA_FOLD_INTERVAL,
+            "folded before the interval"
+        );
+        let stored = store.get(cf::QUOTA, b"row").unwrap().unwrap();
+        assert_eq!(AggValue::decode(&stored), Some(AggValue::Sum(6)));
+        assert!(log_records(&store).is_empty());
+        drop(journal);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn start_folds_what_a_killed_writer_left_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        // A row already folded, and three records a killed process never folded (one of
+        // them on a row of its own, one a max).
+        let mut b = WriteBatch::default();
+        b.merge_cf(store.cf(cf::QUOTA), b"a", AggValue::Sum(10).encode());
+        let records: [QuotaOperands; 3] = [
+            vec![
+                (b"a".to_vec(), AggValue::Sum(1)),
+                (b"m".to_vec(), AggValue::Max(4)),
+            ],
+            vec![
+                (b"a".to_vec(), AggValue::Sum(2)),
+                (b"m".to_vec(), AggValue::Max(9)),
+            ],
+            vec![(b"b".to_vec(), AggValue::Sum(-3))],
+        ];
+        for (n, ops) in records.iter().enumerate() {
+            let mut rec = Vec::new();
+            encode_log_record(ops, &mut rec);
+            b.put_cf(store.cf(cf::QUOTA_LOG), (40 + n as u64).to_be_bytes(), rec);
+        }
+        store.write(b, true).unwrap();
+        let value = |k: &[u8]| AggValue::decode(&store.get(cf::QUOTA, k).unwrap().unwrap());
+        for _restart in 0..2 {
+            let (journal, thread) =
+                Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
+            assert_eq!(value(b"a"), Some(AggValue::Sum(13)));
+            assert_eq!(value(b"m"), Some(AggValue::Max(9)));
+            assert_eq!(value(b"b"), Some(AggValue::Sum(-3)));
+            assert!(log_records(&store).is_empty());
+            drop(journal);
+            thread.join().unwrap();
+        }
+        // The next record after a fold at start does not reuse a folded record's number.
+        let (journal, thread) =
+            Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
+        journal
+            .commit_blocking_with_quota(batch(&store, 1), vec![(b"a".to_vec(), AggValue::Sum(5))])
+            .unwrap();
+        drop(journal);
+        thread.join().unwrap();
+        assert_eq!(value(b"a"), Some(AggValue::Sum(18)));
+    }
+
+    #[test]
+    fn a_corrupt_quota_log_record_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let mut b = WriteBatch::default();
+        b.put_cf(
+            store.cf(cf::QUOTA_LOG),
+            1u64.to_be_bytes(),
+            b"\x05\x00\x00\x00ab",
+        );
+        store.write(b, true).unwrap();
+        let err = Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt("quota_log")), "{err}");
+    }
+
+    #[test]
+    fn quota_log_records_round_trip() {
+        let ops: QuotaOperands = vec![
+            (b"".to_vec(), AggValue::Sum(i128::MIN)),
+            (vec![7u8; 300], AggValue::Max(3)),
+            (
+                b"l".to_vec(),
+                AggValue::Latest {
+                    time_ms: -5,
+                    ordinal: u64::MAX,
+                    value: 1,
+                },
+            ),
+        ];
+        let mut rec = Vec::new();
+        encode_log_record(&ops, &mut rec);
+        let mut back = Vec::new();
+        decode_log_record(&rec, |k, v| back.push((k.to_vec(), v))).unwrap();
+        assert_eq!(back, ops);
+        // A record cut between two operands holds the first ones; cut anywhere else it
+        // is corrupt.
+        let mut ends = Vec::new();
+        let mut whole = Vec::new();
+        for op in &ops {
+            encode_log_record(std::slice::from_ref(op), &mut whole);
+            ends.push(whole.len());
+        }
+        for cut in 1..rec.len() {
+            let mut n = 0;
+            let r = decode_log_record(&rec[..cut], |_, _| n += 1);
+            match ends.iter().position(|&e| e == cut) {
+                Some(i) => assert_eq!((r, n), (Some(()), i + 1), "cut at {cut}"),
+                None => assert_eq!(r, None, "cut at {cut}"),
+            }
+        }
     }
 
     #[test]
     fn unpaced_fsyncs_follow_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let (journal, thread) = Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1);
+        let (journal, thread) =
+            Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
         for i in 0..5 {
             journal.commit_blocking(batch(&store, i)).unwrap();
         }
@@ -423,7 +789,8 @@ mod tests {
             Durability::Buffered,
             Duration::from_millis(1),
             1,
-        );
+        )
+        .unwrap();
         journal.commit_blocking(batch(&store, 9)).unwrap();
         assert_eq!(journal.fsyncs(), 0);
         drop(journal);

@@ -152,8 +152,10 @@ fn metrics_are_named_described_and_bounded() {
         "meterd_http_requests_total",
         "meterd_journal_fsync_duration_seconds",
         "meterd_flush_duration_seconds",
+        "meterd_quota_fold_duration_seconds",
     ];
-    // The flush histogram appears after the first flush (every 200 ms in tests).
+    // The flush histogram appears after the first flush (every 200 ms in tests), the
+    // quota fold's about a second after the first accepted event.
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let r = d

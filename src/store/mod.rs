@@ -49,6 +49,8 @@ pub mod cf {
     pub const META: &str = "meta";
     /// Quota usage per contract, lever and period.
     pub const QUOTA: &str = "quota";
+    /// Quota usage of recent commits not yet folded into `quota` (see [`crate::journal`]).
+    pub const QUOTA_LOG: &str = "quota_log";
     /// Threshold notifications not yet delivered.
     pub const OUTBOX: &str = "outbox";
     /// The changes feed: tenant and revision -> window key.
@@ -187,6 +189,13 @@ impl Store {
         db_opts.set_max_background_jobs(2);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(4);
+        // A WAL file is kept until every column family's memtable holding some of its
+        // writes is flushed, and some memtables fill slowly (`quota` gets one merge per
+        // changed row a second, `admin` a write per admin change): without a cap the WAL
+        // grew toward RocksDB's default of four times all write buffers (gigabytes), and
+        // start-up replays all of it. Past 512 MiB RocksDB flushes the memtables that
+        // hold the oldest WAL file.
+        db_opts.set_max_total_wal_size(512 << 20);
         // Writes reach the memtables from the journal's one writer thread (and rarely from
         // the flusher and admin requests), so parallel memtable inserts buy nothing; turning
         // them off lets the `journal` column family below use a vector memtable.
@@ -299,12 +308,18 @@ impl Store {
             quota.set_periodic_compaction_seconds(86_400);
         }
         quota.set_block_based_table_factory(&table(None));
-        // `quota` keeps RocksDB's skip list. A vector memtable (append, sort once at flush)
-        // made inserts cheaper, but its flush sorted the whole memtable in one go: 600k
-        // operands on a few dozen rows took 5 s of the one CPU on the benchmark VM, and
-        // requests queued behind it for seconds (T5). The journal combines a write's
-        // operands per row, so the skip list sees one insert per row and write, on a
-        // search path that stays in cache (few distinct keys).
+        // `quota` keeps RocksDB's skip list: it is written once a second per changed row
+        // (the journal's fold of the quota log), by merges on few distinct keys.
+
+        // `quota_log` gets one record per journal write (the write's quota operands) and
+        // a range deletion per fold, about a second later; it is read only at start-up.
+        // A vector memtable appends each record; a small one (4 MiB) keeps the memory
+        // its folded records hold low, and its flushes write little (a record and the
+        // deletion covering it are dropped together when both are in the memtable).
+        let mut quota_log = Options::default();
+        quota_log.set_block_based_table_factory(&table(None));
+        quota_log.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+        quota_log.set_write_buffer_size(4 << 20);
 
         // `journal` is written on every commit and read only at start-up (a full scan): a
         // vector memtable appends each write where a skip list pays a search per insert,
@@ -356,6 +371,7 @@ impl Store {
             ColumnFamilyDescriptor::new(cf::ADMIN, admin),
             ColumnFamilyDescriptor::new(cf::META, meta),
             ColumnFamilyDescriptor::new(cf::QUOTA, quota),
+            ColumnFamilyDescriptor::new(cf::QUOTA_LOG, quota_log),
             ColumnFamilyDescriptor::new(cf::OUTBOX, outbox),
             ColumnFamilyDescriptor::new(cf::CHANGES, changes),
             ColumnFamilyDescriptor::new(cf::ROWREV, rowrev),
@@ -630,13 +646,14 @@ impl Store {
     }
 
     /// Every column family name.
-    pub const CFS: [&'static str; 9] = [
+    pub const CFS: [&'static str; 10] = [
         cf::WINDOWS,
         cf::JOURNAL,
         cf::DEDUPE,
         cf::ADMIN,
         cf::META,
         cf::QUOTA,
+        cf::QUOTA_LOG,
         cf::OUTBOX,
         cf::CHANGES,
         cf::ROWREV,
@@ -677,7 +694,14 @@ impl Store {
     /// Flushes memtables and syncs the WAL (at shutdown).
     pub fn close(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true)?;
-        for name in [cf::WINDOWS, cf::JOURNAL, cf::DEDUPE, cf::ADMIN, cf::QUOTA] {
+        for name in [
+            cf::WINDOWS,
+            cf::JOURNAL,
+            cf::DEDUPE,
+            cf::ADMIN,
+            cf::QUOTA,
+            cf::QUOTA_LOG,
+        ] {
             self.db.flush_cf(self.cf(name))?;
         }
         Ok(())

@@ -52,6 +52,8 @@ pub mod names {
     pub const WEBHOOK_DELIVERY_SECONDS: &str = "meterd_webhook_delivery_duration_seconds";
     /// Quota usage rows held in memory.
     pub const QUOTA_ROWS: &str = "meterd_quota_rows";
+    /// Duration of one fold of the quota log into the quota column family.
+    pub const QUOTA_FOLD_SECONDS: &str = "meterd_quota_fold_duration_seconds";
     /// Events answered `duplicate` (idempotency key already counted).
     pub const DEDUPE_HITS_TOTAL: &str = "meterd_dedupe_hits_total";
     /// Seconds since the last successful flush.
@@ -191,6 +193,11 @@ pub fn describe() {
         QUOTA_ROWS,
         Unit::Count,
         "Quota usage rows (contract, lever, period) held in memory."
+    );
+    describe_histogram!(
+        QUOTA_FOLD_SECONDS,
+        Unit::Seconds,
+        "Duration of one fold of the quota log (usage written by recent commits) into the stored quota rows, about once a second."
     );
     describe_counter!(
         DEDUPE_HITS_TOTAL,
