@@ -399,12 +399,12 @@ stats() {
 # col FILE NAME FIELD: the field of NAME's rows whose checks (field 9) passed.
 col() { awk -F'\t' -v n="$2" -v f="$3" '$2 == n && $f != "" && $9 == "ok" { print $f }' "$1"; }
 # ratios FILE NUM_NAME NUM_FIELD DEN_NAME DEN_FIELD: per-round num/den (rows whose checks
-# passed)
+# passed; a config run twice in a round counts with the mean of its runs)
 ratios() {
   awk -F'\t' -v a="$2" -v af="$3" -v b="$4" -v bf="$5" '
     $9 != "ok" { next }
-    $2 == a && $af + 0 > 0 { x[$1] = $af } $2 == b && $bf + 0 > 0 { y[$1] = $bf }
-    END { for (r in x) if (r in y) printf "%.4f\n", x[r] / y[r] }' "$1"
+    $2 == a && $af + 0 > 0 { x[$1] += $af; nx[$1]++ } $2 == b && $bf + 0 > 0 { y[$1] += $bf; ny[$1]++ }
+    END { for (r in x) if (r in y) printf "%.4f\n", (x[r] / nx[r]) / (y[r] / ny[r]) }' "$1"
 }
 # awk function fmt(value, decimals): thousands separators; "n/a" for nan or empty; other
 # text unchanged.
@@ -546,7 +546,11 @@ if has_phase throughput || has_phase latency; then
 fi
 
 # --- 4. throughput rounds ----------------------------------------------------------------
-ROUND_CONFIGS="B64 M64b B256 M256f Bbatch Mbatch MbatchQ pg redis"
+# Mbatch and MbatchQ run twice per round, in A B B A order (reversed rounds: B A A B): the
+# second batch run of a pair pays the dedupe compaction debt the first one left, and a
+# single pair made T4 a measure of which of the two ran first (benches/analysis.md).
+# Per-round ratios average a config's runs in the round.
+ROUND_CONFIGS="B64 M64b B256 M256f Bbatch Mbatch MbatchQ MbatchQ Mbatch pg redis"
 # http_run ROUND CONFIG SERVER CONNS LOADGEN-ARGS...: one measured loadgen run, recorded
 # with the server's histogram means over it (meterd only).
 http_run() {
@@ -556,7 +560,9 @@ http_run() {
     m=1
     before=$(msnap "$srv")
   }
-  line=$(lg "$RES/$r-$c.txt" --label "$c" --url "http://${API[$srv]}" --conns "$conns" \
+  local out="$RES/$r-$c.txt"
+  [ -e "$out" ] && out="$RES/$r-$c-2.txt"
+  line=$(lg "$out" --label "$c" --url "http://${API[$srv]}" --conns "$conns" \
     --server-pid "${PID[$srv]}" --warmup "$WARMUP_SECONDS" --duration "$ROUND_SECONDS" "$@")
   [ "$m" = 0 ] || after=$(msnap "$srv")
   record "$r" "$c" "$line" "$m" "$([ "$m" = 0 ] || mdelta "$before" "$after")"
@@ -966,8 +972,8 @@ log "writing $OUT"
     cpu_us() { awk -F'\t' -v n="$1" '$2 == n && $9 == "ok" && $8 != "" && $4 > 0 { printf "%.4f\n", $8 * 10000 / $4 }' "$TP"; }
     cpu_ratio() { # baseline config, meterd config, factor: per-round baseline µs / meterd µs x factor
       awk -F'\t' -v a="$1" -v b="$2" -v f="$3" '$9 != "ok" || $8 == "" || $4 <= 0 { next }
-        $2 == a { x[$1] = $8 * 10000 / $4 } $2 == b { y[$1] = $8 * 10000 / $4 }
-        END { for (r in x) if (r in y && y[r] > 0) printf "%.4f\n", x[r] / y[r] * f }' "$TP"
+        $2 == a { x[$1] += $8 * 10000 / $4; nx[$1]++ } $2 == b { y[$1] += $8 * 10000 / $4; ny[$1]++ }
+        END { for (r in x) if (r in y && y[r] > 0) printf "%.4f\n", (x[r] / nx[r]) / (y[r] / ny[r]) * f }' "$TP"
     }
     for c in B64 M64b B256 M256f Bbatch Mbatch MbatchQ; do
       case $c in
