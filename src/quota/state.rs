@@ -435,9 +435,15 @@ pub struct Reserved {
     /// The ancestors of the last admitted event's contract (its chain at the decision,
     /// nearest first), remembered with the event for retraction.
     pub last_ancestors: Vec<String>,
-    /// Position in `rows` of each row's reservation.
+    /// Position in `rows` of the reservations `rows[..at.len()]`, built once a request
+    /// holds more than [`SCAN_ROWS`] rows (fewer are found by scanning).
     at: FastHashMap<UsageKey, usize>,
 }
+
+/// Reservations up to which [`Reserved`] finds a row by scanning: a single event holds
+/// 5 rows per chain member, and a scan of those costs less than hashing the key and
+/// building a map for every request.
+const SCAN_ROWS: usize = 16;
 
 impl Reserved {
     /// The period rows reserved, one per row, in the order first reserved.
@@ -466,15 +472,24 @@ impl Reserved {
         granted: Amount,
         new: AggValue,
     ) {
-        match self.at.get(&key) {
-            Some(&i) => {
+        let found = if self.rows.len() <= SCAN_ROWS {
+            self.rows.iter().position(|r| r.key == key)
+        } else {
+            // Index the rows reserved since the map was last extended (rows are only
+            // appended, so the map always covers a prefix).
+            for i in self.at.len()..self.rows.len() {
+                self.at.insert(self.rows[i].key.clone(), i);
+            }
+            self.at.get(&key).copied()
+        };
+        match found {
+            Some(i) => {
                 let r = &mut self.rows[i];
                 r.delta = r.delta.merge(delta);
                 r.granted = r.granted.saturating_add(granted);
                 r.new = new;
             }
             None => {
-                self.at.insert(key.clone(), self.rows.len());
                 self.rows.push(Reservation {
                     key,
                     prev,
@@ -1430,6 +1445,38 @@ fn exceeded(c: &Contract, lever: &Lever, q: &EffectiveQuota, limit: Amount) -> Q
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_holds_one_reservation_per_row_below_and_above_the_scan_limit() {
+        for distinct in [1, SCAN_ROWS, SCAN_ROWS + 1, 4 * SCAN_ROWS] {
+            let key = |i: usize| {
+                UsageKey::new(
+                    Arc::from("t"),
+                    Arc::from(format!("c{}", i % 3).as_str()),
+                    Arc::from("l"),
+                    PeriodKind::Day,
+                    i as i64,
+                    i as i64 + 1,
+                )
+            };
+            let mut r = Reserved::default();
+            // Three passes over the rows, interleaved, each adding i + 1 (and 1 granted).
+            for _pass in 0..3 {
+                for i in 0..distinct {
+                    let d = AggValue::Sum(i as i128 + 1);
+                    r.reserve_row(key(i), None, d, Amount(1), d);
+                }
+            }
+            assert_eq!(r.rows().len(), distinct, "{distinct} rows");
+            for (i, row) in r.rows().iter().enumerate() {
+                assert_eq!(row.key, key(i), "first-reserved order");
+                assert_eq!(row.delta, AggValue::Sum(3 * (i as i128 + 1)));
+                assert_eq!(row.granted, Amount(3));
+            }
+            r.clear();
+            assert!(r.rows().is_empty() && r.at.is_empty());
+        }
+    }
 
     #[test]
     fn stored_keys_roundtrip() {
