@@ -520,6 +520,13 @@ impl Store {
         // they touch would only push useful blocks out of the shared cache.
         let mut ro = ReadOptions::default();
         ro.fill_cache(false);
+        if let [key] = keys {
+            // One key (a single-event request): a plain lookup skips MultiGet's set-up.
+            return Ok(vec![self
+                .db
+                .get_pinned_cf_opt(cf, key, &ro)?
+                .map(|v| v.to_vec())]);
+        }
         self.db
             .batched_multi_get_cf_opt(cf, keys, true, &ro)
             .into_iter()
