@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
-use dashmap::DashMap;
 use meterd::counters::Counters;
 use meterd::decimal::{Amount, MAX_INPUT, UNIT};
 use meterd::event::{amount_field, parse_event, raw_str, split_body, BodyFormat, Event};
@@ -478,10 +477,10 @@ fn quota_tenant() -> Arc<Tenant> {
         name: Arc::from("default"),
         index: 0,
         lateness: Duration::from_secs(3600),
-        levers: DashMap::new(),
-        contracts: DashMap::new(),
-        plans: DashMap::new(),
-        grants: DashMap::new(),
+        levers: Default::default(),
+        contracts: Default::default(),
+        plans: Default::default(),
+        grants: Default::default(),
         thresholds: Vec::new(),
         webhook: None,
     })
