@@ -546,11 +546,12 @@ if has_phase throughput || has_phase latency; then
 fi
 
 # --- 4. throughput rounds ----------------------------------------------------------------
-# Mbatch and MbatchQ run twice per round, in A B B A order (reversed rounds: B A A B): the
-# second batch run of a pair pays the dedupe compaction debt the first one left, and a
-# single pair made T4 a measure of which of the two ran first (benches/analysis.md).
+# `batches`: an unmeasured batch run, then Mbatch and MbatchQ twice each, A B B A in odd
+# rounds and B A A B in even ones. Each batch run leaves dedupe compaction work that the
+# next one pays, and the first batch run after the single-event runs finds none: with one
+# run of each per round, T4 measured which of the two ran first (benches/analysis.md).
 # Per-round ratios average a config's runs in the round.
-ROUND_CONFIGS="B64 M64b B256 M256f Bbatch Mbatch MbatchQ MbatchQ Mbatch pg redis"
+ROUND_CONFIGS="B64 M64b B256 M256f Bbatch batches pg redis"
 # http_run ROUND CONFIG SERVER CONNS LOADGEN-ARGS...: one measured loadgen run, recorded
 # with the server's histogram means over it (meterd only).
 http_run() {
@@ -577,6 +578,14 @@ run_config() { # round config
     Bbatch) http_run "$r" "$c" baseline $C_BATCH --body batch --events $BATCH_EVENTS ;;
     Mbatch) http_run "$r" "$c" fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
     MbatchQ) http_run "$r" "$c" fsync $C_BATCH --body batch --events $BATCH_EVENTS --contract-prefix bench-q ;;
+    batches)
+      lg "$RES/$r-batch-warmup.txt" --label batch-warmup --url "http://${API[fsync]}" \
+        --conns $C_BATCH --warmup 0 --duration "$ROUND_SECONDS" --body batch \
+        --events $BATCH_EVENTS >/dev/null
+      local seq="Mbatch MbatchQ MbatchQ Mbatch"
+      [ $((r % 2)) -eq 0 ] && seq="MbatchQ Mbatch Mbatch MbatchQ"
+      for c in $seq; do run_config "$r" "$c"; done
+      ;;
     pg) run_pg "$r" ;;
     redis) run_redis "$r" ;;
   esac
