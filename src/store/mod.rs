@@ -200,18 +200,6 @@ impl Store {
         // the flusher and admin requests), so parallel memtable inserts buy nothing; turning
         // them off lets the `journal` column family below use a vector memtable.
         db_opts.set_allow_concurrent_memtable_write(false);
-        // Memtable flushes run at the lowest CPU priority (nice 19). On a small machine a
-        // flush shares the CPU with request handling: a 26 MB dedupe flush or a 63 MB
-        // journal flush held the one benchmark CPU for 340-420 ms, and requests arriving
-        // meanwhile waited up to 200 ms (T5, benches/analysis.md). At low priority the
-        // flush runs in the time requests leave idle. It cannot starve for long: a
-        // memtable waiting for its flush is still read from memory, and once the next one
-        // is full too, writes wait, request handling idles and the flush gets the CPU.
-        // (Compactions keep normal priority: starved, they let L0 files pile up, and
-        // every dedupe lookup probes each of them.)
-        let mut env = rocksdb::Env::new().map_err(StoreError::classify)?;
-        env.lower_high_priority_thread_pool_cpu_priority();
-        db_opts.set_env(&env);
         // One block cache for every column family (by default each table factory has
         // its own), and one cap on all memtables together: RocksDB's write buffer
         // manager flushes the largest memtable when the cap is near.
