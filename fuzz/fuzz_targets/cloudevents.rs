@@ -13,7 +13,6 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use libfuzzer_sys::fuzz_target;
 use meterd::event::cloudevents::{lookup, parse_cloudevent};
 use meterd::event::{split_body, BodyFormat};
@@ -36,10 +35,10 @@ fn tenant() -> &'static Tenant {
             name: Arc::from("fuzz"),
             index: 0,
             lateness: Duration::from_secs(3600),
-            levers: DashMap::new(),
-            contracts: DashMap::new(),
-            plans: DashMap::new(),
-            grants: DashMap::new(),
+            levers: Default::default(),
+            contracts: Default::default(),
+            plans: Default::default(),
+            grants: Default::default(),
             thresholds: Vec::new(),
             webhook: None,
         };
