@@ -324,12 +324,17 @@ fn combined_quota(
     }
     for c in commits.iter_mut() {
         for (key, delta) in c.quota.drain(..) {
-            rows.entry(key)
-                .and_modify(|v| *v = v.merge(delta))
-                .or_insert(delta);
+            add_to(rows, key, delta);
         }
     }
     rows.drain().collect()
+}
+
+/// Merges `delta` into `key`'s sum in `sums` (the row's first operand starts it).
+fn add_to(sums: &mut FastHashMap<Vec<u8>, AggValue>, key: Vec<u8>, delta: AggValue) {
+    sums.entry(key)
+        .and_modify(|v| *v = v.merge(delta))
+        .or_insert(delta);
 }
 
 /// Quota log records written but not yet folded into `quota`, summed per row.
@@ -363,10 +368,7 @@ impl QuotaLog {
         self.next += 1;
         self.since.get_or_insert_with(Instant::now);
         for (key, delta) in ops {
-            self.pending
-                .entry(key)
-                .and_modify(|v| *v = v.merge(delta))
-                .or_insert(delta);
+            add_to(&mut self.pending, key, delta);
         }
     }
 
@@ -441,9 +443,7 @@ pub fn fold_quota_log(store: &Store) -> Result<u64, StoreError> {
         first.get_or_insert(n);
         next = n + 1;
         decode_log_record(v, |key, delta| {
-            sums.entry(key.to_vec())
-                .and_modify(|s| *s = s.merge(delta))
-                .or_insert(delta);
+            add_to(&mut sums, key.to_vec(), delta);
         })
         .ok_or(StoreError::Corrupt("quota_log"))
     })?;
