@@ -15,7 +15,8 @@
 #     configuration, meterd and its comparison back to back, the order reversed every
 #     other round; ratios are taken within a round, then the median over rounds;
 #  5. latency (T5, T6): fixed-rate single events at 50% of T2's median rate (coordinated
-#     omission corrected), tagged by meterd's flusher activity, plus GET /balance;
+#     omission corrected), tagged by meterd's flusher activity, plus GET /balance; the
+#     rounds start once the throughput rounds' compactions have finished (SETTLE_MAX);
 #  6. memory (T7) and restart (T8) on fresh daemons;
 #  7. callgrind instruction counts per request (meterd fsync, buffered, the baseline);
 #  8. criterion micro-benchmarks (benches/micro.rs);
@@ -23,7 +24,7 @@
 #     and benches/analysis.md (hand-written reading of the figures) at the end.
 #
 # Environment (defaults for the full run; QUICK=1 shrinks them):
-#   ROUNDS=5 ROUND_SECONDS=5 WARMUP_SECONDS=1 LAT_ROUNDS=3 LAT_SECONDS=8
+#   ROUNDS=5 ROUND_SECONDS=5 WARMUP_SECONDS=1 LAT_ROUNDS=3 LAT_SECONDS=8 SETTLE_MAX=300
 #   T7_CONTRACTS=100 T7_BUCKETS=100 T7_MINUTES=100 (1,000,000 keys) T7_IDS=10000000
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
@@ -45,6 +46,8 @@ ROUND_SECONDS=${ROUND_SECONDS:-5}
 WARMUP_SECONDS=${WARMUP_SECONDS:-1}
 LAT_ROUNDS=${LAT_ROUNDS:-3}
 LAT_SECONDS=${LAT_SECONDS:-8}
+SETTLE_MAX=${SETTLE_MAX:-300}
+SETTLE_SECS=""
 T7_CONTRACTS=${T7_CONTRACTS:-100}
 T7_BUCKETS=${T7_BUCKETS:-100}
 T7_MINUTES=${T7_MINUTES:-100}
@@ -304,15 +307,21 @@ msnap() {
   curl -fsS "http://${MET[$1]}/metrics" 2>/dev/null | awk -v names="$HISTS" '
     BEGIN { n = split(names, h, " ") }
     { for (i = 1; i <= n; i++) { if ($1 == h[i] "_sum") s[i] = $2; if ($1 == h[i] "_count") c[i] = $2 } }
-    END { for (i = 1; i <= n; i++) printf "%s %s ", s[i] + 0, c[i] + 0; print "" }' || true
+    # Time inside meterd of POST /v1/events (from the request head parsed to the response
+    # handed to hyper): requests within 2.5 ms and 5 ms, and all of them.
+    $1 == "meterd_http_request_duration_seconds_bucket{route=\"events\",le=\"0.0025\"}" { b25 = $2 }
+    $1 == "meterd_http_request_duration_seconds_bucket{route=\"events\",le=\"0.005\"}" { b5 = $2 }
+    $1 == "meterd_http_request_duration_seconds_count{route=\"events\"}" { ball = $2 }
+    END { for (i = 1; i <= n; i++) printf "%s %s ", s[i] + 0, c[i] + 0; printf "%s %s %s", b25 + 0, b5 + 0, ball + 0; print "" }' || true
 }
 mdelta() {
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
-    df = y[2] - x[2]; dg = y[4] - x[4]; dl = y[6] - x[6]
+    df = y[2] - x[2]; dg = y[4] - x[4]; dl = y[6] - x[6]; dn = y[9] - x[9]
     f = (df > 0) ? sprintf("%.2f ms x%d", 1000 * (y[1] - x[1]) / df, df) : "-"
     g = (dg > 0) ? sprintf("%.1f req", (y[3] - x[3]) / dg) : "-"
     l = (dl > 0) ? sprintf("%.1f ms x%d", 1000 * (y[5] - x[5]) / dl, dl) : "-"
-    printf "fsync %s, group %s, flush %s", f, g, l }'
+    printf "fsync %s, group %s, flush %s", f, g, l
+    if (dn > 0) printf ", in meterd <= 2.5 ms %.2f%%, <= 5 ms %.2f%%", 100 * (y[7] - x[7]) / dn, 100 * (y[8] - x[8]) / dn }'
 }
 
 # --- loadgen helpers --------------------------------------------------------------------
@@ -616,6 +625,30 @@ if has_phase latency; then
     log "no T2 figure in this run: T5 rate from T2_RPS=$m256"
   fi
   T5_RATE=$(awk -v r="$m256" 'BEGIN { printf "%.0f", r / 2 }')
+  # T5 asks for the latency at half of T2's rate: a steady load, not the catch-up after
+  # the throughput rounds' saturating batches. Those leave RocksDB minutes of compaction
+  # (in one run 50 s of dedupe compactions, 1 GB rewritten), which on the server's one
+  # CPU overloads any request stream. So the rounds start once the fsync daemon has no
+  # compaction running or pending (meterd's own gauges), at most SETTLE_MAX seconds;
+  # the wait is reported, and compactions that T5's own load starts count in T5.
+  if [ -n "${PID[fsync]:-}" ]; then
+    settle_t0=$(date +%s%N)
+    settled=no
+    while [ $((($(date +%s%N) - settle_t0) / 1000000000)) -lt "$SETTLE_MAX" ]; do
+      busy=$(curl -fsS "http://${MET[fsync]}/metrics" 2>/dev/null | awk '
+        $1 == "meterd_store_background_jobs{kind=\"compaction\"}" { c = $2 }
+        $1 == "meterd_store_pending_compaction_bytes" { p = $2 }
+        END { print (c + 0 > 0 || p + 0 > 0) ? "yes" : "no" }')
+      if [ "$busy" = no ]; then
+        settled=yes
+        break
+      fi
+      sleep 0.5
+    done
+    SETTLE_SECS=$(awk -v n="$(($(date +%s%N) - settle_t0))" 'BEGIN { printf "%.1f", n / 1e9 }')
+    [ "$settled" = yes ] || SETTLE_SECS="$SETTLE_SECS (limit reached, compactions still running)"
+    log "latency: compactions settled after $SETTLE_SECS s"
+  fi
   for r in $(seq 1 "$LAT_ROUNDS"); do
     order="M B"
     [ $((r % 2)) -eq 0 ] && order="B M"
@@ -869,7 +902,7 @@ if [ -z "$REPORT_FROM" ]; then
   declare -p QUICK ROUNDS ROUND_SECONDS WARMUP_SECONDS LAT_ROUNDS LAT_SECONDS PHASES RUN_NOTE \
     ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END STALLS RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
     T7_CONTRACTS T7_BUCKETS T7_MINUTES T7_IDS_CONFIG T8_EVENTS T8_ACCEPTED T8_LOAD_CHECK PG_CMD REDIS_CMD \
-    MICRO_CMD CORE_GEN CORE_SRV 2>/dev/null >"$RES/meta.env" || true
+    MICRO_CMD CORE_GEN CORE_SRV SETTLE_SECS 2>/dev/null >"$RES/meta.env" || true
 else
   # shellcheck disable=SC1091
   . "$RES/meta.env"
@@ -1054,6 +1087,10 @@ log "writing $OUT"
     echo "\"During\" = requests whose [intended send, answer] span overlaps an interval in which meterd's"
     echo "flusher thread was on CPU or in disk wait (sampled every 1 ms from /proc); \"between\" = the others."
     echo "The baseline rows (B) show the floor of the generator and the kernel at the same rate."
+    [ -z "${SETTLE_SECS:-}" ] || echo "The rounds started once the fsync daemon had no compaction running or pending after the throughput rounds: after $SETTLE_SECS s."
+    echo "\"In meterd\" (last column): the share of POST /v1/events answered within 2.5 and 5 ms by meterd's own"
+    echo "request histogram (from the parsed request head to the response handed to hyper); the rest of the"
+    echo "loadgen's latency is the socket queue before meterd reads the request, the kernel and the generator."
     echo
     echo "| round | server | target/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | during n | during p99 ms | between n | between p99 ms | /balance p99 ms | /balance n | flushes | flusher busy ms | checks | meterd histograms |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"

@@ -153,6 +153,7 @@ fn metrics_are_named_described_and_bounded() {
         "meterd_journal_fsync_duration_seconds",
         "meterd_flush_duration_seconds",
         "meterd_quota_fold_duration_seconds",
+        "meterd_store_background_jobs",
     ];
     // The flush histogram appears after the first flush (every 200 ms in tests), the
     // quota fold's about a second after the first accepted event.
@@ -193,6 +194,15 @@ fn metrics_are_named_described_and_bounded() {
                 && l.contains("outcome=\"accepted\"")),
         "{text}"
     );
+    for kind in ["flush", "compaction"] {
+        let line = format!("meterd_store_background_jobs{{kind=\"{kind}\"}} ");
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no {line}in\n{text}"));
+        let v: f64 = v.trim().parse().unwrap();
+        assert!((0.0..=2.0).contains(&v), "{line}{v}");
+    }
     // Bounded label values only: no tenant-chosen identifier anywhere.
     for secret in [contract, customer, event, bucket, unknown] {
         assert!(

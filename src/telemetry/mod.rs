@@ -62,6 +62,8 @@ pub mod names {
     pub const STORE_SIZE_BYTES: &str = "meterd_store_size_bytes";
     /// Bytes RocksDB estimates compaction still has to rewrite.
     pub const STORE_PENDING_COMPACTION_BYTES: &str = "meterd_store_pending_compaction_bytes";
+    /// RocksDB background jobs running now, by kind (`flush`, `compaction`).
+    pub const STORE_BACKGROUND_JOBS: &str = "meterd_store_background_jobs";
     /// Cumulative time RocksDB stalled writes since start.
     pub const STORE_WRITE_STALL_SECONDS: &str = "meterd_store_write_stall_seconds";
     /// 1 while RocksDB stops writes (a write stall), else 0.
@@ -218,6 +220,10 @@ pub fn describe() {
         STORE_PENDING_COMPACTION_BYTES,
         Unit::Bytes,
         "Bytes RocksDB estimates compaction still has to rewrite."
+    );
+    describe_gauge!(
+        STORE_BACKGROUND_JOBS,
+        "RocksDB background jobs running now, by kind: flush (memtable to file) or compaction."
     );
     describe_gauge!(
         STORE_WRITE_STALL_SECONDS,

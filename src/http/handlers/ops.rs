@@ -62,6 +62,14 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     );
     metrics::gauge!(names::STORE_PENDING_COMPACTION_BYTES)
         .set(store.property_sum("rocksdb.estimate-pending-compaction-bytes") as f64);
+    // DB-wide properties: any column family answers for all of them.
+    for (kind, property) in [
+        ("flush", "rocksdb.num-running-flushes"),
+        ("compaction", "rocksdb.num-running-compactions"),
+    ] {
+        metrics::gauge!(names::STORE_BACKGROUND_JOBS, "kind" => kind)
+            .set(store.property_int(cf::WINDOWS, property).unwrap_or(0) as f64);
+    }
     metrics::gauge!(names::STORE_WRITE_STOPPED).set(
         store
             .property_int(cf::WINDOWS, "rocksdb.is-write-stopped")
