@@ -638,7 +638,7 @@ if has_phase latency; then
       busy=$(curl -fsS "http://${MET[fsync]}/metrics" 2>/dev/null | awk '
         $1 == "meterd_store_background_jobs{kind=\"compaction\"}" { c = $2 }
         $1 == "meterd_store_pending_compaction_bytes" { p = $2 }
-        END { print (c + 0 > 0 || p + 0 > 0) ? "yes" : "no" }')
+        END { print (c == "" || p == "" || c + 0 > 0 || p + 0 > 0) ? "yes" : "no" }')
       if [ "$busy" = no ]; then
         settled=yes
         break
