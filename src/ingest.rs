@@ -37,7 +37,7 @@ use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
 use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord};
 use crate::store::{cf, StoreError};
-use crate::telemetry::names;
+use crate::telemetry::{hot, names};
 
 /// How far in the future an event time may be (SPEC 2.2).
 pub const MAX_EARLY_MS: i64 = 5 * 60_000;
@@ -796,8 +796,12 @@ fn decide(
     }
     // Counted only for the decisions that stand (not for an attempt given up above).
     for ((outcome, mode), n) in tally {
-        metrics::counter!(names::QUOTA_DECISIONS_TOTAL, "outcome" => outcome, "mode" => mode)
-            .increment(n);
+        hot::count2(
+            names::QUOTA_DECISIONS_TOTAL,
+            ("outcome", outcome),
+            ("mode", mode),
+            n,
+        );
     }
     Some(Decided {
         verdicts,
@@ -808,21 +812,35 @@ fn decide(
 
 fn record_metrics(out: &Outcome) {
     if out.accepted > 0 {
-        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "accepted")
-            .increment(out.accepted as u64);
+        hot::count1(
+            names::INGEST_EVENTS_TOTAL,
+            "outcome",
+            "accepted",
+            out.accepted as u64,
+        );
     }
     if out.duplicates > 0 {
-        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "duplicate")
-            .increment(out.duplicates as u64);
-        metrics::counter!(names::DEDUPE_HITS_TOTAL).increment(out.duplicates as u64);
+        hot::count1(
+            names::INGEST_EVENTS_TOTAL,
+            "outcome",
+            "duplicate",
+            out.duplicates as u64,
+        );
+        hot::count0(names::DEDUPE_HITS_TOTAL, out.duplicates as u64);
     }
     for r in &out.errors {
-        metrics::counter!(names::INGEST_REJECTED_TOTAL, "code" => r.code).increment(1);
+        hot::count1(names::INGEST_REJECTED_TOTAL, "code", r.code, 1);
     }
     if out.rejected > 0 {
-        metrics::counter!(names::INGEST_EVENTS_TOTAL, "outcome" => "rejected")
-            .increment(out.rejected as u64);
+        hot::count1(
+            names::INGEST_EVENTS_TOTAL,
+            "outcome",
+            "rejected",
+            out.rejected as u64,
+        );
     }
-    metrics::histogram!(names::INGEST_BATCH_EVENTS)
-        .record((out.accepted + out.duplicates + out.rejected) as f64);
+    hot::record0(
+        names::INGEST_BATCH_EVENTS,
+        (out.accepted + out.duplicates + out.rejected) as f64,
+    );
 }

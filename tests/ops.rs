@@ -85,6 +85,99 @@ fn health_and_readiness_on_both_listeners() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
+/// The value of the sample `series` (name and labels exactly as rendered), 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn request_path_metrics_count_every_request() {
+    // The request path's metric handles are cached per worker thread: every request
+    // must still count once, whichever thread serves it.
+    let d = Daemon::start();
+    d.lever("calls", "sum");
+    d.contract("ctr");
+    let rounds = 40;
+    for i in 0..rounds {
+        let (s, b) = d.post_events(&json!([
+            {"id": format!("e-{i}"), "contract": "ctr", "lever": "calls"},
+            {"id": format!("e-{i}"), "contract": "ctr", "lever": "calls"},
+            {"id": format!("u-{i}"), "contract": "nope", "lever": "calls"}
+        ]));
+        assert_eq!(
+            (s, &b["accepted"], &b["rejected"]),
+            (200, &json!(1), &json!(1)),
+            "{b}"
+        );
+        assert_eq!(
+            d.req("GET", "/v1/contracts/ctr/balance", Some(READ), None)
+                .0,
+            200
+        );
+    }
+    let t = d.metrics_text();
+    let n = f64::from(rounds);
+    for (series, want) in [
+        (r#"meterd_ingest_events_total{outcome="accepted"}"#, n),
+        (r#"meterd_ingest_events_total{outcome="duplicate"}"#, n),
+        (r#"meterd_ingest_events_total{outcome="rejected"}"#, n),
+        (
+            r#"meterd_ingest_rejected_events_total{code="unknown_contract"}"#,
+            n,
+        ),
+        ("meterd_dedupe_hits_total", n),
+        ("meterd_ingest_batch_size_events_count", n),
+        ("meterd_ingest_batch_size_events_sum", 3.0 * n),
+        (
+            r#"meterd_http_requests_total{route="events",status="200"}"#,
+            n,
+        ),
+        (
+            r#"meterd_http_requests_total{route="contract_balance",status="200"}"#,
+            n,
+        ),
+        (
+            r#"meterd_http_request_duration_seconds_count{route="events"}"#,
+            n,
+        ),
+        (
+            r#"meterd_quota_decisions_total{outcome="allowed",mode="unlimited"}"#,
+            n,
+        ),
+    ] {
+        assert_eq!(sample(&t, series), want, "{series} in\n{t}");
+    }
+}
+
+#[test]
+fn request_ids_are_echoed_or_generated() {
+    let d = Daemon::start();
+    let get = |id: Option<&str>| {
+        let mut rb = d.client.get(d.url("/v1/levers")).bearer_auth(READ);
+        if let Some(id) = id {
+            rb = rb.header("x-request-id", id);
+        }
+        let r = rb.send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        r.headers()["x-request-id"].to_str().unwrap().to_string()
+    };
+    let fresh = |v: &str| v.len() == 16 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    let a = get(None);
+    let b = get(None);
+    assert!(fresh(&a) && fresh(&b) && a != b, "{a} {b}");
+    // Echoed when 1-64 characters of [A-Za-z0-9-_.:], replaced otherwise.
+    let longest = "a".repeat(64);
+    for id in ["x", "trace-1_2.3:4", longest.as_str()] {
+        assert_eq!(get(Some(id)), id);
+    }
+    for id in ["a".repeat(65), "has space".into(), "semi;colon".into()] {
+        let v = get(Some(&id));
+        assert!(fresh(&v), "{id:?} -> {v:?}");
+    }
+}
+
 #[test]
 fn metrics_are_named_described_and_bounded() {
     let d = Daemon::start();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::{header, Method, Request, Response, StatusCode};
 
 use super::error::{ApiError, ErrorCode};
@@ -18,7 +19,7 @@ use super::util::{declared_length, decode_segment, Body, BodyCharge};
 use super::Surface;
 use crate::registry::{Principal, Role};
 use crate::state::State;
-use crate::telemetry::names;
+use crate::telemetry::{hot, names};
 
 /// An authenticated API request on its way to a handler.
 pub struct Ctx {
@@ -201,15 +202,23 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
     let (label, mut resp) = dispatch(state, surface, req, &mut tenant).await;
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    metrics::counter!(names::HTTP_REQUESTS_TOTAL, "route" => label, "status" => status_label(status))
-        .increment(1);
-    metrics::histogram!(names::HTTP_REQUEST_SECONDS, "route" => label)
-        .record(elapsed.as_secs_f64());
+    hot::count2(
+        names::HTTP_REQUESTS_TOTAL,
+        ("route", label),
+        ("status", status_label(status)),
+        1,
+    );
+    hot::record1(
+        names::HTTP_REQUEST_SECONDS,
+        "route",
+        label,
+        elapsed.as_secs_f64(),
+    );
     // Access log: one line per request under target `meterd::access` (silence it with
     // RUST_LOG=info,meterd::access=off). No keys, no bodies, no paths (they hold ids).
     tracing::info!(
         target: "meterd::access",
-        request_id = %request_id,
+        request_id = request_id.to_str().unwrap_or("-"),
         method = %method,
         route = label,
         tenant = tenant.as_deref().unwrap_or("-"),
@@ -217,28 +226,29 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
-    if let Ok(v) = hyper::header::HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert("x-request-id", v);
-    }
+    resp.headers_mut().insert("x-request-id", request_id);
     resp
 }
 
-/// The caller's `X-Request-Id` when it is short and printable, else a fresh random id.
-fn request_id(req: &Request<Incoming>) -> String {
-    if let Some(v) = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 64
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-    {
-        return v.to_string();
+/// The caller's `X-Request-Id` when it is short and printable, else a fresh random id
+/// (16 hex digits).
+fn request_id(req: &Request<Incoming>) -> HeaderValue {
+    if let Some(v) = req.headers().get("x-request-id").filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    }) {
+        return v.clone();
     }
-    format!("{:016x}", rand::random::<u64>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let x = rand::random::<u64>();
+    let mut id = [0u8; 16];
+    for (i, d) in id.iter_mut().enumerate() {
+        *d = HEX[((x >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn status_label(s: u16) -> &'static str {
