@@ -218,7 +218,7 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
     // RUST_LOG=info,meterd::access=off). No keys, no bodies, no paths (they hold ids).
     tracing::info!(
         target: "meterd::access",
-        request_id = request_id.to_str().unwrap_or("-"),
+        request_id = %request_id.to_str().unwrap_or("-"),
         method = %method,
         route = label,
         tenant = tenant.as_deref().unwrap_or("-"),
