@@ -311,10 +311,7 @@ fn assert_problem(r: &Resp, status: u16, code: &str) {
 
 /// Value of the sample `series` (name with labels, exactly as exported) in /metrics.
 fn metric(d: &Daemon, series: &str) -> Option<f64> {
-    d.metrics_text().lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?;
-        rest.strip_prefix(' ')?.trim().parse().ok()
-    })
+    common::sample(&d.metrics_text(), series)
 }
 
 fn open_api_connections(d: &Daemon) -> f64 {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{time_at, unsafe_sigterm, Daemon, ADMIN, INGEST, READ};
+use common::{sample, time_at, unsafe_sigterm, Daemon, ADMIN, INGEST, READ};
 use serde_json::{json, Value};
 
 fn shipped_config() -> PathBuf {
@@ -85,13 +85,6 @@ fn health_and_readiness_on_both_listeners() {
     assert_eq!(r.status().as_u16(), 404);
 }
 
-/// The value of the sample `series` (name and labels exactly as rendered), 0 if absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 #[test]
 fn request_path_metrics_count_every_request() {
     // The request path's metric handles are cached per worker thread: every request
@@ -147,7 +140,7 @@ fn request_path_metrics_count_every_request() {
             n,
         ),
     ] {
-        assert_eq!(sample(&t, series), want, "{series} in\n{t}");
+        assert_eq!(sample(&t, series), Some(want), "{series} in\n{t}");
     }
 }
 

@@ -242,12 +242,9 @@ fn request_id(req: &Request<Incoming>) -> HeaderValue {
     }) {
         return v.clone();
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let x = rand::random::<u64>();
     let mut id = [0u8; 16];
-    for (i, d) in id.iter_mut().enumerate() {
-        *d = HEX[((x >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    // 8 bytes always fit 16 hex digits, which are always a valid header value.
+    let _ = hex::encode_to_slice(rand::random::<u64>().to_be_bytes(), &mut id);
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 

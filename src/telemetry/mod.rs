@@ -320,8 +320,9 @@ pub fn init_logging(format: LogFormat) {
 /// A cached handle costs one small hash lookup on the addresses of the name and label
 /// values, which must be `&'static str` and, for a given name, always under the same
 /// label keys. The same text at two addresses only makes two cache entries for one
-/// metric; different texts never share an entry (the key holds address and length). A thread caches the handles of the recorder installed when it first asks for
-/// a key, so the recorder must be installed before serving, as `app::run` does.
+/// metric; different texts never share an entry (the key holds address and length).
+/// A thread caches the handles of the recorder installed when it first asks for a key,
+/// so the recorder must be installed before serving, as `app::run` does.
 pub mod hot {
     use std::cell::RefCell;
 

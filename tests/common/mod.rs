@@ -358,3 +358,12 @@ pub fn time_at(offset_ms: i64) -> String {
     let t = chrono::Utc::now() + chrono::Duration::milliseconds(offset_ms);
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// Value of the sample `series` (name with labels, exactly as exported) in a /metrics
+/// text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
