@@ -121,6 +121,32 @@ measure() {
   echo "$2: $(((i2 - i1) / 1000)) instructions per single event (500 events: $i1, 1,500: $i2)"
 }
 
+# cpu_s PID [THREAD-NAME]: CPU seconds (user + system) of the process, or of its threads
+# with that name.
+cpu_s() {
+  local tick
+  tick=$(getconf CLK_TCK)
+  {
+    if [ -z "${2:-}" ]; then
+      cat /proc/"$1"/stat
+    else
+      for t in /proc/"$1"/task/*; do
+        if [ "$(cat "$t/comm" 2>/dev/null)" = "$2" ]; then cat "$t/stat"; fi
+      done
+    fi
+  } 2>/dev/null |
+    # Fields after the parenthesised name: utime and stime are the 12th and 13th.
+    sed 's/^.*) //' | awk -v tick="$tick" '{ s += $12 + $13 } END { printf "%.2f\n", s / tick }'
+}
+
+# dedupe_compaction_mb DATA-DIR: megabytes written by the dedupe column family's
+# compactions, summed over RocksDB's "compacted to" log lines.
+dedupe_compaction_mb() {
+  cat "$1"/LOG "$1"/LOG.old.* 2>/dev/null |
+    sed -n 's/.*\[dedupe\] compacted to:.* out(\([0-9.]*\) .*/\1/p' |
+    awk '{ s += $1 } END { printf "%.0f\n", s }'
+}
+
 rm -rf "$W"
 mkdir -p "$W/aged" "$W/fresh"
 conf "$W/aged"
@@ -128,12 +154,30 @@ conf "$W/fresh"
 
 start "$W/aged" taskset -c 1
 setup
+cpu0=$(cpu_s "$PID")
+low0=$(cpu_s "$PID" 'rocksdb:low')
+t0=$(date +%s.%N)
 "$LG" run --url "http://$API" --key "$KEY" --conns 4 --body batch --events 1000 \
   --contract-prefix bench-c --requests "$AGE_REQS" | sed -n 's/^LOADGEN //p' >&2
+t1=$(date +%s.%N)
+cpu1=$(cpu_s "$PID")
 settle
+cpu2=$(cpu_s "$PID")
+low2=$(cpu_s "$PID" 'rocksdb:low')
 curl -s "http://$METRICS/metrics" | grep -E '^meterd_store_(size|memory)_bytes' >&2 || true
 stop -TERM
 echo "aged data: $(du -sh "$W/aged/data" | cut -f1), $AGE_REQS x 1,000 ids" >&2
+# What the filling cost: wall time and events/s of the fill, the daemon's CPU per event
+# up to the end of the fill and up to the end of the settling (all threads; the second
+# includes the compactions the fill left), the compaction threads' share, and what the
+# dedupe column family's compactions wrote (from RocksDB's LOG).
+awk -v n="$AGE_REQS" -v t0="$t0" -v t1="$t1" -v c0="$cpu0" -v c1="$cpu1" -v c2="$cpu2" \
+  -v l0="$low0" -v l2="$low2" -v w="$(dedupe_compaction_mb "$W/aged/data")" 'BEGIN {
+  e = n * 1000
+  printf "fill: %.1f s, %.0f events/s; CPU per event %.2f us to the end of the fill, %.2f us settled (compaction threads %.2f us); dedupe compactions wrote %.0f MB\n",
+    t1 - t0, e / (t1 - t0), (c1 - c0) * 1e6 / e, (c2 - c0) * 1e6 / e, (l2 - l0) * 1e6 / e, w
+}'
+[ "${PROFILE:-1}" = 0 ] && exit 0
 measure "$W/aged" aged
 if [ "${FRESH:-1}" != 0 ]; then
   start "$W/fresh"

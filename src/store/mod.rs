@@ -186,7 +186,10 @@ impl Store {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(true);
         db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
+        // Three jobs: one flush and two compactions, so that the newest dedupe files are
+        // still merged while a long compaction of the oldest runs is under way (with one
+        // compaction slot, new files would pile up behind it toward the write stall).
+        db_opts.set_max_background_jobs(3);
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(4);
         // A WAL file is kept until every column family's memtable holding some of its
@@ -254,17 +257,28 @@ impl Store {
         // Ribbon filters below L0 (about 30% smaller than bloom at the same false-positive
         // rate, built by compactions; flushes keep the cheaper bloom), and 16 KiB data
         // blocks (a quarter of the index entries). Almost every lookup is for a new id
-        // and stops at the filters, one per L0 file and per level: at a bloom-equivalent
+        // and stops at the filters, one per sorted run: at a bloom-equivalent
         // 16 bits per id (false positives about 0.05% per file) the rare false positive
         // is what reads and decompresses a block. At 10 bits it was 3.4k of a single
         // event's 94k instructions on a daemon holding 6M ids; at 16, 0.2k.
         dedupe_table.set_hybrid_ribbon_filter(16.0, 1);
         dedupe_table.set_block_size(16 << 10);
         dedupe.set_block_based_table_factory(&dedupe_table);
-        // Memtables of 32 MiB (RocksDB's default is 64) with compaction at 8 L0 files
-        // instead of 4: each L0 -> L1 compaction still takes 256 MiB, so random ids do not
-        // rewrite L1 more often (16 MiB with a trigger of 4 quadrupled that rewriting;
-        // benches/analysis.md), and the memtable held in RAM is half the size.
+        // Universal (size-tiered) compaction: dedupe keys are hashes, so every new file
+        // overlaps the whole key range, and leveled compaction rewrote the next level in
+        // full for each batch of L0 files. Filling a daemon with 30 million ids
+        // (`benches/aged-profile.sh`), the dedupe compactions wrote 6.8 GB with leveled
+        // and 3.5 GB with universal, the daemon's CPU per event fell from 7.0 to 5.6 us
+        // and the fill ran at 180k instead of 152k events/s; a single event's dedupe
+        // lookup is no dearer (one filter per sorted run, as leveled probes one per L0
+        // file and level). A data dir written with leveled compaction opens as is: each
+        // of its levels becomes a sorted run. The cost is disk headroom: a compaction of
+        // the oldest runs needs free space for its output (README, Disk).
+        dedupe.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
+        // Memtables of 32 MiB (RocksDB's default is 64) and compaction from 8 sorted runs
+        // (default 4): fewer, larger merges, and half the memtable held in RAM (16 MiB
+        // memtables with 4 runs quadrupled the rewriting under leveled compaction;
+        // benches/analysis.md).
         dedupe.set_write_buffer_size(32 << 20);
         dedupe.set_level_zero_file_num_compaction_trigger(8);
         dedupe.set_level_zero_slowdown_writes_trigger(24);
@@ -850,6 +864,90 @@ mod tests {
         store.compact(cf::DEDUPE).unwrap();
         assert!(store.get(cf::DEDUPE, &old).unwrap().is_none());
         assert!(store.get(cf::DEDUPE, &fresh).unwrap().is_some());
+    }
+
+    /// `dedupe` files laid out by an earlier meterd's leveled compaction (every level
+    /// in use) open under universal compaction with every record found, go on being
+    /// compacted, and the result opens under leveled compaction again.
+    #[test]
+    fn dedupe_files_of_leveled_compaction_open_under_universal_and_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ev = EventRecord {
+            contract: "c".into(),
+            lever: "l".into(),
+            aggregation: Aggregation::Sum,
+            bucket: None,
+            time_ms: 0,
+            value: 1,
+            ordinal: 0,
+        };
+        let now = crate::window::now_ms();
+        let record = |i: u32| {
+            let id = format!("id-{i}");
+            (dedupe_key("t", id_hash(&id)), encode_dedupe(now, &id, &ev))
+        };
+        let leveled = || {
+            let mut o = Options::default();
+            o.create_if_missing(true);
+            o.create_missing_column_families(true);
+            o.set_disable_auto_compactions(true);
+            o
+        };
+        // Leveled: three generations, the first compacted below L0, the others left
+        // in L0.
+        {
+            let db = DB::open_cf(&leveled(), dir.path(), Store::CFS).unwrap();
+            let h = db.cf_handle(cf::DEDUPE).unwrap();
+            for gen in 0..3u32 {
+                for i in gen * 1000..(gen + 1) * 1000 {
+                    let (k, v) = record(i);
+                    db.put_cf(h, k, v).unwrap();
+                }
+                db.flush_cf(h).unwrap();
+                if gen == 0 {
+                    db.compact_range_cf(h, None::<&[u8]>, None::<&[u8]>);
+                }
+            }
+            let files = db.live_files().unwrap();
+            let levels: Vec<i32> = files
+                .iter()
+                .filter(|f| f.column_family_name == cf::DEDUPE)
+                .map(|f| f.level)
+                .collect();
+            assert_eq!(levels.iter().filter(|l| **l == 0).count(), 2, "{levels:?}");
+            assert!(levels.iter().any(|l| *l > 0), "{levels:?}");
+        }
+        // Universal (this build): every record is there, new ones are added, and a
+        // compaction runs over files of every level.
+        {
+            let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+            for i in 0..3000 {
+                assert!(
+                    store.get(cf::DEDUPE, &record(i).0).unwrap().is_some(),
+                    "{i}"
+                );
+            }
+            let mut b = WriteBatch::default();
+            for i in 3000..4000 {
+                let (k, v) = record(i);
+                b.put_cf(store.cf(cf::DEDUPE), k, v);
+            }
+            store.write(b, true).unwrap();
+            store.compact(cf::DEDUPE).unwrap();
+            for i in 0..4000 {
+                assert!(
+                    store.get(cf::DEDUPE, &record(i).0).unwrap().is_some(),
+                    "{i}"
+                );
+            }
+            assert!(store.get(cf::DEDUPE, &record(4000).0).unwrap().is_none());
+        }
+        // Back under leveled compaction (an earlier meterd): still every record.
+        let db = DB::open_cf(&leveled(), dir.path(), Store::CFS).unwrap();
+        let h = db.cf_handle(cf::DEDUPE).unwrap();
+        for i in 0..4000 {
+            assert!(db.get_cf(h, record(i).0).unwrap().is_some(), "{i}");
+        }
     }
 
     #[test]
