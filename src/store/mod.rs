@@ -267,13 +267,16 @@ impl Store {
         // Universal (size-tiered) compaction: dedupe keys are hashes, so every new file
         // overlaps the whole key range, and leveled compaction rewrote the next level in
         // full for each batch of L0 files. Filling a daemon with 30 million ids
-        // (`benches/aged-profile.sh`), the dedupe compactions wrote 6.8 GB with leveled
-        // and 3.5 GB with universal, the daemon's CPU per event fell from 7.0 to 5.6 us
-        // and the fill ran at 180k instead of 152k events/s; a single event's dedupe
-        // lookup is no dearer (one filter per sorted run, as leveled probes one per L0
-        // file and level). A data dir written with leveled compaction opens as is: each
-        // of its levels becomes a sorted run. The cost is disk headroom: a compaction of
-        // the oldest runs needs free space for its output (README, Disk).
+        // (`benches/aged-profile.sh`), the dedupe compactions wrote 6.7-6.8 GB with
+        // leveled and 3.1 GB with universal, and the daemon's CPU per event (compactions
+        // included) fell from 7.0-7.2 to 5.6 us. A lookup probes one filter per sorted
+        // run, as leveled probes one per L0 file and level: at 6M ids a single event
+        // cost 82.6k instructions against 84.1k with leveled, at 30M 86.5k against
+        // 80.0k (more runs at rest than leveled had files and levels; compacting from 4
+        // runs instead of 8 gave that back but wrote more than leveled did). A data dir
+        // written with leveled compaction opens as is: each of its levels becomes a
+        // sorted run. The cost is disk headroom: a compaction of the oldest runs needs
+        // free space for its output (README, Disk).
         dedupe.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         // Memtables of 32 MiB (RocksDB's default is 64) and compaction from 8 sorted runs
         // (default 4): fewer, larger merges, and half the memtable held in RAM (16 MiB
@@ -866,8 +869,8 @@ mod tests {
         assert!(store.get(cf::DEDUPE, &fresh).unwrap().is_some());
     }
 
-    /// `dedupe` files laid out by an earlier meterd's leveled compaction (every level
-    /// in use) open under universal compaction with every record found, go on being
+    /// `dedupe` files laid out by an earlier meterd's leveled compaction (in L0 and
+    /// below) open under universal compaction with every record found, go on being
     /// compacted, and the result opens under leveled compaction again.
     #[test]
     fn dedupe_files_of_leveled_compaction_open_under_universal_and_back() {
