@@ -136,17 +136,8 @@ mod tests {
 
     #[test]
     fn records_expire_after_retention() {
-        use crate::registry::Aggregation;
         use crate::store::records::{encode_dedupe, EventRecord};
-        let ev = EventRecord {
-            contract: "c".into(),
-            lever: "l".into(),
-            aggregation: Aggregation::Sum,
-            bucket: None,
-            time_ms: 0,
-            value: 1,
-            ordinal: 0,
-        };
+        let ev = EventRecord::sample();
         let rec = encode_dedupe(1_000, "id-1", &ev);
         assert!(is_recorded(Some(&rec), "id-1", 1_000 + 60_000, 60_000));
         assert!(!is_recorded(Some(&rec), "id-1", 1_000 + 60_001, 60_000));

@@ -785,7 +785,6 @@ pub fn prefix_successor(p: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Aggregation;
     use crate::store::keys::{dedupe_key, id_hash};
     use crate::store::records::{encode_dedupe, EventRecord};
 
@@ -840,15 +839,7 @@ mod tests {
     fn expired_dedupe_records_are_removed_by_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let ev = EventRecord {
-            contract: "c".into(),
-            lever: "l".into(),
-            aggregation: Aggregation::Sum,
-            bucket: None,
-            time_ms: 0,
-            value: 1,
-            ordinal: 0,
-        };
+        let ev = EventRecord::sample();
         let now = crate::window::now_ms();
         let old = dedupe_key("t", id_hash("old"));
         let fresh = dedupe_key("t", id_hash("fresh"));
@@ -875,15 +866,7 @@ mod tests {
     #[test]
     fn dedupe_files_of_leveled_compaction_open_under_universal_and_back() {
         let dir = tempfile::tempdir().unwrap();
-        let ev = EventRecord {
-            contract: "c".into(),
-            lever: "l".into(),
-            aggregation: Aggregation::Sum,
-            bucket: None,
-            time_ms: 0,
-            value: 1,
-            ordinal: 0,
-        };
+        let ev = EventRecord::sample();
         let now = crate::window::now_ms();
         let record = |i: u32| {
             let id = format!("id-{i}");

@@ -26,6 +26,22 @@ pub struct EventRecord {
     pub ordinal: u64,
 }
 
+#[cfg(test)]
+impl EventRecord {
+    /// A one-unit `sum` event of contract `c`, lever `l`, for tests that need any record.
+    pub(crate) fn sample() -> EventRecord {
+        EventRecord {
+            contract: "c".into(),
+            lever: "l".into(),
+            aggregation: Aggregation::Sum,
+            bucket: None,
+            time_ms: 0,
+            value: 1,
+            ordinal: 0,
+        }
+    }
+}
+
 impl EventRecord {
     /// Appends the encoding.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
