@@ -1,9 +1,10 @@
 //! Periodic flush of coalesced counter deltas into RocksDB windows, and start-up
 //! recovery of the journal.
 //!
-//! A flush writes, in one atomic batch, a merge operand per dirty window and a delete per
-//! journal record the deltas came from (see [`crate::counters`] for the two phases and
-//! [`crate::store`] for why this is exactly-once across crashes).
+//! A flush writes, in one atomic batch, a merge operand per dirty window and the deletion
+//! of the journal records the deltas came from, a range deletion per run of consecutive
+//! records (see [`crate::counters`] for the two phases and [`crate::store`] for why this
+//! is exactly-once across crashes).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -46,6 +47,7 @@ pub fn flush_once(
     let mut rows = 0usize;
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut value = Vec::with_capacity(33);
+    let mut seqs: Vec<u64> = Vec::new();
     for set in &sets {
         for (ck, deltas) in &set.deltas {
             for (sw, v) in deltas {
@@ -64,10 +66,9 @@ pub fn flush_once(
                 rows += 1;
             }
         }
-        for seq in &set.journal {
-            batch.delete_cf(journal, journal_key(*seq));
-        }
+        seqs.extend_from_slice(&set.journal);
     }
+    delete_journal_records(&mut batch, journal, &mut seqs);
     // Journal sequence numbers also order `latest` ties; the high-water mark keeps them
     // increasing across restarts after the journal has been emptied.
     batch.put_cf(store.cf(cf::META), SEQ_HWM_KEY, hwm.to_be_bytes());
@@ -99,6 +100,50 @@ pub fn flush_once(
             Err(e)
         }
     }
+}
+
+/// Adds to `batch` the deletion of journal records `seqs` (sorted here): one range
+/// deletion per run of consecutive sequence numbers, a point deletion for a record alone.
+///
+/// Every number inside a run is in `seqs`, and journal keys are exactly the 8-byte
+/// big-endian sequence numbers, never reused, so a run's range holds no other record:
+/// the records deleted are exactly those of point deletions. Consecutive requests get
+/// consecutive numbers, so a flush's records form a few runs (split only by records of
+/// requests still in flight at the swap, or by numbers reserved for failed writes): a
+/// flush of 20,000 single events writes a handful of range tombstones instead of 20,000
+/// point tombstones, and the `journal` memtable flushes hold the records alone, which
+/// the tombstones then drop (no tombstones left in the column family's files).
+fn delete_journal_records(
+    batch: &mut WriteBatch,
+    journal: &rocksdb::ColumnFamily,
+    seqs: &mut [u64],
+) {
+    for (first, last) in runs(seqs) {
+        match last.checked_add(1) {
+            Some(end) if last > first => {
+                batch.delete_range_cf(journal, journal_key(first), journal_key(end))
+            }
+            _ => {
+                for seq in first..=last {
+                    batch.delete_cf(journal, journal_key(seq));
+                }
+            }
+        }
+    }
+}
+
+/// The runs of consecutive numbers in `seqs` (sorted here), as inclusive bounds.
+fn runs(seqs: &mut [u64]) -> Vec<(u64, u64)> {
+    seqs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &seq in seqs.iter() {
+        match out.last_mut() {
+            // A repeat cannot happen (a record belongs to one shard's set); tolerated.
+            Some((_, last)) if seq == *last || Some(seq) == last.checked_add(1) => *last = seq,
+            _ => out.push((seq, seq)),
+        }
+    }
+    out
 }
 
 /// Starts the flusher thread. It flushes every `interval` until `stop` is closed, then
@@ -202,4 +247,98 @@ pub fn recover(store: &Store, counters: &Counters) -> Result<(u64, usize), Store
         "journal replayed"
     );
     Ok((next, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::{encode_journal, EventRecord};
+    use std::time::Duration;
+
+    fn journal_seqs(store: &Store) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        store
+            .scan_all(cf::JOURNAL, |k, _| {
+                seqs.push(u64::from_be_bytes(k.try_into().unwrap()));
+                Ok(())
+            })
+            .unwrap();
+        seqs
+    }
+
+    #[test]
+    fn a_flush_deletes_exactly_its_journal_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let counters = Counters::new(4);
+        let revisions = Revisions::load(&store).unwrap();
+        let tenant: Arc<str> = Arc::from("t");
+        let ev = EventRecord::sample();
+        let mut batch = WriteBatch::default();
+        for seq in 1..=20u64 {
+            batch.put_cf(
+                store.cf(cf::JOURNAL),
+                journal_key(seq),
+                encode_journal("t", std::slice::from_ref(&ev)),
+            );
+        }
+        store.write(batch, false).unwrap();
+        // Applied (so flushed): runs 2-5 and 9-10, lone 7 and 20, and 12-14 on another
+        // shard in reverse order; 1, 6, 8, 11 and 15-19 stay (still "in flight").
+        for (shard, seq) in [
+            (0, 2),
+            (1, 3),
+            (0, 4),
+            (2, 5),
+            (3, 7),
+            (0, 9),
+            (0, 10),
+            (1, 14),
+            (1, 13),
+            (1, 12),
+            (2, 20),
+        ] {
+            counters.apply(shard, seq, &tenant, std::slice::from_ref(&ev));
+        }
+        flush_once(&store, &counters, &revisions).unwrap();
+        assert_eq!(journal_seqs(&store), vec![1, 6, 8, 11, 15, 16, 17, 18, 19]);
+        // The rest once applied and flushed; nothing is left, and a record written after
+        // the range deletions (a new sequence number) is untouched by them.
+        for seq in [1, 6, 8, 11, 15, 16, 17, 18, 19] {
+            counters.apply(0, seq, &tenant, std::slice::from_ref(&ev));
+        }
+        flush_once(&store, &counters, &revisions).unwrap();
+        assert_eq!(journal_seqs(&store), Vec::<u64>::new());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            store.cf(cf::JOURNAL),
+            journal_key(21),
+            encode_journal("t", std::slice::from_ref(&ev)),
+        );
+        store.write(batch, false).unwrap();
+        assert_eq!(journal_seqs(&store), vec![21]);
+    }
+
+    #[test]
+    fn journal_deletions_are_runs_of_consecutive_records() {
+        assert_eq!(runs(&mut []), vec![]);
+        assert_eq!(
+            runs(&mut [9, 3, 4, 5, 1, u64::MAX, 8, 4]),
+            vec![(1, 1), (3, 5), (8, 9), (u64::MAX, u64::MAX)]
+        );
+        assert_eq!(
+            runs(&mut [u64::MAX, u64::MAX - 1]),
+            vec![(u64::MAX - 1, u64::MAX)]
+        );
+        // A run ending at u64::MAX has no exclusive end key: point deletions.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let mut batch = WriteBatch::default();
+        delete_journal_records(
+            &mut batch,
+            store.cf(cf::JOURNAL),
+            &mut [u64::MAX, u64::MAX - 1, 3, 4],
+        );
+        assert_eq!(batch.len(), 3);
+    }
 }

@@ -261,7 +261,7 @@ async fn run_claimed<'a>(
 
 /// Accepted events of one shard with their ids and the ancestors whose quotas they
 /// counted toward, in input order.
-type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>, Vec<String>)>);
+type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>, Vec<String>, usize)>);
 
 struct Plan {
     batch: WriteBatch,
@@ -336,28 +336,31 @@ fn check_and_plan(
     if claimed.is_empty() {
         return Ok(None);
     }
-    let hash_of = |i: usize| match &slots[i] {
-        Slot::Claimed(_, k) => k.1,
-        _ => unreachable!(),
-    };
-    // Looked up in key order (a dedupe key is the tenant and the id hash, big-endian),
-    // which spares RocksDB's own sort of the keys; then put back in input order.
-    let mut order: Vec<usize> = (0..claimed.len()).collect();
-    order.sort_unstable_by_key(|&n| hash_of(claimed[n]));
-    let repeats = order
-        .windows(2)
-        .any(|w| hash_of(claimed[w[0]]) == hash_of(claimed[w[1]]));
+    // (id hash, position in `claimed`) in key order (a dedupe key is the tenant and the
+    // id hash, big-endian): the lookups go in key order, which spares RocksDB's own sort
+    // of the keys, and so do the dedupe records written below. Sorted once, by value.
+    let mut order: Vec<(u128, u32)> = claimed
+        .iter()
+        .enumerate()
+        .map(|(n, &i)| match &slots[i] {
+            Slot::Claimed(_, k) => (k.1, n as u32),
+            _ => unreachable!(),
+        })
+        .collect();
+    order.sort_unstable();
+    let repeats = order.windows(2).any(|w| w[0].0 == w[1].0);
     let keys: Vec<Vec<u8>> = order
         .iter()
-        .map(|&n| dedupe_key(&tenant.name, hash_of(claimed[n])))
+        .map(|&(h, _)| dedupe_key(&tenant.name, h))
         .collect();
     let mut records: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
-    for (n, r) in order
-        .into_iter()
+    for (&(_, n), r) in order
+        .iter()
         .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
     {
-        records[n] = r;
+        records[n as usize] = r;
     }
+    drop(keys);
     // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
     // event by event when the registry gained a quota meanwhile (rare).
     // A single event gains nothing from grouping (its decision is as cheap either way).
@@ -410,7 +413,7 @@ fn check_and_plan(
             unreachable!()
         };
         let shard = state.counters.shard_of(&tenant.name, &record.contract);
-        let item = (record, ev.id.clone(), ancestors);
+        let item = (record, ev.id.clone(), ancestors, i);
         match by_shard.iter_mut().find(|(s, _)| *s == shard) {
             Some((_, v)) => v.push(item),
             None => by_shard.push((shard, vec![item])),
@@ -431,18 +434,20 @@ fn check_and_plan(
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
-    // Dedupe records go into the batch in key order: RocksDB's skip list then inserts each
-    // next to the previous one instead of searching from the top.
-    let mut dedupe: Vec<(u128, Vec<u8>)> = Vec::new();
+    // Dedupe records, by position in `claimed`, go into the batch in key order (`order`):
+    // the skip-list searches of consecutive inserts then share their upper nodes, which
+    // stay in cache.
+    let mut dedupe: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        for (pos, (mut rec, id, ancestors)) in items.into_iter().enumerate() {
+        for (pos, (mut rec, id, ancestors, slot)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
-            dedupe.push((
-                id_hash(&id),
-                encode_dedupe_with(now_ms, &id, &rec, &ancestors),
-            ));
+            // `claimed` is in slot order.
+            let n = claimed
+                .binary_search(&slot)
+                .expect("accepted slots are claimed");
+            dedupe[n] = Some(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
             events.push(rec);
         }
         batch.put_cf(
@@ -452,9 +457,10 @@ fn check_and_plan(
         );
         groups.push((shard, seq, events));
     }
-    dedupe.sort_unstable_by_key(|(h, _)| *h);
-    for (h, value) in dedupe {
-        batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
+    for &(h, n) in &order {
+        if let Some(value) = dedupe[n as usize].take() {
+            batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
+        }
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,
     // as operands the journal combines with those of the requests written alongside.
