@@ -434,20 +434,15 @@ fn check_and_plan(
     let journal_cf = state.store.cf(cf::JOURNAL);
     let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
-    // Dedupe records, by position in `claimed`, go into the batch in key order (`order`):
-    // the skip-list searches of consecutive inserts then share their upper nodes, which
-    // stay in cache.
-    let mut dedupe: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
+    // Dedupe records, by slot, go into the batch in key order (`order`): the skip-list
+    // searches of consecutive inserts then share their upper nodes, which stay in cache.
+    let mut dedupe: Vec<Option<Vec<u8>>> = vec![None; slots.len()];
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
         for (pos, (mut rec, id, ancestors, slot)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
-            // `claimed` is in slot order.
-            let n = claimed
-                .binary_search(&slot)
-                .expect("accepted slots are claimed");
-            dedupe[n] = Some(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
+            dedupe[slot] = Some(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
             events.push(rec);
         }
         batch.put_cf(
@@ -458,7 +453,7 @@ fn check_and_plan(
         groups.push((shard, seq, events));
     }
     for &(h, n) in &order {
-        if let Some(value) = dedupe[n as usize].take() {
+        if let Some(value) = dedupe[claimed[n as usize]].take() {
             batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
         }
     }
