@@ -448,6 +448,10 @@ fn bench_flush(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), Duration::from_secs(35 * 86_400)).expect("open store");
     let revisions = meterd::revision::Revisions::load(&store).expect("revisions");
+    let cfg = meterd::config::Config::from_toml("bench.toml", "[[tenants]]\nname = \"default\"\n")
+        .expect("config");
+    let registry = meterd::registry::Registry::new(&cfg);
+    let recent = meterd::dedupe::Recent::new();
     let input = flush_input(&Counters::new(SHARDS));
     assert_eq!(filled(&input).pending_entries(), FLUSH_WINDOWS);
 
@@ -460,7 +464,8 @@ fn bench_flush(c: &mut Criterion) {
         b.iter_batched(
             || filled(&input),
             |counters| {
-                let rows = flush_once(&store, &counters, &revisions).expect("flush");
+                let rows =
+                    flush_once(&store, &counters, &revisions, &recent, &registry).expect("flush");
                 assert_eq!(rows, FLUSH_WINDOWS);
                 // Returned so that dropping the drained counters is not timed.
                 counters

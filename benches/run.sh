@@ -30,6 +30,8 @@
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
 #   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency memory restart profile micro"
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
+#   LAT_SPANS= (1: each latency round also writes lat-R-W.spans.tsv, intended send time in
+#   unix µs and latency in µs per request, to place the tail against the server logs)
 #   CARGO_TARGET_DIR=$HOME/.cache/meterd/target
 set -euo pipefail
 shopt -s inherit_errexit
@@ -667,7 +669,8 @@ if has_phase latency; then
       line=$(lg "$RES/lat-$r-$w.txt" --label "lat-$w" --url "http://${API[$name]}" --conns $C_T2 \
         --body single --rate "$T5_RATE" --warmup "$WARMUP_SECONDS" --duration "$LAT_SECONDS" \
         --side-path /v1/contracts/bench-q0/balance --side-rate $SIDE_RATE --side-conns $SIDE_CONNS \
-        --server-pid "${PID[$name]}" "${extra[@]}")
+        --server-pid "${PID[$name]}" "${extra[@]}" \
+        ${LAT_SPANS:+--spans-out "$RES/lat-$r-$w.spans.tsv"})
       printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$w" \
         "$(kv target_rate "$line")" "$(kv achieved_rate "$line")" "$(kv p50_ms "$line")" \
         "$(kv p99_ms "$line")" "$(kv p999_ms "$line")" "$(kv max_ms "$line")" \

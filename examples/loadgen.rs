@@ -195,6 +195,10 @@ struct RunArgs {
     /// Label echoed in the LOADGEN line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Fixed rate: writes every measured request as `intended_unix_us<TAB>latency_us`
+    /// to this file, to place the tail in time against the server's logs.
+    #[arg(long)]
+    spans_out: Option<std::path::PathBuf>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1107,6 +1111,16 @@ async fn run(a: RunArgs) -> Result<(), String> {
         println!("first non-2xx body: {s}");
     }
     if fixed {
+        if let Some(path) = &a.spans_out {
+            let mut out = String::with_capacity(st.spans.len() * 24);
+            for &(i, d) in &st.spans {
+                let unix_us = start_unix_ms * 1000 + u128::from(i / 1000);
+                out.push_str(&format!("{unix_us}\t{}\n", d.saturating_sub(i) / 1000));
+            }
+            if let Err(e) = std::fs::write(path, out) {
+                eprintln!("cannot write {}: {e}", path.display());
+            }
+        }
         let episodes = slow_episodes(&st.spans, SLOW_MS);
         if !episodes.is_empty() {
             let shown: Vec<String> = episodes

@@ -256,6 +256,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         .context("loading quota usage")?;
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
     let revisions = Revisions::load(&store).context("loading revisions")?;
+    let (flush_wake, flush_wake_rx) = crossbeam_channel::bounded::<()>(1);
     let state = Arc::new(State {
         outbox,
         revisions,
@@ -263,6 +264,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         counters: Counters::new(cfg.shards),
         quotas,
         claims: Claims::new(),
+        recent: crate::dedupe::Recent::new(),
+        flush_wake,
         inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         backup_lock: tokio::sync::Mutex::new(()),
         request_budget: Arc::new(Semaphore::new(
@@ -318,9 +321,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     let started = Instant::now();
     let (next_seq, replayed) = {
         let st = state.clone();
-        tokio::task::spawn_blocking(move || flush::recover(&st.store, &st.counters))
-            .await?
-            .context("replaying the journal")?
+        tokio::task::spawn_blocking(move || {
+            flush::recover(&st.store, &st.counters, &st.recent, &st.registry)
+        })
+        .await?
+        .context("replaying the journal")?
     };
     state.journal.set_next(next_seq);
     state.ready.store(true, Ordering::SeqCst);
@@ -330,7 +335,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         "ready"
     );
     let (flush_stop, flush_stop_rx) = crossbeam_channel::bounded::<()>(1);
-    let flusher = flush::start(state.clone(), flush_stop_rx);
+    let flusher = flush::start(state.clone(), flush_stop_rx, flush_wake_rx);
     let notifier = tokio::spawn(
         state
             .outbox
@@ -358,7 +363,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     tokio::task::spawn_blocking(move || {
         let _ = flusher.join();
         // Final flush of anything applied after the flusher's last pass.
-        if let Err(e) = flush::flush_once(&st.store, &st.counters, &st.revisions) {
+        if let Err(e) = flush::flush_once(
+            &st.store,
+            &st.counters,
+            &st.revisions,
+            &st.recent,
+            &st.registry,
+        ) {
             tracing::error!(error = %e, "final flush failed; the journal keeps the events");
         }
         st.store.close()

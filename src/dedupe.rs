@@ -1,12 +1,14 @@
 //! Exactly-once: deduplication by `(tenant, id)` (SPEC 2.2).
 //!
-//! Memory is bounded by in-flight requests only. An id is first *claimed* in an
-//! in-memory table (atomic insert; a concurrent request with the same id finds the claim
-//! and waits for the owner's outcome), then looked up in the `dedupe` column family. The
-//! owner commits its dedupe records in the same write batch as the journal record that
-//! counts the events, and only then releases its claims. So at every instant an id is
-//! either claimed in memory or (if accepted) recorded on disk, and a failed write releases
-//! the claim with nothing recorded: an id can never be claimed but uncounted.
+//! An id is first *claimed* in an in-memory table (atomic insert; a concurrent request
+//! with the same id finds the claim and waits for the owner's outcome), then looked up
+//! in [`Recent`] and, if absent there, in the `dedupe` column family. The owner commits
+//! its events' dedupe records inside the journal records that count them (one atomic
+//! write), records the ids in [`Recent`], and only then releases its claims. So at every
+//! instant an accepted id is claimed, in [`Recent`] (its record durable in the journal),
+//! or in `dedupe`; a failed write releases the claim with nothing recorded: an id can
+//! never be claimed but uncounted. Memory holds the in-flight claims and the ids of one
+//! flush interval, never the retention window.
 //!
 //! Records older than `dedupe_retention` are treated as absent and removed by a RocksDB
 //! compaction filter, never by a scan and never kept in RAM.
@@ -117,6 +119,55 @@ impl Claims {
     }
 
     /// True when nothing is claimed.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// Ids accepted but not yet in the `dedupe` column family: id key -> the journal record
+/// that carries their dedupe records.
+///
+/// A request's write holds no dedupe record of its own: each event's dedupe record rides
+/// in its journal record, and the flusher writes the records of the journal records it
+/// flushes into `dedupe` (sorted, from one thread, off the requests' path) before it
+/// deletes those journal records, and only then drops their ids from here. Lookups read
+/// this table before the column family, so an id is always found in one of them: it
+/// leaves this table only after its record is in `dedupe`. Start-up fills the table
+/// from the journal records a stop left behind. Its size is bounded by the events of
+/// one flush interval (about 40 bytes each).
+#[derive(Debug, Default)]
+pub struct Recent {
+    table: DashMap<ClaimKey, u64, foldhash::fast::RandomState>,
+}
+
+impl Recent {
+    /// Creates an empty table.
+    pub fn new() -> Recent {
+        Recent::default()
+    }
+
+    /// Records that `key` was accepted in journal record `seq`.
+    pub fn insert(&self, key: ClaimKey, seq: u64) {
+        self.table.insert(key, seq);
+    }
+
+    /// The journal record that carries the dedupe record of `key`, if not yet flushed.
+    pub fn get(&self, key: &ClaimKey) -> Option<u64> {
+        self.table.get(key).map(|s| *s)
+    }
+
+    /// Drops `key` once its dedupe record is in the column family (only if it still
+    /// belongs to journal record `seq`).
+    pub fn remove(&self, key: &ClaimKey, seq: u64) {
+        self.table.remove_if(key, |_, s| *s == seq);
+    }
+
+    /// Number of ids whose dedupe records are not yet in the column family (a gauge).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when every accepted id's record is in the column family.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }

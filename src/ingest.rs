@@ -5,15 +5,20 @@
 //!    rest go on; see [`crate::event::parse_body`]);
 //! 2. claim every id in memory ([`crate::dedupe`]); ids held by other in-flight requests
 //!    wait for those requests' fate;
-//! 3. look claimed ids up in the `dedupe` column family (one multi-get);
+//! 3. look claimed ids up: those accepted since the last flush in memory
+//!    ([`crate::dedupe::Recent`]), the others in the `dedupe` column family (one
+//!    multi-get);
 //! 4. validate the rest (lever, contract, time window, contract end) and decide quotas:
 //!    per (chain root, lever) in input order under the root's quota lock, levers without a
 //!    finite quota once per (contract, lever) (see `decide`);
-//! 5. write one batch: per owning shard one journal record, plus one dedupe record per
-//!    accepted event, and wait for the group commit;
-//! 6. add the events to the shard counters, release the claims, answer.
+//! 5. write one batch: per owning shard one journal record, which carries each accepted
+//!    event's dedupe record, and wait for the group commit;
+//! 6. record the ids in [`crate::dedupe::Recent`], add the events to the shard counters,
+//!    release the claims, answer. The flusher later writes the dedupe records into
+//!    `dedupe` before it deletes the journal records.
 //!
-//! An event is thus either fully counted (journal + dedupe record, then windows) or not at
+//! An event is thus either fully counted (journal record with its dedupe record, then
+//! windows) or not at
 //! all. Large batches run their CPU-bound phases with `block_in_place` so other requests
 //! on the same worker are not starved.
 
@@ -35,7 +40,9 @@ use crate::quota::state::{chain, chain_unlimited, Reserved};
 use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
-use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord};
+use crate::store::records::{
+    dedupe_id, encode_dedupe_with, encode_journal_dedupe, journal_dedupe_records, EventRecord,
+};
 use crate::store::{cf, StoreError};
 use crate::telemetry::{hot, names};
 
@@ -85,6 +92,36 @@ pub enum IngestError {
     /// A dedupe lookup failed; nothing was counted.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The unflushed ids stayed over their limit for [`BACKLOG_WAIT`]; nothing was
+    /// counted.
+    #[error("the flusher is behind ({0} accepted ids not yet flushed)")]
+    Backlog(usize),
+}
+
+/// Longest a request waits for the unflushed ids to fall under their limit.
+pub const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Wakes the flusher when the accepted ids not yet flushed ([`crate::dedupe::Recent`])
+/// pass half of [`crate::config::Config::unflushed_ids_limit`], and waits while they are
+/// over it: when requests come faster than the flusher moves their dedupe records, the
+/// ids' memory stays bounded and requests slow to the flusher's pace.
+async fn wait_for_backlog(state: &State) -> Result<(), IngestError> {
+    let limit = state.cfg.unflushed_ids_limit();
+    let mut n = state.recent.len();
+    if n <= limit / 2 {
+        return Ok(());
+    }
+    let _ = state.flush_wake.try_send(());
+    let deadline = std::time::Instant::now() + BACKLOG_WAIT;
+    while n > limit {
+        if std::time::Instant::now() > deadline {
+            return Err(IngestError::Backlog(n));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let _ = state.flush_wake.try_send(());
+        n = state.recent.len();
+    }
+    Ok(())
 }
 
 enum Slot<'a> {
@@ -125,6 +162,7 @@ pub async fn ingest_parsed<'a>(
     parsed: Vec<Parsed<'a>>,
     now_ms: i64,
 ) -> Result<Outcome, IngestError> {
+    wait_for_backlog(state).await?;
     let big = parsed.len() > BLOCKING_BATCH;
     let owner = Owner::new();
     let mut held: Vec<ClaimKey> = Vec::new();
@@ -232,6 +270,7 @@ async fn run_claimed<'a>(
         batch,
         quota,
         groups,
+        recent,
         reserved,
         outbox,
     } = plan;
@@ -243,6 +282,12 @@ async fn run_claimed<'a>(
         return Err(e.into());
     }
     state.storage_ok.store(true, Ordering::SeqCst);
+    // Before the claims are released (by the caller) and before the counters, whose
+    // flush deletes the journal records: an accepted id is always claimed, in `recent`
+    // or in `dedupe`.
+    for (key, seq) in recent {
+        state.recent.insert(key, seq);
+    }
     state.outbox.enqueue(outbox);
 
     // Phase 6: counters.
@@ -261,13 +306,18 @@ async fn run_claimed<'a>(
 
 /// Accepted events of one shard with their ids and the ancestors whose quotas they
 /// counted toward, in input order.
-type ShardGroup<'a> = (usize, Vec<(EventRecord, Cow<'a, str>, Vec<String>, usize)>);
+type ShardGroup<'a> = (
+    usize,
+    Vec<(EventRecord, Cow<'a, str>, Vec<String>, ClaimKey)>,
+);
 
 struct Plan {
     batch: WriteBatch,
     /// Quota row operands, committed atomically with `batch`.
     quota: crate::journal::QuotaOperands,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
+    /// Accepted ids and their journal records, for [`crate::dedupe::Recent`].
+    recent: Vec<(ClaimKey, u64)>,
     reserved: Reserved,
     /// Threshold notifications staged in the batch.
     outbox: Vec<(u64, crate::notify::Entry)>,
@@ -349,16 +399,29 @@ fn check_and_plan(
         .collect();
     order.sort_unstable();
     let repeats = order.windows(2).any(|w| w[0].0 == w[1].0);
-    let keys: Vec<Vec<u8>> = order
-        .iter()
-        .map(|&(h, _)| dedupe_key(&tenant.name, h))
-        .collect();
+    // Ids accepted since the last flush are in `recent`, their records in the journal.
+    // `recent` is read first: an id leaves it only after its record is in `dedupe`, and a
+    // journal record is deleted only after its dedupe records are written there.
     let mut records: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
-    for (&(_, n), r) in order
-        .iter()
-        .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
-    {
-        records[n as usize] = r;
+    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(order.len());
+    let mut stored: Vec<u32> = Vec::with_capacity(order.len());
+    for &(h, n) in &order {
+        if let Some(seq) = state.recent.get(&(tenant.index, h)) {
+            if let Some(r) = journal_dedupe_record(state, seq, h)? {
+                records[n as usize] = Some(r);
+                continue;
+            }
+        }
+        keys.push(dedupe_key(&tenant.name, h));
+        stored.push(n);
+    }
+    if !keys.is_empty() {
+        for (&n, r) in stored
+            .iter()
+            .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
+        {
+            records[n as usize] = r;
+        }
     }
     drop(keys);
     // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
@@ -409,11 +472,11 @@ fn check_and_plan(
                 unreachable!("groups are resolved in decide")
             }
         };
-        let Slot::Claimed(ev, _) = &slots[i] else {
+        let Slot::Claimed(ev, key) = &slots[i] else {
             unreachable!()
         };
         let shard = state.counters.shard_of(&tenant.name, &record.contract);
-        let item = (record, ev.id.clone(), ancestors, i);
+        let item = (record, ev.id.clone(), ancestors, *key);
         match by_shard.iter_mut().find(|(s, _)| *s == shard) {
             Some((_, v)) => v.push(item),
             None => by_shard.push((shard, vec![item])),
@@ -427,35 +490,32 @@ fn check_and_plan(
     }
 
     let first_seq = state.journal.reserve(by_shard.len() as u64);
-    // Sized up front (per event: a dedupe record and its share of a journal record, about
-    // 320 bytes), so the batch's buffer is not regrown and copied.
+    // Sized up front (per event its dedupe record inside the journal record, about 160
+    // bytes), so the batch's buffer is not regrown and copied.
     let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
-    let mut batch = WriteBatch::with_capacity_bytes(512 + 320 * accepted);
+    let mut batch = WriteBatch::with_capacity_bytes(512 + 192 * accepted);
     let journal_cf = state.store.cf(cf::JOURNAL);
-    let dedupe_cf = state.store.cf(cf::DEDUPE);
     let mut groups = Vec::with_capacity(by_shard.len());
-    // Dedupe records, by slot, go into the batch in key order (`order`): the skip-list
-    // searches of consecutive inserts then share their upper nodes, which stay in cache.
-    let mut dedupe: Vec<Option<Vec<u8>>> = vec![None; slots.len()];
+    let mut recent = Vec::with_capacity(accepted);
+    // One journal record per shard, carrying each event's dedupe record: the flusher
+    // writes those into `dedupe` when it deletes the journal record, and until then the
+    // ids are looked up in `recent`.
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        for (pos, (mut rec, id, ancestors, slot)) in items.into_iter().enumerate() {
+        let mut dedupe = Vec::with_capacity(items.len());
+        for (pos, (mut rec, id, ancestors, key)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
-            dedupe[slot] = Some(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
+            dedupe.push(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
+            recent.push((key, seq));
             events.push(rec);
         }
         batch.put_cf(
             journal_cf,
             journal_key(seq),
-            encode_journal(&tenant.name, &events),
+            encode_journal_dedupe(&tenant.name, &dedupe),
         );
         groups.push((shard, seq, events));
-    }
-    for &(h, n) in &order {
-        if let Some(value) = dedupe[claimed[n as usize]].take() {
-            batch.put_cf(dedupe_cf, dedupe_key(&tenant.name, h), value);
-        }
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,
     // as operands the journal combines with those of the requests written alongside.
@@ -478,9 +538,24 @@ fn check_and_plan(
         batch,
         quota,
         groups,
+        recent,
         reserved,
         outbox,
     }))
+}
+
+/// The dedupe record of id hash `h` in journal record `seq`, or `None` when the flusher
+/// has deleted that record meanwhile (its dedupe records are in `dedupe` then).
+fn journal_dedupe_record(state: &State, seq: u64, h: u128) -> Result<Option<Vec<u8>>, IngestError> {
+    let Some(record) = state.store.get(cf::JOURNAL, &journal_key(seq))? else {
+        return Ok(None);
+    };
+    let (_, recs) =
+        journal_dedupe_records(&record).ok_or(crate::store::StoreError::Corrupt("journal"))?;
+    Ok(recs
+        .into_iter()
+        .find(|r| dedupe_id(r).is_some_and(|id| id_hash(id) == h))
+        .map(<[u8]>::to_vec))
 }
 
 /// Checks every claimed event (dedupe record, lever, contract, time window, quota) and

@@ -27,6 +27,10 @@ pub struct State {
     pub counters: Counters,
     /// In-flight dedupe claims.
     pub claims: Claims,
+    /// Accepted ids whose dedupe records the flusher has not yet moved to the store.
+    pub recent: crate::dedupe::Recent,
+    /// Asks the flusher for a flush now (a retraction waits for its id's record).
+    pub flush_wake: crossbeam_channel::Sender<()>,
     /// Quota usage and decisions.
     pub quotas: crate::quota::state::QuotaBook,
     /// Undelivered threshold notifications.

@@ -210,6 +210,12 @@ pub const REQUEST_MIN_CHARGE: u64 = 16 * 1024;
 pub const MEMTABLE_SHARE: u64 = 8;
 /// `memory_limit / BLOCK_CACHE_SHARE` is RocksDB's block cache.
 pub const BLOCK_CACHE_SHARE: u64 = 8;
+/// `memory_limit / UNFLUSHED_SHARE` is the budget for accepted ids whose dedupe records
+/// the flusher has not yet moved out of the journal.
+pub const UNFLUSHED_SHARE: u64 = 32;
+/// Memory an unflushed id is charged: its entry in memory and its share of the
+/// flusher's buffers while it moves the dedupe record (about 200 bytes).
+pub const UNFLUSHED_BYTES_PER_ID: u64 = 256;
 
 impl Config {
     /// Memory that requests in progress (read, parsed, being committed) may use:
@@ -237,6 +243,13 @@ impl Config {
     /// RocksDB's block cache, shared by all column families: `memory_limit / 8`.
     pub fn block_cache_bytes(&self) -> u64 {
         self.memory_limit / BLOCK_CACHE_SHARE
+    }
+
+    /// Accepted ids not yet flushed above which new ingest requests wait for the
+    /// flusher: `memory_limit / 32` at [`UNFLUSHED_BYTES_PER_ID`] each (131,072 ids at
+    /// the default 1 GiB, 32,768 at 256 MiB).
+    pub fn unflushed_ids_limit(&self) -> usize {
+        (self.memory_limit / UNFLUSHED_SHARE / UNFLUSHED_BYTES_PER_ID) as usize
     }
 }
 

@@ -197,6 +197,10 @@ impl From<crate::ingest::IngestError> for ApiError {
                 format!("{c}; nothing was counted"),
             ),
             crate::ingest::IngestError::Store(s) => ApiError::from(s),
+            crate::ingest::IngestError::Backlog(_) => ApiError::new(
+                ErrorCode::Overloaded,
+                format!("{e}; nothing was counted, retry later"),
+            ),
         }
     }
 }

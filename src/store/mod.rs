@@ -3,13 +3,14 @@
 //! Column families:
 //! - `windows`: aggregated usage rows, written only by the flusher as merge operands
 //!   ([`crate::counters::agg::merge_operator`]); never read-modify-written.
-//! - `journal`: accepted events not yet flushed into `windows`. A journal record and the
-//!   dedupe records of its events are one atomic write batch; the flusher deletes a
-//!   journal record in the same batch that merges its deltas into `windows`. So after any
-//!   crash each accepted event is either in the journal (replayed at start) or in
-//!   `windows`, exactly once.
+//! - `journal`: accepted events not yet flushed into `windows`. A journal record carries
+//!   the dedupe records of its events; the flusher writes those into `dedupe`, then
+//!   deletes the journal record in the same batch that merges its deltas into `windows`.
+//!   So after any crash each accepted event is either in the journal (replayed at start)
+//!   or in `windows`, exactly once, and its dedupe record in the journal or in `dedupe`.
 //! - `dedupe`: one record per accepted event id, removed by a compaction filter once older
-//!   than `dedupe_retention` (memory stays bounded: only in-flight ids live in RAM).
+//!   than `dedupe_retention` (memory stays bounded: only in-flight ids and the ids of one
+//!   flush live in RAM, see [`crate::dedupe`]).
 //! - `admin`: lever and contract definitions (JSON).
 //! - `quota`: usage per contract, lever and quota period, written as merge operands in
 //!   the same batch as the events that caused it (see [`crate::quota::state`]).

@@ -109,8 +109,80 @@ pub fn encode_journal(tenant: &str, events: &[EventRecord]) -> Vec<u8> {
     out
 }
 
+/// Format version of a journal record that carries its events' dedupe records.
+const JOURNAL_WITH_DEDUPE: u8 = 2;
+
+/// Encodes a journal record that carries, per event, its whole dedupe record (as
+/// [`encode_dedupe_with`] writes it, the event included). The flusher writes those
+/// records into the `dedupe` column family when it deletes the journal record
+/// ([`crate::flush`]), so a request's write holds one record per shard and no dedupe
+/// record of its own.
+pub fn encode_journal_dedupe<V: AsRef<[u8]>>(tenant: &str, dedupe: &[V]) -> Vec<u8> {
+    let bytes: usize = dedupe.iter().map(|d| d.as_ref().len() + 2).sum();
+    let mut out = Vec::with_capacity(8 + tenant.len() + bytes);
+    out.push(JOURNAL_WITH_DEDUPE);
+    put_str(&mut out, tenant);
+    out.extend_from_slice(&(dedupe.len() as u32).to_le_bytes());
+    for d in dedupe {
+        let d = d.as_ref();
+        out.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        out.extend_from_slice(d);
+    }
+    out
+}
+
+/// The tenant and the dedupe records a journal record carries: `None` when it is not
+/// a valid journal record, no records for a record written before journal records
+/// carried them (their dedupe records were written with them).
+pub fn journal_dedupe_records(b: &[u8]) -> Option<(&str, Vec<&[u8]>)> {
+    let (&v, rest) = b.split_first()?;
+    match v {
+        VERSION => {
+            let (tenant, _) = get_str(rest)?;
+            Some((tenant, Vec::new()))
+        }
+        JOURNAL_WITH_DEDUPE => {
+            let (tenant, rest) = get_str(rest)?;
+            if rest.len() < 4 {
+                return None;
+            }
+            let n = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
+            let mut rest = &rest[4..];
+            let mut out = Vec::with_capacity(n.min(100_000));
+            for _ in 0..n {
+                if rest.len() < 4 {
+                    return None;
+                }
+                let len = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
+                rest = &rest[4..];
+                if rest.len() < len {
+                    return None;
+                }
+                out.push(&rest[..len]);
+                rest = &rest[len..];
+            }
+            rest.is_empty().then_some((tenant, out))
+        }
+        _ => None,
+    }
+}
+
+/// The id a dedupe record was written for.
+pub fn dedupe_id(b: &[u8]) -> Option<&str> {
+    dedupe_accepted_ms(b)?;
+    get_str(&b[9..]).map(|(id, _)| id)
+}
+
 /// Decodes a journal record into its tenant and events.
 pub fn decode_journal(b: &[u8]) -> Option<(String, Vec<EventRecord>)> {
+    if b.first() == Some(&JOURNAL_WITH_DEDUPE) {
+        let (tenant, records) = journal_dedupe_records(b)?;
+        let events = records
+            .into_iter()
+            .map(|r| decode_dedupe_full(r).map(|d| d.event))
+            .collect::<Option<Vec<_>>>()?;
+        return Some((tenant.to_string(), events));
+    }
     let (&v, b) = b.split_first()?;
     if v != VERSION {
         return None;
@@ -259,6 +331,31 @@ mod tests {
         let enc = encode_journal("tenant", &evs);
         assert_eq!(decode_journal(&enc), Some(("tenant".into(), evs)));
         assert_eq!(decode_journal(&enc[..enc.len() - 1]), None);
+    }
+
+    #[test]
+    fn journal_with_dedupe_records_roundtrip() {
+        let evs: Vec<_> = (0..5).map(ev).collect();
+        let recs: Vec<Vec<u8>> = evs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| encode_dedupe_with(42, &format!("id-{i}"), e, &["pool"][..i % 2]))
+            .collect();
+        let enc = encode_journal_dedupe("tenant", &recs);
+        assert_eq!(decode_journal(&enc), Some(("tenant".into(), evs.clone())));
+        let (tenant, back) = journal_dedupe_records(&enc).unwrap();
+        assert_eq!(tenant, "tenant");
+        assert_eq!(back, recs.iter().map(|r| r.as_slice()).collect::<Vec<_>>());
+        assert_eq!(dedupe_id(back[3]), Some("id-3"));
+        assert_eq!(decode_dedupe_full(back[1]).unwrap().ancestors, vec!["pool"]);
+        for cut in [1, 5, enc.len() - 1] {
+            assert_eq!(journal_dedupe_records(&enc[..cut]), None);
+            assert_eq!(decode_journal(&enc[..cut]), None);
+        }
+        // A record of the earlier format carries no dedupe records.
+        let old = encode_journal("tenant", &evs);
+        assert_eq!(journal_dedupe_records(&old), Some(("tenant", Vec::new())));
+        assert_eq!(journal_dedupe_records(&[9, 0]), None);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod names {
     pub const COUNTERS_PENDING: &str = "meterd_counters_pending_entries";
     /// Ids claimed by in-flight requests.
     pub const DEDUPE_INFLIGHT: &str = "meterd_dedupe_inflight_ids";
+    /// Accepted ids whose dedupe records are still in the journal (not yet flushed).
+    pub const DEDUPE_UNFLUSHED: &str = "meterd_dedupe_unflushed_ids";
     /// 1 when ready.
     pub const READY: &str = "meterd_ready_state";
     /// Quota decisions by outcome and mode.
@@ -154,6 +156,11 @@ pub fn describe() {
         DEDUPE_INFLIGHT,
         Unit::Count,
         "Event ids claimed by in-flight requests."
+    );
+    describe_gauge!(
+        DEDUPE_UNFLUSHED,
+        Unit::Count,
+        "Accepted event ids whose dedupe records are still carried by journal records; looked up in memory until the next flush writes them to the dedupe column family."
     );
     describe_gauge!(
         READY,

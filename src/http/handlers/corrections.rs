@@ -267,6 +267,9 @@ pub async fn post_adjustment(
     })
 }
 
+/// How long a retraction waits for the flush that writes its id's dedupe record.
+const RETRACT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `DELETE /v1/events/{id}`.
 pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
     let t = ctx.tenant()?;
@@ -280,6 +283,24 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
             ),
         )
     };
+    // An id accepted since the last flush has its dedupe record in a journal record,
+    // which the flusher writes into `dedupe` later: a retraction mark written now would be
+    // overwritten then. The flusher is asked to move it at once, and the retraction goes
+    // on once it is there.
+    let key = (t.index, id_hash(id));
+    if state.recent.get(&key).is_some() {
+        let deadline = std::time::Instant::now() + RETRACT_WAIT;
+        while state.recent.get(&key).is_some() {
+            if std::time::Instant::now() > deadline {
+                return Err(ApiError::new(
+                    ErrorCode::StorageUnavailable,
+                    format!("event {id:?} is not flushed yet (flushes are failing); retry later"),
+                ));
+            }
+            let _ = state.flush_wake.try_send(());
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
     tokio::task::block_in_place(|| {
         let mut stamp = state.revisions.begin();
         let record = state.store.get(cf::DEDUPE, &dkey)?.ok_or_else(unknown)?;
