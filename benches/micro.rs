@@ -464,8 +464,8 @@ fn bench_flush(c: &mut Criterion) {
         b.iter_batched(
             || filled(&input),
             |counters| {
-                let rows =
-                    flush_once(&store, &counters, &revisions, &recent, &registry).expect("flush");
+                let rows = flush_once(&store, &counters, &revisions, &recent, &registry, false)
+                    .expect("flush");
                 assert_eq!(rows, FLUSH_WINDOWS);
                 // Returned so that dropping the drained counters is not timed.
                 counters

@@ -369,6 +369,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
             &st.revisions,
             &st.recent,
             &st.registry,
+            false,
         ) {
             tracing::error!(error = %e, "final flush failed; the journal keeps the events");
         }
