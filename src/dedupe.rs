@@ -13,6 +13,7 @@
 //! Records older than `dedupe_retention` are treated as absent and removed by a RocksDB
 //! compaction filter, never by a scan and never kept in RAM.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -138,6 +139,9 @@ impl Claims {
 #[derive(Debug, Default)]
 pub struct Recent {
     table: DashMap<ClaimKey, u64, foldhash::fast::RandomState>,
+    /// Entries in `table` (every ingest request reads it; `DashMap::len` locks every
+    /// shard).
+    len: AtomicUsize,
 }
 
 impl Recent {
@@ -148,7 +152,9 @@ impl Recent {
 
     /// Records that `key` was accepted in journal record `seq`.
     pub fn insert(&self, key: ClaimKey, seq: u64) {
-        self.table.insert(key, seq);
+        if self.table.insert(key, seq).is_none() {
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The journal record that carries the dedupe record of `key`, if not yet flushed.
@@ -159,17 +165,19 @@ impl Recent {
     /// Drops `key` once its dedupe record is in the column family (only if it still
     /// belongs to journal record `seq`).
     pub fn remove(&self, key: &ClaimKey, seq: u64) {
-        self.table.remove_if(key, |_, s| *s == seq);
+        if self.table.remove_if(key, |_, s| *s == seq).is_some() {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    /// Number of ids whose dedupe records are not yet in the column family (a gauge).
+    /// Number of ids whose dedupe records are not yet in the column family.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// True when every accepted id's record is in the column family.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 }
 
@@ -195,6 +203,28 @@ mod tests {
         // A hash collision with another id is not a duplicate.
         assert!(!is_recorded(Some(&rec), "id-2", 1_000, 60_000));
         assert!(!is_recorded(None, "id-1", 1_000, 60_000));
+    }
+
+    #[test]
+    fn recent_ids_are_counted_and_dropped_only_for_their_journal_record() {
+        let r = Recent::new();
+        r.insert((0, 1), 7);
+        r.insert((0, 2), 7);
+        r.insert((1, 1), 8);
+        // The same id again (a retry after a hash collision's record): one entry.
+        r.insert((0, 2), 9);
+        assert_eq!((r.len(), r.get(&(0, 2))), (3, Some(9)));
+        // A flush of record 7 leaves the entry that now points at record 9.
+        r.remove(&(0, 1), 7);
+        r.remove(&(0, 2), 7);
+        assert_eq!(
+            (r.len(), r.get(&(0, 1)), r.get(&(0, 2))),
+            (2, None, Some(9))
+        );
+        r.remove(&(0, 2), 9);
+        r.remove(&(1, 1), 8);
+        r.remove(&(1, 1), 8);
+        assert!(r.is_empty() && r.get(&(1, 1)).is_none());
     }
 
     #[tokio::test]

@@ -160,7 +160,7 @@ fn move_dedupe_records(
             Some(n) => journal_key(n).to_vec(),
             None => vec![0xff; 9],
         };
-        store.scan_range(cf::JOURNAL, &journal_key(first), &end, |k, v| {
+        store.scan_range(cf::JOURNAL, &journal_key(first), &end, false, |k, v| {
             if failed.is_some() {
                 return;
             }

@@ -403,27 +403,47 @@ fn check_and_plan(
     // `recent` is read first: an id leaves it only after its record is in `dedupe`, and a
     // journal record is deleted only after its dedupe records are written there.
     let mut records: Vec<Option<Vec<u8>>> = vec![None; claimed.len()];
-    let mut keys: Vec<Vec<u8>> = Vec::with_capacity(order.len());
-    let mut stored: Vec<u32> = Vec::with_capacity(order.len());
+    // (id hash, position) of the ids to look up in the column family, and (journal
+    // record, id hash, position) of those found in `recent`.
+    let mut stored: Vec<(u128, u32)> = Vec::with_capacity(order.len());
+    let mut unflushed: Vec<(u64, u128, u32)> = Vec::new();
     for &(h, n) in &order {
-        if let Some(seq) = state.recent.get(&(tenant.index, h)) {
-            if let Some(r) = journal_dedupe_record(state, seq, h)? {
-                records[n as usize] = Some(r);
-                continue;
+        match state.recent.get(&(tenant.index, h)) {
+            Some(seq) => unflushed.push((seq, h, n)),
+            None => stored.push((h, n)),
+        }
+    }
+    if !unflushed.is_empty() {
+        // One read per journal record, however many of its ids the request repeats.
+        unflushed.sort_unstable();
+        for group in unflushed.chunk_by(|a, b| a.0 == b.0) {
+            match journal_dedupe_records_of(state, group[0].0)? {
+                Some(recs) => {
+                    for &(_, h, n) in group {
+                        match recs.get(&h) {
+                            Some(r) => records[n as usize] = Some(r.clone()),
+                            None => stored.push((h, n)),
+                        }
+                    }
+                }
+                // Flushed meanwhile: its dedupe records are in the column family.
+                None => stored.extend(group.iter().map(|&(_, h, n)| (h, n))),
             }
         }
-        keys.push(dedupe_key(&tenant.name, h));
-        stored.push(n);
+        stored.sort_unstable();
     }
-    if !keys.is_empty() {
-        for (&n, r) in stored
+    if !stored.is_empty() {
+        let keys: Vec<Vec<u8>> = stored
+            .iter()
+            .map(|&(h, _)| dedupe_key(&tenant.name, h))
+            .collect();
+        for (&(_, n), r) in stored
             .iter()
             .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
         {
             records[n as usize] = r;
         }
     }
-    drop(keys);
     // Grouping the quota bookkeeping of unlimited levers is undone and the request decided
     // event by event when the registry gained a quota meanwhile (rare).
     // A single event gains nothing from grouping (its decision is as cheap either way).
@@ -544,18 +564,22 @@ fn check_and_plan(
     }))
 }
 
-/// The dedupe record of id hash `h` in journal record `seq`, or `None` when the flusher
-/// has deleted that record meanwhile (its dedupe records are in `dedupe` then).
-fn journal_dedupe_record(state: &State, seq: u64, h: u128) -> Result<Option<Vec<u8>>, IngestError> {
+/// The dedupe records journal record `seq` carries, by id hash, or `None` when the
+/// flusher has deleted that record meanwhile (its dedupe records are in `dedupe` then).
+fn journal_dedupe_records_of(
+    state: &State,
+    seq: u64,
+) -> Result<Option<FastHashMap<u128, Vec<u8>>>, IngestError> {
     let Some(record) = state.store.get(cf::JOURNAL, &journal_key(seq))? else {
         return Ok(None);
     };
-    let (_, recs) =
-        journal_dedupe_records(&record).ok_or(crate::store::StoreError::Corrupt("journal"))?;
-    Ok(recs
-        .into_iter()
-        .find(|r| dedupe_id(r).is_some_and(|id| id_hash(id) == h))
-        .map(<[u8]>::to_vec))
+    let corrupt = || crate::store::StoreError::Corrupt("journal");
+    let (_, recs) = journal_dedupe_records(&record).ok_or_else(corrupt)?;
+    let mut out = FastHashMap::default();
+    for r in recs {
+        out.insert(id_hash(dedupe_id(r).ok_or_else(corrupt)?), r.to_vec());
+    }
+    Ok(Some(out))
 }
 
 /// Checks every claimed event (dedupe record, lever, contract, time window, quota) and

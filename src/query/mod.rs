@@ -149,7 +149,7 @@ fn collect(
     let mut to_key = prefix.clone();
     put_time(&mut to_key, e);
     let mut corrupt = false;
-    store.scan_range(cf::WINDOWS, &from_key, &to_key, |k, v| {
+    store.scan_range(cf::WINDOWS, &from_key, &to_key, true, |k, v| {
         match (decode_window_suffix(k, prefix.len()), AggValue::decode(v)) {
             (Some(suffix), Some(val)) => {
                 let b = if q.group_by_bucket {

@@ -643,15 +643,19 @@ impl Store {
         Ok(())
     }
 
-    /// Calls `f` for every key in `[from, to)` of a column family.
+    /// Calls `f` for every key in `[from, to)` of a column family. With `fill_cache`
+    /// false the blocks read do not enter the block cache (a one-time read, such as the
+    /// flusher's of the journal records it deletes, would only evict useful blocks).
     pub fn scan_range(
         &self,
         cf_name: &str,
         from: &[u8],
         to: &[u8],
+        fill_cache: bool,
         mut f: impl FnMut(&[u8], &[u8]),
     ) -> Result<(), StoreError> {
         let mut ro = ReadOptions::default();
+        ro.fill_cache(fill_cache);
         ro.set_iterate_lower_bound(from.to_vec());
         ro.set_iterate_upper_bound(to.to_vec());
         let it = self.db.iterator_cf_opt(
