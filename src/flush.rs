@@ -125,9 +125,10 @@ pub fn flush_once(
 const DEDUPE_WRITE_RECORDS: usize = 256;
 
 /// Paced moves pause this many times as long as each write took: the flusher then takes
-/// at most a quarter of a CPU while it moves dedupe records, instead of a burst of all
-/// of a second's records that requests on the same CPU queue behind.
-const DEDUPE_PACE: u32 = 3;
+/// at most a tenth of a CPU while it moves dedupe records, instead of a burst of all of
+/// a second's records that requests on the same CPU queue behind (at 20k single events/s,
+/// T5-shaped p99 4.1-6.9 ms with 9 against 6.1-201 ms with 3; benches/analysis.md).
+const DEDUPE_PACE: u32 = 9;
 
 /// Dedupe records the flusher sorts and writes together; it holds at most this many
 /// (with their journal records) in memory while it moves them.
