@@ -235,10 +235,14 @@ impl MoveSlice {
     /// [`DEDUPE_PACE`] times as long as the write took.
     fn write(&mut self, store: &Store, pace: bool) -> Result<(), StoreError> {
         let tenants = &self.tenants;
+        // Journal records are read in sequence order, so `buf` orders equal keys (two ids
+        // with one 128-bit hash): the later record is written last and wins, as it did
+        // when each request wrote its own.
         self.entries.sort_unstable_by(|a, b| {
             tenants[a.0 as usize]
                 .cmp(&tenants[b.0 as usize])
                 .then(a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
         });
         let dedupe = store.cf(cf::DEDUPE);
         let mut key = Vec::with_capacity(64);
