@@ -445,9 +445,7 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::{
-        encode_dedupe_with, encode_journal, encode_journal_dedupe, EventRecord,
-    };
+    use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord, JournalDedupe};
     use std::time::Duration;
 
     fn journal_seqs(store: &Store) -> Vec<u64> {
@@ -468,16 +466,15 @@ mod tests {
 
     /// A journal record of tenant `t` carrying the dedupe records of `ids`.
     fn record_with_ids(seq: u64, ids: &[&str]) -> (Vec<u8>, Vec<Vec<u8>>) {
-        let dedupe: Vec<Vec<u8>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let mut ev = EventRecord::sample();
-                ev.ordinal = (seq << 20) | i as u64;
-                encode_dedupe_with(1_000, id, &ev, &["parent"])
-            })
-            .collect();
-        (encode_journal_dedupe("t", &dedupe), dedupe)
+        let mut journal = JournalDedupe::new("t", ids.len());
+        let mut dedupe = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let mut ev = EventRecord::sample();
+            ev.ordinal = (seq << 20) | i as u64;
+            journal.push(1_000, id, &ev, &["parent"]);
+            dedupe.push(encode_dedupe_with(1_000, id, &ev, &["parent"]));
+        }
+        (journal.finish(), dedupe)
     }
 
     #[test]
@@ -543,6 +540,10 @@ mod tests {
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let counters = Counters::new(4);
         let revisions = Revisions::load(&store).unwrap();
+        let (recent, registry) = (Recent::new(), registry());
+        let flush = |c: &Counters| {
+            flush_once(&store, c, &revisions, &recent, &registry, false).unwrap();
+        };
         let tenant: Arc<str> = Arc::from("t");
         let ev = EventRecord::sample();
         let mut batch = WriteBatch::default();
@@ -571,30 +572,14 @@ mod tests {
         ] {
             counters.apply(shard, seq, &tenant, std::slice::from_ref(&ev));
         }
-        flush_once(
-            &store,
-            &counters,
-            &revisions,
-            &Recent::new(),
-            &registry(),
-            false,
-        )
-        .unwrap();
+        flush(&counters);
         assert_eq!(journal_seqs(&store), vec![1, 6, 8, 11, 15, 16, 17, 18, 19]);
         // The rest once applied and flushed; nothing is left, and a record written after
         // the range deletions (a new sequence number) is untouched by them.
         for seq in [1, 6, 8, 11, 15, 16, 17, 18, 19] {
             counters.apply(0, seq, &tenant, std::slice::from_ref(&ev));
         }
-        flush_once(
-            &store,
-            &counters,
-            &revisions,
-            &Recent::new(),
-            &registry(),
-            false,
-        )
-        .unwrap();
+        flush(&counters);
         assert_eq!(journal_seqs(&store), Vec::<u64>::new());
         let mut batch = WriteBatch::default();
         batch.put_cf(

@@ -40,9 +40,7 @@ use crate::quota::state::{chain, chain_unlimited, Reserved};
 use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
-use crate::store::records::{
-    dedupe_id, encode_dedupe_with, encode_journal_dedupe, journal_dedupe_records, EventRecord,
-};
+use crate::store::records::{dedupe_id, journal_dedupe_records, EventRecord, JournalDedupe};
 use crate::store::{cf, StoreError};
 use crate::telemetry::{hot, names};
 
@@ -523,18 +521,14 @@ fn check_and_plan(
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        let mut dedupe = Vec::with_capacity(items.len());
+        let mut journal = JournalDedupe::new(&tenant.name, items.len());
         for (pos, (mut rec, id, ancestors, key)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
-            dedupe.push(encode_dedupe_with(now_ms, &id, &rec, &ancestors));
+            journal.push(now_ms, &id, &rec, &ancestors);
             recent.push((key, seq));
             events.push(rec);
         }
-        batch.put_cf(
-            journal_cf,
-            journal_key(seq),
-            encode_journal_dedupe(&tenant.name, &dedupe),
-        );
+        batch.put_cf(journal_cf, journal_key(seq), journal.finish());
         groups.push((shard, seq, events));
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,

@@ -112,23 +112,54 @@ pub fn encode_journal(tenant: &str, events: &[EventRecord]) -> Vec<u8> {
 /// Format version of a journal record that carries its events' dedupe records.
 const JOURNAL_WITH_DEDUPE: u8 = 2;
 
-/// Encodes a journal record that carries, per event, its whole dedupe record (as
-/// [`encode_dedupe_with`] writes it, the event included). The flusher writes those
-/// records into the `dedupe` column family when it deletes the journal record
-/// ([`crate::flush`]), so a request's write holds one record per shard and no dedupe
-/// record of its own.
-pub fn encode_journal_dedupe<V: AsRef<[u8]>>(tenant: &str, dedupe: &[V]) -> Vec<u8> {
-    let bytes: usize = dedupe.iter().map(|d| d.as_ref().len() + 2).sum();
-    let mut out = Vec::with_capacity(8 + tenant.len() + bytes);
-    out.push(JOURNAL_WITH_DEDUPE);
-    put_str(&mut out, tenant);
-    out.extend_from_slice(&(dedupe.len() as u32).to_le_bytes());
-    for d in dedupe {
-        let d = d.as_ref();
-        out.extend_from_slice(&(d.len() as u32).to_le_bytes());
-        out.extend_from_slice(d);
+/// Builds a journal record that carries, per event, its whole dedupe record (as
+/// [`encode_dedupe_with`] writes it, the event included), each encoded in place. The
+/// flusher writes those records into the `dedupe` column family when it deletes the
+/// journal record ([`crate::flush`]), so a request's write holds one record per shard and
+/// no dedupe record of its own.
+pub struct JournalDedupe {
+    out: Vec<u8>,
+    count_at: usize,
+    n: u32,
+}
+
+impl JournalDedupe {
+    /// Starts the record of `tenant`, with room for about `events` events.
+    pub fn new(tenant: &str, events: usize) -> JournalDedupe {
+        let mut out = Vec::with_capacity(8 + tenant.len() + events * 128);
+        out.push(JOURNAL_WITH_DEDUPE);
+        put_str(&mut out, tenant);
+        let count_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        JournalDedupe {
+            out,
+            count_at,
+            n: 0,
+        }
     }
-    out
+
+    /// Appends one event's dedupe record.
+    pub fn push<S: AsRef<str>>(
+        &mut self,
+        accepted_ms: i64,
+        id: &str,
+        event: &EventRecord,
+        ancestors: &[S],
+    ) {
+        let at = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        encode_dedupe_into(&mut self.out, accepted_ms, id, event, ancestors);
+        let len = (self.out.len() - at - 4) as u32;
+        self.out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        self.n += 1;
+    }
+
+    /// The encoded record.
+    pub fn finish(mut self) -> Vec<u8> {
+        let at = self.count_at;
+        self.out[at..at + 4].copy_from_slice(&self.n.to_le_bytes());
+        self.out
+    }
 }
 
 /// The tenant and the dedupe records a journal record carries: `None` when it is not
@@ -224,18 +255,29 @@ pub fn encode_dedupe_with<S: AsRef<str>>(
     ancestors: &[S],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(id.len() + 128);
+    encode_dedupe_into(&mut out, accepted_ms, id, event, ancestors);
+    out
+}
+
+/// Appends the encoding of [`encode_dedupe_with`] to `out`.
+fn encode_dedupe_into<S: AsRef<str>>(
+    out: &mut Vec<u8>,
+    accepted_ms: i64,
+    id: &str,
+    event: &EventRecord,
+    ancestors: &[S],
+) {
     out.push(VERSION);
     out.extend_from_slice(&accepted_ms.to_le_bytes());
-    put_str(&mut out, id);
-    event.encode_into(&mut out);
+    put_str(out, id);
+    event.encode_into(out);
     if !ancestors.is_empty() {
         out.push(ANCESTORS);
         out.push(ancestors.len().min(255) as u8);
         for a in ancestors.iter().take(255) {
-            put_str(&mut out, a.as_ref());
+            put_str(out, a.as_ref());
         }
     }
-    out
 }
 
 /// A decoded dedupe record.
@@ -336,12 +378,14 @@ mod tests {
     #[test]
     fn journal_with_dedupe_records_roundtrip() {
         let evs: Vec<_> = (0..5).map(ev).collect();
-        let recs: Vec<Vec<u8>> = evs
-            .iter()
-            .enumerate()
-            .map(|(i, e)| encode_dedupe_with(42, &format!("id-{i}"), e, &["pool"][..i % 2]))
-            .collect();
-        let enc = encode_journal_dedupe("tenant", &recs);
+        let mut journal = JournalDedupe::new("tenant", evs.len());
+        let mut recs: Vec<Vec<u8>> = Vec::new();
+        for (i, e) in evs.iter().enumerate() {
+            let (id, ancestors) = (format!("id-{i}"), &["pool"][..i % 2]);
+            journal.push(42, &id, e, ancestors);
+            recs.push(encode_dedupe_with(42, &id, e, ancestors));
+        }
+        let enc = journal.finish();
         assert_eq!(decode_journal(&enc), Some(("tenant".into(), evs.clone())));
         let (tenant, back) = journal_dedupe_records(&enc).unwrap();
         assert_eq!(tenant, "tenant");
