@@ -106,12 +106,14 @@ pub const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 async fn wait_for_backlog(state: &State) -> Result<(), IngestError> {
     let limit = state.cfg.unflushed_ids_limit();
     let mut n = state.recent.len();
-    if n <= limit / 2 {
+    // The wait is for a slow flusher, not a failing store: while flushes fail (a full
+    // disk), requests go on to their commit, which answers with the store's own error.
+    if n <= limit / 2 || !state.storage_ok.load(Ordering::SeqCst) {
         return Ok(());
     }
     let _ = state.flush_wake.try_send(());
     let deadline = std::time::Instant::now() + BACKLOG_WAIT;
-    while n > limit {
+    while n > limit && state.storage_ok.load(Ordering::SeqCst) {
         if std::time::Instant::now() > deadline {
             return Err(IngestError::Backlog(n));
         }
