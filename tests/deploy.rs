@@ -456,11 +456,23 @@ fn grafana_dashboard_uses_only_real_metrics() {
             s
         })
         .collect();
+    // Wait on the metrics listener (no in-flight slot) until both are held: a probe on
+    // the API would hold a slot for a moment, and a held request arriving then would be
+    // shed instead of held.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while d.req("GET", "/v1/levers", Some(common::READ), None).0 != 429 {
-        assert!(Instant::now() < deadline, "requests were never shed");
+    while !d
+        .metrics_text()
+        .lines()
+        .any(|l| l == "meterd_http_in_flight_requests 2")
+    {
+        assert!(Instant::now() < deadline, "requests were never held");
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(
+        d.req("GET", "/v1/levers", Some(common::READ), None).0,
+        429,
+        "a request past max_in_flight was not shed"
+    );
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(20);
     let live = loop {

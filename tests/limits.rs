@@ -390,6 +390,19 @@ fn held_diagnosis(d: &Daemon, held: [&TcpStream; 2]) -> String {
     out + "log:\n" + &d.stderr.lock().unwrap()
 }
 
+/// `meterd_http_in_flight_requests` as the metrics listener reports it now.
+fn in_flight(d: &Daemon) -> f64 {
+    d.metrics_text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("meterd_http_in_flight_requests ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(-1.0)
+}
+
 #[test]
 fn in_flight_limit_sheds_with_retry_after() {
     let d = Daemon::start_with("max_in_flight = 2\nbody_read_timeout = \"20s\"\n", "");
@@ -397,9 +410,12 @@ fn in_flight_limit_sheds_with_retry_after() {
     d.contract("ctr");
     let (mut a, a_rest) = hold(&d, "held-a");
     let (b, _) = hold(&d, "held-b");
-    // Wait until the server has picked up both held requests. Bounded by attempts as
-    // well as time, so that a machine that pauses (CI, VMs) does not fail the wait.
-    let filled = patiently(|| d.req("GET", "/v1/levers", Some(READ), None).0 == 429);
+    // Wait until the server has picked up both held requests. The wait reads the metrics
+    // listener, which holds no in-flight slot: a probe on the API would hold one for a
+    // moment, and a held request arriving in that moment would be shed instead of held.
+    // Bounded by attempts as well as time, so that a machine that pauses (CI, VMs) does
+    // not fail the wait.
+    let filled = patiently(|| in_flight(&d) == 2.0);
     if !filled {
         panic!(
             "held requests never filled the in-flight limit\n{}",
@@ -471,7 +487,12 @@ fn in_flight_limit_sheds_with_retry_after() {
     assert!(released, "permits were never released");
     // The shed event was not counted; the held and the later one were.
     assert_eq!(total(&d, "ctr").as_deref(), Some("2"));
-    // Both permits are free again: two held requests at once are fine.
+    // Both permits are free again (the abandoned request's too): two held requests at
+    // once are fine.
+    assert!(
+        patiently(|| in_flight(&d) == 0.0),
+        "a permit was never released"
+    );
     let held: Vec<_> = (0..2).map(|i| hold(&d, &format!("again-{i}"))).collect();
     for (mut s, rest) in held {
         s.write_all(&rest).unwrap();

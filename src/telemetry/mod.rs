@@ -20,6 +20,8 @@ pub mod names {
     pub const HTTP_REQUEST_SECONDS: &str = "meterd_http_request_duration_seconds";
     /// Requests refused by the in-flight limit.
     pub const HTTP_SHED_TOTAL: &str = "meterd_http_shed_requests_total";
+    /// Requests holding an in-flight slot (of `max_in_flight`) now.
+    pub const HTTP_IN_FLIGHT: &str = "meterd_http_in_flight_requests";
     /// Requests processed by group commit at once.
     pub const JOURNAL_GROUP_SIZE: &str = "meterd_journal_group_size_requests";
     /// WAL fsync duration.
@@ -116,6 +118,11 @@ pub fn describe() {
         HTTP_SHED_TOTAL,
         Unit::Count,
         "Requests answered 429 because the in-flight limit was reached."
+    );
+    describe_gauge!(
+        HTTP_IN_FLIGHT,
+        Unit::Count,
+        "API requests holding an in-flight slot (of max_in_flight) at scrape time."
     );
     describe_histogram!(
         JOURNAL_GROUP_SIZE,

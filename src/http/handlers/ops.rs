@@ -44,6 +44,12 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
     metrics::gauge!(names::READY).set(if state.is_ready() { 1.0 } else { 0.0 });
     metrics::gauge!(names::COUNTERS_PENDING).set(state.counters.pending_entries() as f64);
     metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
+    metrics::gauge!(names::HTTP_IN_FLIGHT).set(
+        state
+            .cfg
+            .max_in_flight
+            .saturating_sub(state.inflight.available_permits()) as f64,
+    );
     if let Some(v) = state
         .store
         .property_int(cf::WINDOWS, "rocksdb.estimate-num-keys")
