@@ -14,10 +14,9 @@
 //!   meterd has no separate minimum transfer rate: a total deadline already bounds how
 //!   long any body, at any rate, holds a connection and an in-flight permit (a minimum
 //!   rate alone would let a large slow body take longer). A body the handler does not
-//!   read is not waited for: the response is sent and the connection closed. (Known
-//!   defect, ignored test `slow_chunked_uploads_do_not_starve_other_ingest`: the request
-//!   memory budget charges a chunked body for `max_body_bytes` up front, so slow chunked
-//!   uploads lock all other ingest out.)
+//!   read is not waited for: the response is sent and the connection closed. A chunked
+//!   body is charged to the request memory budget as its bytes arrive, so slow chunked
+//!   uploads do not lock other ingest out.
 //! - **Dropped connections.** A connection closed (or half-closed) in the middle of a
 //!   body counts nothing of it, leaks no in-flight permit, and leaves the ids free. A
 //!   complete request whose connection is dropped before the response is read counts at
@@ -56,10 +55,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// meterd's limit on header lines (`http::MAX_HEADERS`).
 const MAX_HEADERS: usize = 100;
 
-/// Settings of every daemon here but one. A request whose body length is not declared
-/// (chunked) is charged for a body of `max_body_bytes` against the request memory budget
-/// while it runs; a smaller limit keeps that charge small, so these tests are about
-/// connections and not about that budget (see
+/// Settings of every daemon here but one: a body limit below the default, so that
+/// these tests are about connections and not about body sizes (see
 /// `slow_chunked_uploads_do_not_starve_other_ingest` for the defaults).
 const BASE: &str = "max_body_bytes = 262144\n";
 
@@ -1136,6 +1133,90 @@ fn connections_dropped_mid_body_count_nothing() {
         "open connections: {}",
         open_api_connections(&d)
     );
+}
+
+/// Clients that request a large usage export and then stop reading hold no thread of
+/// the daemon while `send_timeout` (30 s by default) runs: more of them than the
+/// blocking thread pool has threads (16) must not hold back another client's export.
+#[test]
+fn slow_export_readers_do_not_hold_back_other_exports() {
+    let d = start("");
+    // 60,000 usage rows (600 contracts x 10 buckets x 10 minutes): about 9 MB of NDJSON
+    // per export, produced a contract at a time.
+    const CONTRACTS: usize = 600;
+    const BUCKETS: usize = 10;
+    const MINUTES: usize = 10;
+    for c in 0..CONTRACTS {
+        d.contract(&format!("x{c:03}"));
+    }
+    let events: Vec<Value> = (0..CONTRACTS * BUCKETS * MINUTES)
+        .map(|n| {
+            let (c, b, m) = (
+                n % CONTRACTS,
+                n / CONTRACTS % BUCKETS,
+                n / CONTRACTS / BUCKETS,
+            );
+            json!({"id": format!("x-{n}"), "contract": format!("x{c:03}"), "lever": "calls",
+                   "bucket": format!("b{b}"), "time": time_at(-((m as i64) + 2) * 60_000)})
+        })
+        .collect();
+    for batch in events.chunks(1000) {
+        let (s, b) = d.post_events(&Value::Array(batch.to_vec()));
+        assert_eq!((s, b["accepted"].as_u64()), (200, Some(1000)), "{b}");
+    }
+    let path = format!(
+        "/v1/usage?window=minute&group_by=bucket&from={}",
+        time_at(-2 * 3_600_000).replace(':', "%3A")
+    );
+    let export = format!(
+        "GET {path} HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {READ}\r\n\
+         Accept: application/x-ndjson\r\n\r\n"
+    );
+    // Twenty exports whose clients read only the first bytes, then nothing. Their
+    // receive buffers are small (fixed, so the kernel does not grow them), so what the
+    // daemon cannot send stays with the daemon (its socket takes up to 4 MiB).
+    let mut slow: Vec<Conn> = (0..20)
+        .map(|_| {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            let a: std::net::SocketAddr = addr(&d).parse().unwrap();
+            sock.connect(&a.into()).expect("connect");
+            let mut c = Conn {
+                s: sock.into(),
+                buf: Vec::new(),
+            };
+            c.send(export.as_bytes());
+            c
+        })
+        .collect();
+    for c in &mut slow {
+        let mut first = [0u8; 1024];
+        assert!(c.s.read(&mut first).expect("export answered") > 0);
+    }
+    // Let their producers fill what the channels and sockets take.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let started = Instant::now();
+    let r = d
+        .client
+        .get(d.url(&path))
+        .bearer_auth(READ)
+        .header("accept", "application/x-ndjson")
+        .timeout(Duration::from_secs(20))
+        .send()
+        .expect("export answered");
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r
+        .text()
+        .expect("the export's body arrives while slow readers hold theirs");
+    assert_eq!(body.lines().count(), CONTRACTS * BUCKETS * MINUTES);
+    eprintln!(
+        "export of {} bytes beside 20 stalled ones: {:?}",
+        body.len(),
+        started.elapsed()
+    );
+    drop(slow);
 }
 
 // ------------------------------------------------------------------------------------

@@ -260,6 +260,75 @@ fn row_json(contract: &str, row: &UsageRow) -> serde_json::Value {
     v
 }
 
+/// Usage export bytes (NDJSON, or CSV with its header line first when `header` is set)
+/// of the next contracts from `contracts`, until at least 32 KiB are ready or the
+/// contracts run out; also whether contracts are left.
+fn export_chunk<'c>(
+    state: &State,
+    tenant: &Tenant,
+    p: &Params,
+    contracts: &mut impl Iterator<Item = &'c Arc<Contract>>,
+    is_csv: bool,
+    header: &mut bool,
+) -> Result<(Vec<u8>, bool), ApiError> {
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    // CSV rows, appended to `out` (the writer quotes fields).
+    let csv_rows = |out: &mut Vec<u8>, records: &mut dyn Iterator<Item = [String; 8]>| {
+        let mut w = csv::WriterBuilder::new()
+            .has_headers(false)
+            .from_writer(Vec::new());
+        for rec in records {
+            let _ = w.write_record(&rec);
+        }
+        if let Ok(bytes) = w.into_inner() {
+            out.extend_from_slice(&bytes);
+        }
+    };
+    if std::mem::take(header) {
+        let header = [
+            "contract",
+            "lever",
+            "aggregation",
+            "bucket",
+            "start",
+            "end",
+            "value",
+            "final",
+        ]
+        .map(String::from);
+        csv_rows(&mut out, &mut std::iter::once(header));
+    }
+    for c in contracts.by_ref() {
+        let (_, rows) = contract_rows(state, tenant, c, p)?;
+        if is_csv {
+            csv_rows(
+                &mut out,
+                &mut rows.iter().map(|r| {
+                    [
+                        c.id.clone(),
+                        r.lever.clone(),
+                        r.aggregation.as_str().to_string(),
+                        r.bucket.clone().unwrap_or_default(),
+                        r.start.clone(),
+                        r.end.clone(),
+                        r.value.to_string(),
+                        r.is_final.to_string(),
+                    ]
+                }),
+            );
+        } else {
+            for r in &rows {
+                let _ = serde_json::to_writer(&mut out, &row_json(&c.id, r));
+                out.push(b'\n');
+            }
+        }
+        if out.len() >= 32 * 1024 {
+            return Ok((out, true));
+        }
+    }
+    Ok((out, false))
+}
+
 /// `GET /v1/usage`: all contracts of the tenant.
 pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
@@ -299,80 +368,36 @@ pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiErr
         ));
     }
     // Streams: the page of contract ids is fixed first (so the next cursor can go in a
-    // header); rows are produced one contract at a time on a blocking thread and sent
-    // through a small bounded channel, so a slow client holds back the producer.
+    // header); rows are produced about 32 KiB at a time (`block_in_place`: store reads)
+    // and sent through a small bounded channel, so a slow client holds back the producer.
+    // The producer waits for the client as an async task, holding no thread: a blocking
+    // thread per export would let a few slow readers take the whole blocking pool, and
+    // with it every `block_in_place` of other requests.
     let (contracts, next) = contract_page(&ctx.state, &tenant, &q, limit)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let state = ctx.state.clone();
-    tokio::task::spawn_blocking(move || {
-        let is_csv = format == Format::Csv;
-        let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
-        // CSV rows of one contract, appended to `out` (the writer quotes fields).
-        let csv_rows = |out: &mut Vec<u8>, records: &mut dyn Iterator<Item = [String; 8]>| {
-            let mut w = csv::WriterBuilder::new()
-                .has_headers(false)
-                .from_writer(Vec::new());
-            for rec in records {
-                let _ = w.write_record(&rec);
-            }
-            if let Ok(bytes) = w.into_inner() {
-                out.extend_from_slice(&bytes);
-            }
-        };
-        if is_csv {
-            let header = [
-                "contract",
-                "lever",
-                "aggregation",
-                "bucket",
-                "start",
-                "end",
-                "value",
-                "final",
-            ]
-            .map(String::from);
-            csv_rows(&mut out, &mut std::iter::once(header));
-        }
-        for c in &contracts {
-            let rows = match contract_rows(&state, &tenant, c, &p) {
-                Ok((_, rows)) => rows,
+    let is_csv = format == Format::Csv;
+    tokio::spawn(async move {
+        let mut contracts = contracts.iter();
+        let mut header = is_csv;
+        loop {
+            let produced = tokio::task::block_in_place(|| {
+                export_chunk(&state, &tenant, &p, &mut contracts, is_csv, &mut header)
+            });
+            let (chunk, more) = match produced {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e.detail, "usage export failed; response aborted");
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.detail)));
+                    let _ = tx.send(Err(std::io::Error::other(e.detail))).await;
                     return;
                 }
             };
-            if is_csv {
-                csv_rows(
-                    &mut out,
-                    &mut rows.iter().map(|r| {
-                        [
-                            c.id.clone(),
-                            r.lever.clone(),
-                            r.aggregation.as_str().to_string(),
-                            r.bucket.clone().unwrap_or_default(),
-                            r.start.clone(),
-                            r.end.clone(),
-                            r.value.to_string(),
-                            r.is_final.to_string(),
-                        ]
-                    }),
-                );
-            } else {
-                for r in &rows {
-                    let _ = serde_json::to_writer(&mut out, &row_json(&c.id, r));
-                    out.push(b'\n');
-                }
+            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                return; // the client went away
             }
-            if out.len() >= 32 * 1024 {
-                let chunk = Bytes::from(std::mem::take(&mut out));
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return; // the client went away
-                }
+            if !more {
+                return;
             }
-        }
-        if !out.is_empty() {
-            let _ = tx.blocking_send(Ok(Bytes::from(out)));
         }
     });
     let content_type = match format {
