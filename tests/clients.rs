@@ -1192,6 +1192,8 @@ fn slow_export_readers_do_not_hold_back_other_exports() {
             sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
             let a: std::net::SocketAddr = addr(&d).parse().unwrap();
             sock.connect(&a.into()).expect("connect");
+            sock.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("SO_RCVTIMEO");
             let mut c = Conn {
                 s: sock.into(),
                 buf: Vec::new(),
