@@ -417,18 +417,7 @@ fn check_and_plan(
         // One read per journal record, however many of its ids the request repeats.
         unflushed.sort_unstable();
         for group in unflushed.chunk_by(|a, b| a.0 == b.0) {
-            match journal_dedupe_records_of(state, group[0].0)? {
-                Some(recs) => {
-                    for &(_, h, n) in group {
-                        match recs.get(&h) {
-                            Some(r) => records[n as usize] = Some(r.clone()),
-                            None => stored.push((h, n)),
-                        }
-                    }
-                }
-                // Flushed meanwhile: its dedupe records are in the column family.
-                None => stored.extend(group.iter().map(|&(_, h, n)| (h, n))),
-            }
+            read_unflushed(state, group, &mut records, &mut stored)?;
         }
         stored.sort_unstable();
     }
@@ -560,22 +549,35 @@ fn check_and_plan(
     }))
 }
 
-/// The dedupe records journal record `seq` carries, by id hash, or `None` when the
-/// flusher has deleted that record meanwhile (its dedupe records are in `dedupe` then).
-fn journal_dedupe_records_of(
+/// Fills `records` for `group` ((journal record, id hash, position) of ids found in
+/// `recent`, all of one journal record) from the dedupe records that journal record
+/// carries, copying only those asked for. Ids it does not carry, or all of them when the
+/// flusher has deleted it meanwhile (its dedupe records are in `dedupe` then), go to
+/// `stored`, to be read from the column family.
+fn read_unflushed(
     state: &State,
-    seq: u64,
-) -> Result<Option<FastHashMap<u128, Vec<u8>>>, IngestError> {
-    let Some(record) = state.store.get(cf::JOURNAL, &journal_key(seq))? else {
-        return Ok(None);
+    group: &[(u64, u128, u32)],
+    records: &mut [Option<Vec<u8>>],
+    stored: &mut Vec<(u128, u32)>,
+) -> Result<(), IngestError> {
+    let Some(record) = state.store.get(cf::JOURNAL, &journal_key(group[0].0))? else {
+        stored.extend(group.iter().map(|&(_, h, n)| (h, n)));
+        return Ok(());
     };
     let corrupt = || crate::store::StoreError::Corrupt("journal");
     let (_, recs) = journal_dedupe_records(&record).ok_or_else(corrupt)?;
-    let mut out = FastHashMap::default();
+    let mut by_hash: FastHashMap<u128, &[u8]> = FastHashMap::default();
+    by_hash.reserve(recs.len());
     for r in recs {
-        out.insert(id_hash(dedupe_id(r).ok_or_else(corrupt)?), r.to_vec());
+        by_hash.insert(id_hash(dedupe_id(r).ok_or_else(corrupt)?), r);
     }
-    Ok(Some(out))
+    for &(_, h, n) in group {
+        match by_hash.get(&h) {
+            Some(r) => records[n as usize] = Some(r.to_vec()),
+            None => stored.push((h, n)),
+        }
+    }
+    Ok(())
 }
 
 /// Checks every claimed event (dedupe record, lever, contract, time window, quota) and
