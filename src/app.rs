@@ -302,6 +302,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let grace = state.cfg.shutdown_grace;
+    let anchor = tokio::spawn(timer_anchor(
+        anchor_period(&[
+            state.cfg.header_read_timeout,
+            state.cfg.body_read_timeout,
+            state.cfg.send_timeout,
+        ]),
+        wait_stop(stop_rx.clone()),
+    ));
     let api_task = tokio::spawn(http::serve(
         api,
         state.clone(),
@@ -358,6 +366,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     }
     // Undelivered notifications stay in the outbox for the next start.
     let _ = notifier.await;
+    let _ = anchor.await;
     drop(flush_stop);
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
@@ -395,7 +404,83 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     Ok(Stopped { journal: None })
 }
 
+/// Longest period of [`timer_anchor`]: an idle daemon wakes at most this often for it.
+const ANCHOR_MAX_PERIOD: Duration = Duration::from_millis(500);
+
+/// Period of [`timer_anchor`]: half the shortest of the `timeouts` requests arm (so a
+/// request's timer is never due before the anchor's), at most [`ANCHOR_MAX_PERIOD`] and
+/// at least 1 ms.
+fn anchor_period(timeouts: &[Duration]) -> Duration {
+    let shortest = timeouts
+        .iter()
+        .copied()
+        .min()
+        .unwrap_or(ANCHOR_MAX_PERIOD * 2);
+    (shortest / 2).clamp(Duration::from_millis(1), ANCHOR_MAX_PERIOD)
+}
+
+/// Keeps a deadline at most `period` ahead in the runtime's timer wheel until `stop`.
+///
+/// Every request arms timers (hyper's `header_read_timeout` for each head on a
+/// keep-alive connection, `body_read_timeout`) and almost always cancels them before they
+/// fire. Tokio's timer wakes the I/O driver (a write to its eventfd) whenever a timer is
+/// armed that is due before the earliest deadline the driver last saw, and with every
+/// request's timer cancelled the wheel is mostly empty, so nearly every head armed one
+/// wake-up: about 0.2 eventfd writes per single-event request under load, each one a
+/// syscall and an extra return from `epoll_wait` on the worker (benches/analysis.md).
+/// A standing deadline no further away than any request's timeout makes those arms
+/// silent; it costs one wake-up per `period`.
+async fn timer_anchor(period: Duration, stop: impl std::future::Future<Output = ()>) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+    }
+}
+
 /// Environment as a map (so configuration loading never reads globals in tests).
 pub fn env_map() -> HashMap<String, String> {
     std::env::vars().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_period_is_half_the_shortest_timeout_within_bounds() {
+        let ms = Duration::from_millis;
+        // The shipped defaults (10 s, 30 s, 30 s): the cap.
+        assert_eq!(
+            anchor_period(&[ms(10_000), ms(30_000), ms(30_000)]),
+            ms(500)
+        );
+        // At the cap exactly, and just below it.
+        assert_eq!(anchor_period(&[ms(1_000), ms(30_000)]), ms(500));
+        assert_eq!(anchor_period(&[ms(998), ms(30_000)]), ms(499));
+        // The shortest timeout decides, wherever it is.
+        assert_eq!(anchor_period(&[ms(30_000), ms(300), ms(10_000)]), ms(150));
+        // Never below 1 ms (timeouts are at least 1 ms: zero is refused by the config).
+        assert_eq!(anchor_period(&[ms(1)]), ms(1));
+        assert_eq!(anchor_period(&[]), ms(500));
+    }
+
+    #[tokio::test]
+    async fn timer_anchor_ticks_until_stopped() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(timer_anchor(Duration::from_millis(1), async {
+            let _ = rx.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished(), "the anchor runs until stopped");
+        tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the anchor stops when told")
+            .unwrap();
+    }
 }
