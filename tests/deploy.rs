@@ -335,6 +335,8 @@ fn container_artefacts_are_consistent() {
     for want in [
         "FROM rust:1.88-bookworm AS builder",
         "libclang-dev",
+        // The build flags of .cargo/config.toml reach the image's build too.
+        "COPY .cargo ./.cargo",
         "FROM debian:bookworm-slim",
         "USER 10001",
         "HEALTHCHECK",
