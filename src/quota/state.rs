@@ -71,14 +71,18 @@ pub struct UsageKey {
 
 impl PartialEq for UsageKey {
     fn eq(&self, o: &UsageKey) -> bool {
-        // The cheap fields first; equal strings are mostly the same `Arc`.
+        // The cheap fields first; equal strings are mostly the same `Arc`, which spares
+        // comparing their bytes.
+        fn same(a: &Arc<str>, b: &Arc<str>) -> bool {
+            Arc::ptr_eq(a, b) || a == b
+        }
         self.family == o.family
             && self.kind == o.kind
             && self.start == o.start
             && self.end == o.end
-            && self.contract == o.contract
-            && self.lever == o.lever
-            && self.tenant == o.tenant
+            && same(&self.contract, &o.contract)
+            && same(&self.lever, &o.lever)
+            && same(&self.tenant, &o.tenant)
     }
 }
 
