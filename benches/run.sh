@@ -28,7 +28,7 @@
 #   T7_CONTRACTS=100 T7_BUCKETS=100 T7_MINUTES=100 (1,000,000 keys) T7_IDS=10000000
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
-#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency memory restart profile micro"
+#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput floor latency memory restart profile micro"
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
 #   LAT_SPANS= (1: each latency round also writes lat-R-W.spans.tsv, intended send time in
 #   unix µs and latency in µs per request, to place the tail against the server logs)
@@ -59,7 +59,7 @@ CG_N1=${CG_N1:-500}
 CG_N2=${CG_N2:-1500}
 CORE_GEN=${CORE_GEN:-0}
 CORE_SRV=${CORE_SRV:-1}
-PHASES=${PHASES:-throughput latency memory restart profile micro}
+PHASES=${PHASES:-throughput floor latency memory restart profile micro}
 RUN_NOTE=${RUN_NOTE:-}
 KEEP_TMP=${KEEP_TMP:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meterd/target}
@@ -545,7 +545,7 @@ run_redis() { # round
   [ -n "$rps" ] && REDIS_N=$(awk -v r="$rps" -v s="$ROUND_SECONDS" 'BEGIN { n = int(r * s); print (n < 1000) ? 1000 : n }')
 }
 
-if has_phase throughput || has_phase latency; then
+if has_phase throughput || has_phase latency || has_phase floor; then
   log "starting meterd (fsync and buffered) and the baseline, pinned to CPU $CORE_SRV"
   start_meterd fsync fsync 1s 1h 127.0.0.1:0 127.0.0.1:0 taskset -c "$CORE_SRV"
   start_meterd buffered buffered 1s 1h 127.0.0.1:0 127.0.0.1:0 taskset -c "$CORE_SRV"
@@ -568,16 +568,21 @@ ROUND_CONFIGS="B64 M64b B256 M256f Bbatch batches pg redis"
 http_run() {
   local r=$1 c=$2 srv=$3 conns=$4 line before="" after="" m=0
   shift 4
-  [ "$srv" = baseline ] || {
-    m=1
-    before=$(msnap "$srv")
-  }
+  # meterd and the floor answer with counts to check; only meterd has histograms.
+  case $srv in
+    baseline) ;;
+    floor-*) m=1 ;;
+    *)
+      m=1
+      before=$(msnap "$srv")
+      ;;
+  esac
   local out="$RES/$r-$c.txt"
   [ -e "$out" ] && out="$RES/$r-$c-2.txt"
   line=$(lg "$out" --label "$c" --url "http://${API[$srv]}" --conns "$conns" \
     --server-pid "${PID[$srv]}" --warmup "$WARMUP_SECONDS" --duration "$ROUND_SECONDS" "$@")
-  [ "$m" = 0 ] || after=$(msnap "$srv")
-  record "$r" "$c" "$line" "$m" "$([ "$m" = 0 ] || mdelta "$before" "$after")"
+  [ -z "$before" ] || after=$(msnap "$srv")
+  record "$r" "$c" "$line" "$m" "$([ -z "$before" ] || mdelta "$before" "$after")"
 }
 run_config() { # round config
   local r=$1 c=$2
@@ -616,6 +621,57 @@ if has_phase throughput; then
   REDIS_PID=""
   as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true
   PG_DATA=""
+fi
+
+# --- 4b. the durable floor ---------------------------------------------------------------
+# The baseline binary with --durable (examples/baseline.rs): per event only a serde_json
+# parse, a RocksDB lookup of the id, a RocksDB record of it (buffered: written from the
+# request's task; fsync: group commit paced at 1 ms, as meterd's) and a sum per contract.
+# Its rate bounds what any design with exactly-once, durable events can reach here; the
+# rounds alternate baseline, floor and meterd on the targets' three shapes.
+FL=$RES/floor.tsv
+truncate_results "$FL"
+start_floor() { # NAME MODE
+  local name=$1 mode=$2 dir=$TMP/$1
+  mkdir -p "$dir"
+  "${PIN_SRV[@]}" "$BASELINE" 127.0.0.1:0 --durable "$mode" --data "$dir/data" >"$dir/log" 2>&1 &
+  PID[$name]=$!
+  for _ in $(seq 1 200); do
+    API[$name]=$(sed -n 's|^baseline listening on http://||p' "$dir/log")
+    [ -n "${API[$name]}" ] && return 0
+    sleep 0.05
+  done
+  die "$name did not start: $(tail -n 3 "$dir/log")"
+}
+FLOOR_CONFIGS="B64 F64b M64b B256 F256f M256f Bbatch Fbatch Mbatch"
+floor_config() { # round config: one measured run into $FL
+  local r=$1 c=$2
+  case $c in
+    B64) TP=$FL http_run "$r" "fl-$c" baseline $C_T1 --body single ;;
+    F64b) TP=$FL http_run "$r" "fl-$c" floor-buffered $C_T1 --body single ;;
+    M64b) TP=$FL http_run "$r" "fl-$c" buffered $C_T1 --body single ;;
+    B256) TP=$FL http_run "$r" "fl-$c" baseline $C_T2 --body single ;;
+    F256f) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_T2 --body single ;;
+    M256f) TP=$FL http_run "$r" "fl-$c" fsync $C_T2 --body single ;;
+    Bbatch) TP=$FL http_run "$r" "fl-$c" baseline $C_BATCH --body batch --events $BATCH_EVENTS ;;
+    Fbatch) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
+    Mbatch) TP=$FL http_run "$r" "fl-$c" fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
+  esac
+}
+if has_phase floor; then
+  log "starting the durable floor (buffered and fsync), pinned to CPU $CORE_SRV"
+  start_floor floor-buffered buffered
+  start_floor floor-fsync fsync
+  for r in $(seq 1 "$ROUNDS"); do
+    order=$FLOOR_CONFIGS
+    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$FLOOR_CONFIGS" | tac | tr '\n' ' ')
+    log "floor round $r/$ROUNDS: $order"
+    for c in $order; do floor_config "$r" "$c"; done
+  done
+  for n in floor-buffered floor-fsync; do
+    stop_pid "${PID[$n]}" TERM
+    unset "PID[$n]"
+  done
 fi
 
 # --- 5. latency (T5, T6) ----------------------------------------------------------------
@@ -953,13 +1009,13 @@ log "writing $OUT"
   echo "Medians over the rounds, [min–max] in brackets. A ratio is taken within each round"
   echo "(meterd and its comparison ran back to back), then the median of the per-round ratios."
   echo "Runs whose checks failed (see the raw tables) are left out of the medians."
-  bad=$(cat "$TP" "$LAT" 2>/dev/null | awk -F'\t' '($9 != "" && $9 != "ok" && NF <= 10) || (NF > 10 && $17 != "ok") { n++ } END { print n + 0 }')
+  bad=$(cat "$TP" "$FL" "$LAT" 2>/dev/null | awk -F'\t' '($9 != "" && $9 != "ok" && NF <= 10) || (NF > 10 && $17 != "ok") { n++ } END { print n + 0 }')
   if [ "$bad" != 0 ]; then
     echo
     echo "**$bad run(s) failed their checks and are left out:**"
     echo
     awk -F'\t' 'NF <= 10 && $9 != "ok" { printf "- throughput round %s, %s: %s\n", $1, $2, $9 }
-      NF > 10 && $17 != "ok" { printf "- latency round %s, %s: %s\n", $1, $2, $17 }' "$TP" "$LAT"
+      NF > 10 && $17 != "ok" { printf "- latency round %s, %s: %s\n", $1, $2, $17 }' "$TP" "$FL" "$LAT"
   fi
   echo
   echo "| | what | measured | target | result |"
@@ -1031,6 +1087,30 @@ log "writing $OUT"
       echo "| $c | $(mmm "$(cpu_us "$c" | stats)" 2) | $r |"
     done
   fi
+  if [ -s "$FL" ]; then
+    echo
+    echo "### The durable floor"
+    echo
+    echo "The baseline binary with \`--durable\` (examples/baseline.rs) does per event only what any"
+    echo "exactly-once, durable meter must: a serde_json parse, a RocksDB lookup of the id, a RocksDB"
+    echo "record of it in the write-ahead log (buffered: written from the request's task; fsync: group"
+    echo "commit paced at 1 ms, as meterd's), a sum per contract. No API keys, registry, time windows,"
+    echo "decimals, quotas or metrics. Its rounds ($ROUNDS, alternating baseline, floor and meterd on"
+    echo "each shape, order reversed every other round) ran after the throughput rounds. If the floor"
+    echo "misses a target, no design that keeps exactly-once durable events in RocksDB meets it here."
+    echo
+    echo "| shape | baseline | floor | meterd | floor / baseline | meterd / baseline | meterd / floor | target | server CPU µs per event: baseline; floor; meterd |"
+    echo "|---|---|---|---|---|---|---|---|---|"
+    fl_cpu() { awk -F'\t' -v n="$1" '$2 == n && $9 == "ok" && $8 != "" && $4 > 0 { printf "%.4f\n", $8 * 10000 / $4 }' "$FL" | stats; }
+    for shape in T1 T2 T3; do
+      case $shape in
+        T1) b=fl-B64 f=fl-F64b mm=fl-M64b fld=3 bfld=3 what="single event, buffered, $C_T1 conns (req/s)" tgt="≥ 0.70" d=3 ;;
+        T2) b=fl-B256 f=fl-F256f mm=fl-M256f fld=3 bfld=3 what="single event, fsync, $C_T2 conns (req/s)" tgt="≥ 0.50" d=3 ;;
+        T3) b=fl-B64 f=fl-Fbatch mm=fl-Mbatch fld=4 bfld=3 what="1,000-event batches, fsync, $C_BATCH conns (events/s; ratios to the baseline's single-event req/s, $C_T1 conns)" tgt="≥ 15" d=2 ;;
+      esac
+      echo "| $shape: $what | $(mmm "$(col "$FL" "$b" "$bfld" | stats)") | $(mmm "$(col "$FL" "$f" "$fld" | stats)") | $(mmm "$(col "$FL" "$mm" "$fld" | stats)") | $(mmm "$(ratios "$FL" "$f" "$fld" "$b" "$bfld" | stats)" "$d") | $(mmm "$(ratios "$FL" "$mm" "$fld" "$b" "$bfld" | stats)" "$d") | $(mmm "$(ratios "$FL" "$mm" "$fld" "$f" "$fld" | stats)" 3) | $tgt | $(mmm "$(fl_cpu "$b")" 2); $(mmm "$(fl_cpu "$f")" 2); $(mmm "$(fl_cpu "$mm")" 2) |"
+    done
+  fi
   echo
   echo "## Commands"
   echo
@@ -1040,6 +1120,7 @@ log "writing $OUT"
   echo "# servers: taskset -c $CORE_SRV; generators: taskset -c $CORE_GEN"
   echo "meterd serve --config <tmp>/meterd.toml  # durability fsync|buffered, flush_interval 1s, lateness 1h"
   echo "baseline 127.0.0.1:0                     # target/release/examples/baseline"
+  echo "baseline 127.0.0.1:0 --durable buffered|fsync --data DIR   # the durable floor"
   echo "loadgen run --url URL --key KEY --conns $C_T1 --body single --warmup $WARMUP_SECONDS --duration $ROUND_SECONDS   # T1 (and B64)"
   echo "loadgen run --url URL --key KEY --conns $C_T2 --body single ...                                # T2 (and B256)"
   echo "loadgen run --url URL --key KEY --conns $C_BATCH --body batch --events 1000 [--contract-prefix bench-q] ... # T3/T4"
@@ -1081,6 +1162,19 @@ log "writing $OUT"
     tsv_table "$RES/tp-sorted.tsv" s s 0 0 s s s s s s s
     echo
     echo "pg: p50 column = pgbench's latency average. redis: p50 from redis-benchmark."
+    echo
+  fi
+  if [ -s "$FL" ]; then
+    echo "### Floor rounds"
+    echo
+    echo "fl-B = baseline, fl-F = the durable floor, fl-M = meterd (the same daemons as above); checks:"
+    echo "every event of every 2xx answer accepted, for the floor as for meterd."
+    echo
+    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | server CPU µs per event | checks | meterd histograms (means over the run) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    sort -t$'\t' -k1,1n -s "$FL" | awk -F'\t' -v OFS='\t' '{ print $1, $2, $3, $4, $5, $6, $7, $8,
+      ($8 != "" && $4 > 0) ? sprintf("%.2f", $8 * 10000 / $4) : "", $9, $10 }' >"$RES/fl-sorted.tsv"
+    tsv_table "$RES/fl-sorted.tsv" s s 0 0 s s s s s s s
     echo
   fi
   if [ -s "$LAT" ]; then
