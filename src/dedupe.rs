@@ -13,12 +13,12 @@
 //! Records older than `dedupe_retention` are treated as absent and removed by a RocksDB
 //! compaction filter, never by a scan and never kept in RAM.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::store::records::decode_dedupe;
 
@@ -33,32 +33,64 @@ pub enum Fate {
     Failed,
 }
 
-/// A request's claim token.
+impl Fate {
+    fn from_code(code: u8) -> Fate {
+        match code {
+            1 => Fate::Committed,
+            2 => Fate::Failed,
+            _ => Fate::Pending,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Fate::Pending => 0,
+            Fate::Committed => 1,
+            Fate::Failed => 2,
+        }
+    }
+}
+
+/// A request's claim token: its fate, and the requests waiting for it.
+///
+/// Every ingest request makes one, and almost none is ever waited on (only a request
+/// sent while another one holds the same id waits), so it is a fate word and a
+/// [`Notify`] rather than a `watch` channel (which allocates its shared state and wakes
+/// eight lists on every publish).
 #[derive(Debug)]
 pub struct Owner {
-    fate: watch::Sender<Fate>,
+    fate: AtomicU8,
+    decided: Notify,
 }
 
 impl Owner {
     /// Creates a token for one request.
     pub fn new() -> Arc<Owner> {
         Arc::new(Owner {
-            fate: watch::channel(Fate::Pending).0,
+            fate: AtomicU8::new(Fate::Pending.code()),
+            decided: Notify::new(),
         })
     }
 
     /// Waits until the owner has an outcome.
     pub async fn outcome(&self) -> Fate {
-        let mut rx = self.fate.subscribe();
         loop {
-            let f = *rx.borrow_and_update();
+            // Registered before the fate is read, so a publish in between still wakes it.
+            let decided = self.decided.notified();
+            tokio::pin!(decided);
+            decided.as_mut().enable();
+            let f = Fate::from_code(self.fate.load(Ordering::Acquire));
             if f != Fate::Pending {
                 return f;
             }
-            if rx.changed().await.is_err() {
-                return Fate::Failed;
-            }
+            decided.await;
         }
+    }
+
+    /// Publishes the fate and wakes every waiter.
+    fn publish(&self, fate: Fate) {
+        self.fate.store(fate.code(), Ordering::Release);
+        self.decided.notify_waiters();
     }
 }
 
@@ -111,7 +143,7 @@ impl Claims {
         for k in keys {
             self.table.remove_if(k, |_, v| Arc::ptr_eq(v, owner));
         }
-        owner.fate.send_replace(fate);
+        owner.publish(fate);
     }
 
     /// Number of ids currently claimed (a gauge).
@@ -243,5 +275,31 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Fate::Failed);
         assert!(matches!(c.claim((0, 1), &b), Claim::Claimed));
         assert_eq!(c.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn every_waiter_sees_the_fate_whenever_it_asks() {
+        let c = Claims::new();
+        let a = Owner::new();
+        let b = Owner::new();
+        assert!(matches!(c.claim((0, 7), &a), Claim::Claimed));
+        // Several requests wait on the same owner before it decides.
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let o = a.clone();
+                tokio::spawn(async move { o.outcome().await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        c.release(&a, &[(0, 7)], Fate::Committed);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Fate::Committed);
+        }
+        // A request that asks after the decision gets it at once.
+        assert_eq!(a.outcome().await, Fate::Committed);
+        // A claim held by another owner is left alone by a release of `a`.
+        assert!(matches!(c.claim((0, 8), &b), Claim::Claimed));
+        c.release(&a, &[(0, 8)], Fate::Failed);
+        assert!(matches!(c.claim((0, 8), &a), Claim::Busy(_)));
     }
 }
