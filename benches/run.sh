@@ -17,6 +17,8 @@
 #  5. latency (T5, T6): fixed-rate single events at 50% of T2's median rate (coordinated
 #     omission corrected), tagged by meterd's flusher activity, plus GET /balance; the
 #     rounds start once the throughput rounds' compactions have finished (SETTLE_MAX);
+#  5b. the durable floor: the baseline binary with --durable (a RocksDB lookup and record
+#     per event), alternated with the baseline and meterd on T1's, T2's and T3's shapes;
 #  6. memory (T7) and restart (T8) on fresh daemons;
 #  7. callgrind instruction counts per request (meterd fsync, buffered, the baseline);
 #  8. criterion micro-benchmarks (benches/micro.rs);
@@ -28,7 +30,7 @@
 #   T7_CONTRACTS=100 T7_BUCKETS=100 T7_MINUTES=100 (1,000,000 keys) T7_IDS=10000000
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
-#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput floor latency memory restart profile micro"
+#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency floor memory restart profile micro"
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
 #   LAT_SPANS= (1: each latency round also writes lat-R-W.spans.tsv, intended send time in
 #   unix µs and latency in µs per request, to place the tail against the server logs)
@@ -59,7 +61,7 @@ CG_N1=${CG_N1:-500}
 CG_N2=${CG_N2:-1500}
 CORE_GEN=${CORE_GEN:-0}
 CORE_SRV=${CORE_SRV:-1}
-PHASES=${PHASES:-throughput floor latency memory restart profile micro}
+PHASES=${PHASES:-throughput latency floor memory restart profile micro}
 RUN_NOTE=${RUN_NOTE:-}
 KEEP_TMP=${KEEP_TMP:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meterd/target}
@@ -623,57 +625,6 @@ if has_phase throughput; then
   PG_DATA=""
 fi
 
-# --- 4b. the durable floor ---------------------------------------------------------------
-# The baseline binary with --durable (examples/baseline.rs): per event only a serde_json
-# parse, a RocksDB lookup of the id, a RocksDB record of it (buffered: written from the
-# request's task; fsync: group commit paced at 1 ms, as meterd's) and a sum per contract.
-# Its rate bounds what any design with exactly-once, durable events can reach here; the
-# rounds alternate baseline, floor and meterd on the targets' three shapes.
-FL=$RES/floor.tsv
-truncate_results "$FL"
-start_floor() { # NAME MODE
-  local name=$1 mode=$2 dir=$TMP/$1
-  mkdir -p "$dir"
-  "${PIN_SRV[@]}" "$BASELINE" 127.0.0.1:0 --durable "$mode" --data "$dir/data" >"$dir/log" 2>&1 &
-  PID[$name]=$!
-  for _ in $(seq 1 200); do
-    API[$name]=$(sed -n 's|^baseline listening on http://||p' "$dir/log")
-    [ -n "${API[$name]}" ] && return 0
-    sleep 0.05
-  done
-  die "$name did not start: $(tail -n 3 "$dir/log")"
-}
-FLOOR_CONFIGS="B64 F64b M64b B256 F256f M256f Bbatch Fbatch Mbatch"
-floor_config() { # round config: one measured run into $FL
-  local r=$1 c=$2
-  case $c in
-    B64) TP=$FL http_run "$r" "fl-$c" baseline $C_T1 --body single ;;
-    F64b) TP=$FL http_run "$r" "fl-$c" floor-buffered $C_T1 --body single ;;
-    M64b) TP=$FL http_run "$r" "fl-$c" buffered $C_T1 --body single ;;
-    B256) TP=$FL http_run "$r" "fl-$c" baseline $C_T2 --body single ;;
-    F256f) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_T2 --body single ;;
-    M256f) TP=$FL http_run "$r" "fl-$c" fsync $C_T2 --body single ;;
-    Bbatch) TP=$FL http_run "$r" "fl-$c" baseline $C_BATCH --body batch --events $BATCH_EVENTS ;;
-    Fbatch) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
-    Mbatch) TP=$FL http_run "$r" "fl-$c" fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
-  esac
-}
-if has_phase floor; then
-  log "starting the durable floor (buffered and fsync), pinned to CPU $CORE_SRV"
-  start_floor floor-buffered buffered
-  start_floor floor-fsync fsync
-  for r in $(seq 1 "$ROUNDS"); do
-    order=$FLOOR_CONFIGS
-    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$FLOOR_CONFIGS" | tac | tr '\n' ' ')
-    log "floor round $r/$ROUNDS: $order"
-    for c in $order; do floor_config "$r" "$c"; done
-  done
-  for n in floor-buffered floor-fsync; do
-    stop_pid "${PID[$n]}" TERM
-    unset "PID[$n]"
-  done
-fi
-
 # --- 5. latency (T5, T6) ----------------------------------------------------------------
 T5_RATE=""
 if has_phase latency; then
@@ -747,6 +698,58 @@ if has_phase latency; then
     rocksdb_round_summary "$r" "$RES/fsync-rocksdb-events.txt" "$a" "$b" >>"$LATDB"
   done <"$RES/lat-windows.tsv"
 fi
+# --- 5b. the durable floor ---------------------------------------------------------------
+# The baseline binary with --durable (examples/baseline.rs): per event only a serde_json
+# parse, a RocksDB lookup of the id, a RocksDB record of it (buffered: written from the
+# request's task; fsync: group commit paced at 1 ms, as meterd's) and a sum per contract.
+# Its rate bounds what any design with exactly-once, durable events can reach here; the
+# rounds alternate baseline, floor and meterd on the targets' three shapes. They run after
+# the latency rounds, so that T5 meets the daemon the throughput rounds left, as before.
+FL=$RES/floor.tsv
+truncate_results "$FL"
+start_floor() { # NAME MODE
+  local name=$1 mode=$2 dir=$TMP/$1
+  mkdir -p "$dir"
+  "${PIN_SRV[@]}" "$BASELINE" 127.0.0.1:0 --durable "$mode" --data "$dir/data" >"$dir/log" 2>&1 &
+  PID[$name]=$!
+  for _ in $(seq 1 200); do
+    API[$name]=$(sed -n 's|^baseline listening on http://||p' "$dir/log")
+    [ -n "${API[$name]}" ] && return 0
+    sleep 0.05
+  done
+  die "$name did not start: $(tail -n 3 "$dir/log")"
+}
+FLOOR_CONFIGS="B64 F64b M64b B256 F256f M256f Bbatch Fbatch Mbatch"
+floor_config() { # round config: one measured run into $FL
+  local r=$1 c=$2
+  case $c in
+    B64) TP=$FL http_run "$r" "fl-$c" baseline $C_T1 --body single ;;
+    F64b) TP=$FL http_run "$r" "fl-$c" floor-buffered $C_T1 --body single ;;
+    M64b) TP=$FL http_run "$r" "fl-$c" buffered $C_T1 --body single ;;
+    B256) TP=$FL http_run "$r" "fl-$c" baseline $C_T2 --body single ;;
+    F256f) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_T2 --body single ;;
+    M256f) TP=$FL http_run "$r" "fl-$c" fsync $C_T2 --body single ;;
+    Bbatch) TP=$FL http_run "$r" "fl-$c" baseline $C_BATCH --body batch --events $BATCH_EVENTS ;;
+    Fbatch) TP=$FL http_run "$r" "fl-$c" floor-fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
+    Mbatch) TP=$FL http_run "$r" "fl-$c" fsync $C_BATCH --body batch --events $BATCH_EVENTS ;;
+  esac
+}
+if has_phase floor; then
+  log "starting the durable floor (buffered and fsync), pinned to CPU $CORE_SRV"
+  start_floor floor-buffered buffered
+  start_floor floor-fsync fsync
+  for r in $(seq 1 "$ROUNDS"); do
+    order=$FLOOR_CONFIGS
+    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$FLOOR_CONFIGS" | tac | tr '\n' ' ')
+    log "floor round $r/$ROUNDS: $order"
+    for c in $order; do floor_config "$r" "$c"; done
+  done
+  for n in floor-buffered floor-fsync; do
+    stop_pid "${PID[$n]}" TERM
+    unset "PID[$n]"
+  done
+fi
+
 for n in fsync buffered baseline; do
   [ -n "${PID[$n]:-}" ] && stop_pid "${PID[$n]}" TERM
   unset "PID[$n]"
@@ -1096,7 +1099,7 @@ log "writing $OUT"
     echo "record of it in the write-ahead log (buffered: written from the request's task; fsync: group"
     echo "commit paced at 1 ms, as meterd's), a sum per contract. No API keys, registry, time windows,"
     echo "decimals, quotas or metrics. Its rounds ($ROUNDS, alternating baseline, floor and meterd on"
-    echo "each shape, order reversed every other round) ran after the throughput rounds. If the floor"
+    echo "each shape, order reversed every other round) ran after the latency rounds. If the floor"
     echo "misses a target, no design that keeps exactly-once durable events in RocksDB meets it here."
     echo
     echo "| shape | baseline | floor | meterd | floor / baseline | meterd / baseline | meterd / floor | target | server CPU µs per event: baseline; floor; meterd |"
