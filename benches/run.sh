@@ -608,17 +608,23 @@ run_config() { # round config
     redis) run_redis "$r" ;;
   esac
 }
+# alternating_rounds LABEL CONFIGS FN: ROUNDS rounds of `FN ROUND CONFIG` over CONFIGS, the
+# order reversed every other round.
+alternating_rounds() {
+  local label=$1 configs=$2 fn=$3 r order c
+  for r in $(seq 1 "$ROUNDS"); do
+    order=$configs
+    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$configs" | tac | tr '\n' ' ')
+    log "$label round $r/$ROUNDS: $order"
+    for c in $order; do "$fn" "$r" "$c"; done
+  done
+}
 if has_phase throughput; then
   start_peers
   # Calibrates the Redis request count (redis-benchmark has no duration option).
   run_redis 0
   sed -i '/^0\t/d' "$TP"
-  for r in $(seq 1 "$ROUNDS"); do
-    order=$ROUND_CONFIGS
-    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$ROUND_CONFIGS" | tac | tr '\n' ' ')
-    log "throughput round $r/$ROUNDS: $order"
-    for c in $order; do run_config "$r" "$c"; done
-  done
+  alternating_rounds throughput "$ROUND_CONFIGS" run_config
   stop_pid "$REDIS_PID" TERM
   REDIS_PID=""
   as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true
@@ -738,12 +744,7 @@ if has_phase floor; then
   log "starting the durable floor (buffered and fsync), pinned to CPU $CORE_SRV"
   start_floor floor-buffered buffered
   start_floor floor-fsync fsync
-  for r in $(seq 1 "$ROUNDS"); do
-    order=$FLOOR_CONFIGS
-    [ $((r % 2)) -eq 0 ] && order=$(tr ' ' '\n' <<<"$FLOOR_CONFIGS" | tac | tr '\n' ' ')
-    log "floor round $r/$ROUNDS: $order"
-    for c in $order; do floor_config "$r" "$c"; done
-  done
+  alternating_rounds floor "$FLOOR_CONFIGS" floor_config
   for n in floor-buffered floor-fsync; do
     stop_pid "${PID[$n]}" TERM
     unset "PID[$n]"
@@ -1148,6 +1149,15 @@ log "writing $OUT"
   echo "EVALSHA of: \`if redis.call('SET', KEYS[1], '1', 'NX', 'EX', 3024000) then local t = redis.call('TIME');"
   echo "return redis.call('HINCRBY', KEYS[2], tostring(t[1] - t[1] % 60), 1) end return 0\`."
   echo
+  # rounds_table RESULTS SORTED: the per-run table of throughput-style results (rows sorted
+  # by round into SORTED, with the server CPU per event derived).
+  rounds_table() {
+    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | server CPU µs per event | checks | meterd histograms (means over the run) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    sort -t$'\t' -k1,1n -s "$1" | awk -F'\t' -v OFS='\t' '{ print $1, $2, $3, $4, $5, $6, $7, $8,
+      ($8 != "" && $4 > 0) ? sprintf("%.2f", $8 * 10000 / $4) : "", $9, $10 }' >"$2"
+    tsv_table "$2" s s 0 0 s s s s s s s
+  }
   echo "## Raw figures"
   echo
   if [ -s "$TP" ]; then
@@ -1158,11 +1168,7 @@ log "writing $OUT"
     echo "the measured window (100% = one CPU). checks: for meterd every event of every 2xx answer"
     echo "must be \`accepted\`, with no non-2xx answers and no socket errors."
     echo
-    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | server CPU µs per event | checks | meterd histograms (means over the run) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
-    sort -t$'\t' -k1,1n -s "$TP" | awk -F'\t' -v OFS='\t' '{ print $1, $2, $3, $4, $5, $6, $7, $8,
-      ($8 != "" && $4 > 0) ? sprintf("%.2f", $8 * 10000 / $4) : "", $9, $10 }' >"$RES/tp-sorted.tsv"
-    tsv_table "$RES/tp-sorted.tsv" s s 0 0 s s s s s s s
+    rounds_table "$TP" "$RES/tp-sorted.tsv"
     echo
     echo "pg: p50 column = pgbench's latency average. redis: p50 from redis-benchmark."
     echo
@@ -1173,11 +1179,7 @@ log "writing $OUT"
     echo "fl-B = baseline, fl-F = the durable floor, fl-M = meterd (the same daemons as above); checks:"
     echo "every event of every 2xx answer accepted, for the floor as for meterd."
     echo
-    echo "| round | config | req/s | 2xx events/s | p50 ms | p99 ms | generator CPU % | server CPU % | server CPU µs per event | checks | meterd histograms (means over the run) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|"
-    sort -t$'\t' -k1,1n -s "$FL" | awk -F'\t' -v OFS='\t' '{ print $1, $2, $3, $4, $5, $6, $7, $8,
-      ($8 != "" && $4 > 0) ? sprintf("%.2f", $8 * 10000 / $4) : "", $9, $10 }' >"$RES/fl-sorted.tsv"
-    tsv_table "$RES/fl-sorted.tsv" s s 0 0 s s s s s s s
+    rounds_table "$FL" "$RES/fl-sorted.tsv"
     echo
   fi
   if [ -s "$LAT" ]; then
