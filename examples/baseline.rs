@@ -21,11 +21,11 @@
 //!
 //! Prints `baseline listening on http://ADDR` once bound; SIGTERM or SIGINT stop it.
 //!
-//! # The durable floor (`--durable buffered|fsync --data DIR`)
+//! # The durable floor (`--durable buffered|buffered-thread|fsync --data DIR`)
 //!
 //! With `--durable`, the same server does the least that any exactly-once, durable
-//! meter must do per event, and nothing else, so that its rate bounds what meterd's
-//! design can reach on the same machine (benches/analysis.md, "The durable floor"):
+//! meter must do per event, and nothing else, so that its rate bounds what a design on
+//! RocksDB can reach on the same machine (benches/README.md, "The durable floor"):
 //!
 //! - parses the body (one event object or an array of them) with serde_json into
 //!   borrowed `id`, `contract`, `lever` and an `f64` value;
@@ -43,7 +43,10 @@
 //! It leaves out what meterd does beyond that: API keys, levers and contracts, time
 //! windows and lateness, exact decimals, quotas, balances, per-minute counters and their
 //! flushes into windows, metrics, and dedupe records that outlive the memtable in a
-//! compact form. RocksDB runs with its defaults (LZ4), one column family.
+//! compact form. It even skips parts of exactly-once that a real meter cannot: an id
+//! repeated within one request, or sent by two requests at once, is counted twice (meterd
+//! claims ids in memory for that). RocksDB runs with its defaults (LZ4), one column
+//! family.
 //!
 //! ```text
 //! cargo run --release --example baseline -- 127.0.0.1:0 --durable fsync --data /tmp/floor
