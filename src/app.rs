@@ -310,10 +310,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         ]),
         wait_stop(stop_rx.clone()),
     ));
+    let reads = ReadsRuntime::start()?;
     let api_task = tokio::spawn(http::serve(
         api,
         state.clone(),
         Surface::Api,
+        Some(reads.handle()),
         wait_stop(stop_rx.clone()),
         grace,
     ));
@@ -321,6 +323,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         metrics_l,
         state.clone(),
         Surface::Metrics(prom),
+        None,
         wait_stop(stop_rx.clone()),
         grace,
     ));
@@ -406,6 +409,46 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
 
 /// Longest period of [`timer_anchor`]: an idle daemon wakes at most this often for it.
 const ANCHOR_MAX_PERIOD: Duration = Duration::from_millis(500);
+
+/// The runtime that serves connections whose first request is a read (`GET`, `HEAD`:
+/// balances, usage, the registry) on a thread of its own, so that a read does not queue
+/// behind the ingest requests on the main worker (SPEC's read paths are the ones billing
+/// jobs and quota checks wait on). Shut down without blocking when dropped.
+struct ReadsRuntime(Option<tokio::runtime::Runtime>);
+
+impl ReadsRuntime {
+    fn start() -> anyhow::Result<ReadsRuntime> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .thread_name("meterd-reads")
+            .on_thread_start(|| {
+                if let Err(e) = crate::sched::shorten_slice(crate::sched::READS_SLICE) {
+                    tracing::debug!(error = %e, "reads thread keeps the default slice");
+                }
+            })
+            .build()
+            .context("cannot start the reads runtime")?;
+        Ok(ReadsRuntime(Some(rt)))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for ReadsRuntime {
+    fn drop(&mut self) {
+        // Its connections have drained by then (they are watched like the others).
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// Period of [`timer_anchor`]: half the shortest of the `timeouts` requests arm (so a
 /// request's timer is never due before the anchor's), at most [`ANCHOR_MAX_PERIOD`] and

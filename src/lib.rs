@@ -26,6 +26,7 @@
 //! - [`decimal`]: exact fixed-point amounts; [`window`]: window arithmetic and times.
 //! - [`telemetry`]: metric names and descriptions, logging set-up.
 //! - [`state`]: the shared state handed to handlers.
+//! - [`sched`]: the short scheduler slice of the reads thread.
 
 pub mod app;
 pub mod config;
@@ -43,6 +44,7 @@ pub mod query;
 pub mod quota;
 pub mod registry;
 pub mod revision;
+pub mod sched;
 pub mod state;
 pub mod store;
 pub mod telemetry;

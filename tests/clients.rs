@@ -36,6 +36,9 @@
 //!   closed by the idle timeout.
 //! - **Slow readers.** A client that stops reading its response is disconnected once the
 //!   socket has accepted no bytes for `send_timeout`.
+//! - **Reads on their own thread.** A connection whose first request is a `GET` is served
+//!   by the reads thread (`meterd-reads`), any other on the main workers; either serves
+//!   every request that follows on it, reads and writes alike, pipelined or not.
 
 mod common;
 
@@ -1660,4 +1663,57 @@ fn clients_that_stop_reading_are_cut_off_after_send_timeout() {
         "open connections: {}",
         open_api_connections(&d)
     );
+}
+
+/// The thread names of the daemon's process.
+fn thread_names(d: &Daemon) -> Vec<String> {
+    let pid = d.child.as_ref().expect("running").id();
+    let mut names = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("comm")) {
+                names.push(c.trim().to_string());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn a_connection_opened_by_a_read_serves_writes_too_and_the_reverse() {
+    let d = start("");
+    if cfg!(target_os = "linux") {
+        assert!(
+            thread_names(&d).iter().any(|n| n == "meterd-reads"),
+            "no reads thread: {:?}",
+            thread_names(&d)
+        );
+    }
+    let event = |id: &str| {
+        format!(r#"{{"id":"{id}","contract":"ctr","lever":"calls","value":2}}"#).into_bytes()
+    };
+    let balance = get("/v1/contracts/ctr/balance", "");
+    // Opened by a read (the reads thread): a read, a write, a read again.
+    let mut a = Conn::open(&d);
+    assert_eq!(a.roundtrip(&balance).status, 200);
+    let r = a.roundtrip(&post_events(&event("rw-1"), "application/json", ""));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["accepted"], 1);
+    assert_eq!(a.roundtrip(&balance).status, 200);
+    // Opened by a write (the main workers): a write, then a read.
+    let mut b = Conn::open(&d);
+    let r = b.roundtrip(&post_events(&event("rw-2"), "application/json", ""));
+    assert_eq!(r.json()["accepted"], 1);
+    assert_eq!(b.roundtrip(&balance).status, 200);
+    // Pipelined in one write, starting with a read: answered in order.
+    let mut c = Conn::open(&d);
+    let mut burst = balance.clone();
+    burst.extend_from_slice(&post_events(&event("rw-3"), "application/json", ""));
+    burst.extend_from_slice(&post_events(&event("rw-3"), "application/json", ""));
+    c.send(&burst);
+    assert_eq!(c.read_resp().expect("first").status, 200);
+    assert_eq!(c.read_resp().expect("second").json()["accepted"], 1);
+    assert_eq!(c.read_resp().expect("third").json()["duplicates"], 1);
+    // Every write counted once, whichever thread served it.
+    assert_eq!(d.day_total("ctr", "calls"), 6);
 }

@@ -101,6 +101,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     surface: Surface,
+    reads: Option<tokio::runtime::Handle>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
@@ -151,20 +152,31 @@ pub async fn serve(
                 };
                 let open = OpenConnection::new(slot, listener_label);
                 let _ = stream.set_nodelay(true);
-                let io = Guarded::new(TokioIo::new(stream), send_timeout);
-                let state = state.clone();
-                let surface = surface.clone();
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    let surface = surface.clone();
-                    async move { Ok::<_, Infallible>(router::route(state, surface, req).await) }
-                });
-                let conn = builder.serve_connection(io, svc);
-                let fut = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _open = open;
-                    let _ = fut.await;
-                });
+                let conn = Connection {
+                    builder: builder.clone(),
+                    watcher: graceful.watcher(),
+                    state: state.clone(),
+                    surface: surface.clone(),
+                    send_timeout,
+                    open,
+                };
+                match &reads {
+                    None => {
+                        tokio::spawn(conn.serve(stream));
+                    }
+                    Some(reads) => {
+                        let reads = reads.clone();
+                        let wait = state.cfg.header_read_timeout;
+                        tokio::spawn(async move {
+                            match first_request(&stream, wait).await {
+                                First::Read => conn.move_to(stream, &reads),
+                                First::Other => conn.serve(stream).await,
+                                // What hyper does with a head that does not arrive in time.
+                                First::Nothing => {}
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -175,6 +187,76 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+/// An accepted connection, ready to be served on one runtime or the other.
+struct Connection {
+    builder: http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    state: Arc<State>,
+    surface: Surface,
+    send_timeout: Duration,
+    open: OpenConnection,
+}
+
+impl Connection {
+    /// Serves the connection on the current runtime until it closes.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Connection {
+            builder,
+            watcher,
+            state,
+            surface,
+            send_timeout,
+            open,
+        } = self;
+        let io = Guarded::new(TokioIo::new(stream), send_timeout);
+        let svc = service_fn(move |req| {
+            let state = state.clone();
+            let surface = surface.clone();
+            async move { Ok::<_, Infallible>(router::route(state, surface, req).await) }
+        });
+        let conn = builder.serve_connection(io, svc);
+        let _open = open;
+        let _ = watcher.watch(conn).await;
+    }
+
+    /// Serves the connection on the `reads` runtime: the socket leaves this runtime's
+    /// I/O driver and joins that one's.
+    fn move_to(self, stream: tokio::net::TcpStream, reads: &tokio::runtime::Handle) {
+        let Ok(std) = stream.into_std() else {
+            return;
+        };
+        reads.spawn(async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(std) {
+                self.serve(stream).await;
+            }
+        });
+    }
+}
+
+/// What a new connection sends first.
+#[derive(Debug, PartialEq, Eq)]
+enum First {
+    /// A read (`GET` or `HEAD`): served on the reads runtime.
+    Read,
+    /// Anything else: served where it was accepted.
+    Other,
+    /// Nothing within the header read timeout, or the peer closed: dropped.
+    Nothing,
+}
+
+/// Looks at a new connection's first bytes without taking them off the socket, waiting
+/// at most `wait` (the header read timeout) for them.
+async fn first_request(stream: &tokio::net::TcpStream, wait: Duration) -> First {
+    let mut head = [0u8; 5];
+    match tokio::time::timeout(wait, stream.peek(&mut head)).await {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => First::Nothing,
+        Ok(Ok(n)) if head[..n].starts_with(b"GET ") || head[..n].starts_with(b"HEAD ") => {
+            First::Read
+        }
+        Ok(Ok(_)) => First::Other,
     }
 }
 
