@@ -422,6 +422,7 @@ impl ReadsRuntime {
             .worker_threads(1)
             .enable_all()
             .thread_name("meterd-reads")
+            .max_blocking_threads(16)
             .on_thread_start(|| {
                 if let Err(e) = crate::sched::shorten_slice(crate::sched::READS_SLICE) {
                     tracing::debug!(error = %e, "reads thread keeps the default slice");

@@ -125,6 +125,8 @@ pub async fn serve(
         .half_close(true)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    // Ends the wait for a new connection's first bytes when the listener stops.
+    let closing = tokio_util::sync::CancellationToken::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -167,8 +169,13 @@ pub async fn serve(
                     Some(reads) => {
                         let reads = reads.clone();
                         let wait = state.cfg.header_read_timeout;
+                        let closing = closing.clone();
                         tokio::spawn(async move {
-                            match first_request(&stream, wait).await {
+                            let first = tokio::select! {
+                                f = first_request(&stream, wait) => f,
+                                () = closing.cancelled() => First::Nothing,
+                            };
+                            match first {
                                 First::Read => conn.move_to(stream, &reads),
                                 First::Other => conn.serve(stream).await,
                                 // What hyper does with a head that does not arrive in time.
@@ -181,6 +188,7 @@ pub async fn serve(
             _ = &mut shutdown => break,
         }
     }
+    closing.cancel();
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
         .await
@@ -243,7 +251,8 @@ enum First {
     Read,
     /// Anything else: served where it was accepted.
     Other,
-    /// Nothing within the header read timeout, or the peer closed: dropped.
+    /// Nothing within the header read timeout, the peer closed, or the listener is
+    /// stopping: dropped.
     Nothing,
 }
 
