@@ -15,8 +15,14 @@
 //! - **Request body**: the whole body within `body_read_timeout` (408, see
 //!   [`util::read_body`]), however it trickles in. A total deadline is a tighter bound on
 //!   the time a request holds a permit than a minimum rate would be, so there is none.
-//!   A body the handler does not need is not waited for: the connection is closed after
-//!   the response.
+//! - **Keep-alive after any answer**: a connection stays usable after every answer, or
+//!   the answer says `Connection: close`. A body the handler did not read (an early
+//!   401/403/404/405/415/429/503) is read and discarded up to `max_body_bytes` within
+//!   `body_read_timeout` ([`router::route`]); a body read partway (413, 408) or past that
+//!   bound closes. hyper's own answers to a head it cannot parse (400, 414, 431) get the
+//!   `Connection: close` they lack ([`Guarded`]). A connection closed after an answer
+//!   first reads and discards what the client still sends, for at most [`LINGER`], so
+//!   the client reads the answer instead of a reset.
 //! - **Response**: a client that stops reading is cut off when the socket accepts no
 //!   bytes for `send_timeout` (see [`Guarded`]), which also stops any producer (e.g. a
 //!   usage export) feeding that response.
@@ -38,6 +44,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,8 +76,13 @@ pub const METRICS_MAX_CONNECTIONS: usize = 256;
 /// are closed at once.
 const MAX_REFUSING: usize = 256;
 
-/// How long a refused connection is kept to deliver its 429 cleanly.
-const REFUSE_LINGER: Duration = Duration::from_secs(1);
+/// How long a refused connection, or one closed after an answer that said
+/// `Connection: close`, is kept reading and discarding what the client still sends, so
+/// that closing does not reset the connection before the client has read the answer.
+pub const LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes read and discarded while lingering.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
 /// Gauge: open connections by listener.
 pub const OPEN_CONNECTIONS: &str = "meterd_http_open_connections";
@@ -220,10 +232,18 @@ impl Connection {
             open,
         } = self;
         let io = Guarded::new(TokioIo::new(stream), send_timeout);
+        let closing = io.closing.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
             let surface = surface.clone();
-            async move { Ok::<_, Infallible>(router::route(state, surface, req).await) }
+            let closing = closing.clone();
+            async move {
+                let resp = router::route(state, surface, req).await;
+                if resp.headers().contains_key(hyper::header::CONNECTION) {
+                    closing.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = builder.serve_connection(io, svc);
         let _open = open;
@@ -362,10 +382,10 @@ async fn refusal_response() -> Bytes {
 }
 
 /// Answers a connection past the cap with `refusal` and closes it. What the client sent is
-/// read and discarded first (for at most [`REFUSE_LINGER`]), so that closing does not reset
+/// read and discarded first (for at most [`LINGER`]), so that closing does not reset
 /// the connection before the client has read the answer.
 async fn refuse(mut stream: TcpStream, refusal: Bytes, _permit: OwnedSemaphorePermit) {
-    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+    let _ = tokio::time::timeout(LINGER, async {
         stream.write_all(&refusal).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 4096];
@@ -399,10 +419,55 @@ fn describe_metrics() {
 /// A connection's transport with a send timeout: when the socket accepts no bytes for
 /// `send_timeout` (the client stopped reading), writes fail with `TimedOut` and hyper drops
 /// the connection, and with it the response body and whatever produces it.
+///
+/// It also closes connections politely. hyper's automatic answers to a request head it
+/// cannot parse (`400`, `414`, `431`, always followed by a close) are written with a
+/// `connection: close` line, which hyper leaves out. And when the last answer said
+/// `Connection: close` (`closing`), shutting the connection down sends FIN and then reads
+/// and discards what the client still sends until it closes, for at most [`LINGER`]
+/// and [`LINGER_BYTES`], before the socket is dropped: a socket closed with unread bytes
+/// sends a reset, which can make the client lose the answer it has not yet read.
 pub struct Guarded<T> {
     io: T,
     send_timeout: Duration,
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when an answer said `Connection: close`.
+    pub closing: Arc<AtomicBool>,
+    /// An automatic answer being written with its `connection: close` line.
+    rewritten: Option<Rewritten>,
+    /// The write side is shut; lingering until this deadline.
+    linger: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
+}
+
+/// hyper's automatic answer head, rewritten: `bytes[written..]` is still to be sent;
+/// hyper is told `reported` bytes were written once all of it is.
+struct Rewritten {
+    bytes: Vec<u8>,
+    written: usize,
+    reported: usize,
+}
+
+/// The status lines of hyper's automatic answers to a head it cannot parse.
+const AUTOMATIC: [&[u8]; 3] = [
+    b"HTTP/1.1 400 Bad Request\r\n",
+    b"HTTP/1.1 414 URI Too Long\r\n",
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+];
+
+/// `buf` with a `connection: close` line after its status line when it is the head of one
+/// of hyper's automatic answers: one of [`AUTOMATIC`] followed by `content-length: 0`.
+/// meterd's own error answers always carry a problem+json body, so they never match.
+fn close_automatic(buf: &[u8]) -> Option<Vec<u8>> {
+    let status = AUTOMATIC.iter().find(|s| buf.starts_with(s))?;
+    let rest = &buf[status.len()..];
+    if !rest.starts_with(b"content-length: 0\r\n") {
+        return None;
+    }
+    let mut out = Vec::with_capacity(buf.len() + 19);
+    out.extend_from_slice(status);
+    out.extend_from_slice(b"connection: close\r\n");
+    out.extend_from_slice(rest);
+    Some(out)
 }
 
 impl<T> Guarded<T> {
@@ -412,6 +477,9 @@ impl<T> Guarded<T> {
             io,
             send_timeout,
             stalled: None,
+            closing: Arc::new(AtomicBool::new(false)),
+            rewritten: None,
+            linger: None,
         }
     }
 
@@ -448,6 +516,56 @@ impl<T> Guarded<T> {
     }
 }
 
+impl<T: hyper::rt::Write + Unpin> Guarded<T> {
+    /// Writes the rewritten automatic answer to its end, then reports the original
+    /// head's length as written.
+    fn poll_rewritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let Some(rw) = self.rewritten.as_mut() else {
+                return Poll::Ready(Ok(0));
+            };
+            if rw.written == rw.bytes.len() {
+                let reported = rw.reported;
+                self.rewritten = None;
+                return Poll::Ready(Ok(reported));
+            }
+            let r = Pin::new(&mut self.io).poll_write(cx, &rw.bytes[rw.written..]);
+            let r = self.watch(cx, r, true);
+            match r {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    if let Some(rw) = self.rewritten.as_mut() {
+                        rw.written += n;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Starts writing `buf` rewritten when it is an automatic answer's head.
+    fn rewrite(&mut self, buf: &[u8]) -> bool {
+        if self.rewritten.is_some() {
+            return true;
+        }
+        match close_automatic(buf) {
+            Some(bytes) => {
+                self.closing.store(true, Ordering::Relaxed);
+                self.rewritten = Some(Rewritten {
+                    bytes,
+                    written: 0,
+                    reported: buf.len(),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Guarded<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -458,13 +576,16 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Guarded<T> {
     }
 }
 
-impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
+impl<T: hyper::rt::Write + hyper::rt::Read + Unpin> hyper::rt::Write for Guarded<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.rewrite(buf) {
+            return this.poll_rewritten(cx);
+        }
         let r = Pin::new(&mut this.io).poll_write(cx, buf);
         this.watch(cx, r, true)
     }
@@ -477,8 +598,32 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let r = Pin::new(&mut this.io).poll_shutdown(cx);
-        this.watch(cx, r, false)
+        if this.linger.is_none() {
+            let r = Pin::new(&mut this.io).poll_shutdown(cx);
+            match this.watch(cx, r, false) {
+                Poll::Ready(Ok(())) if this.closing.load(Ordering::Relaxed) => {
+                    this.linger = Some((Box::pin(tokio::time::sleep(LINGER)), 0));
+                }
+                other => return other,
+            }
+        }
+        let Some((deadline, seen)) = this.linger.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut sink = [0u8; 8192];
+        loop {
+            if deadline.as_mut().poll(cx).is_ready() || *seen > LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut rb = hyper::rt::ReadBuf::new(&mut sink);
+            match Pin::new(&mut this.io).poll_read(cx, rb.unfilled()) {
+                // The client closed (or the socket failed): nothing is left to reset.
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => *seen += rb.filled().len(),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -491,7 +636,34 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Guarded<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(first) = bufs.first() {
+            if this.rewrite(first) {
+                return this.poll_rewritten(cx);
+            }
+        }
         let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         this.watch(cx, r, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_answers_get_connection_close() {
+        let head =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let out = close_automatic(head).unwrap();
+        assert_eq!(
+            out,
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n"
+        );
+        let bad = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert!(close_automatic(bad).is_some());
+        // meterd's own error answers carry a body and are left alone.
+        let own = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\n";
+        assert!(close_automatic(own).is_none());
+        assert!(close_automatic(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n").is_none());
     }
 }

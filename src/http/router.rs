@@ -15,7 +15,9 @@ use super::error::{ApiError, ErrorCode};
 use super::handlers::{
     admin, balance, changes, cloudevents, corrections, events, grants, ops, usage,
 };
-use super::util::{declared_length, decode_segment, Body, BodyCharge};
+use super::util::{
+    declared_length, decode_segment, Body, BodyCharge, BodyHead, DrainBound, ReqBody,
+};
 use super::Surface;
 use crate::registry::{Principal, Role};
 use crate::state::State;
@@ -183,7 +185,7 @@ fn allows(have: Role, need: Role) -> bool {
     have == Role::Admin || have == need
 }
 
-fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
+fn bearer(req: &Request<ReqBody>) -> Option<&[u8]> {
     let v = req.headers().get(header::AUTHORIZATION)?.as_bytes();
     let rest = v
         .strip_prefix(b"Bearer ")
@@ -193,13 +195,45 @@ fn bearer(req: &Request<Incoming>) -> Option<&[u8]> {
 }
 
 /// Handles one request on a listener of the given surface.
+///
+/// Every answer leaves the connection usable for the next request, or says
+/// `Connection: close` (and hyper then closes it): a body the handler did not read is
+/// read and discarded first, up to `max_body_bytes` and within `body_read_timeout`
+/// ([`super::util::BodyLeft::settle`]), whatever the answer was (401, 403, 404, 405,
+/// 415, 429, 503, ...); a body read partway (413, 408, 429 on the memory budget) or past
+/// that bound closes the connection, and so does any answer while meterd is starting or
+/// stopping.
 pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(&req);
     let method = req.method().clone();
+    let (parts, incoming) = req.into_parts();
+    let (body, left) = ReqBody::new(incoming);
+    // What the body's settlement needs to know of the head, only when there is a body.
+    let left = left.map(|left| (left, BodyHead::of(&parts.headers)));
+    let req = Request::from_parts(parts, body);
     // Filled in once the key is checked; the key itself is never logged.
     let mut tenant: Option<Arc<str>> = None;
-    let (label, mut resp) = dispatch(state, surface, req, &mut tenant).await;
+    let (label, mut resp) = dispatch(state.clone(), surface, req, &mut tenant).await;
+    if let Some((left, head)) = left {
+        let bound = DrainBound {
+            bytes: state.cfg.max_body_bytes as u64,
+            time: state.cfg.body_read_timeout,
+        };
+        // A 413 says the body is too large: reading it anyway would be pointless (and
+        // a handler's own limit can be below `max_body_bytes`).
+        let drain = resp.status() != StatusCode::PAYLOAD_TOO_LARGE;
+        if !left.settle(head, bound, drain).await {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    // Starting or stopping: hyper's graceful shutdown closes the connection after this
+    // answer, so the answer says so.
+    if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
     hot::count2(
@@ -274,7 +308,7 @@ fn status_label(s: u16) -> &'static str {
 async fn dispatch(
     state: Arc<State>,
     surface: Surface,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     tenant: &mut Option<Arc<str>>,
 ) -> (&'static str, Response<Body>) {
     let path = req.uri().path().to_string();
@@ -389,12 +423,7 @@ async fn dispatch(
         Err(_) => {
             return (
                 label,
-                shed(
-                    &state,
-                    req,
-                    "too many requests in flight; retry after the indicated delay",
-                )
-                .await,
+                shed("too many requests in flight; retry after the indicated delay"),
             );
         }
     };
@@ -406,11 +435,8 @@ async fn dispatch(
             return (
                 label,
                 shed(
-                    &state,
-                    req,
                     "too much request data in progress for memory_limit; retry after the indicated delay",
-                )
-                .await,
+                ),
             );
         }
     };
@@ -435,25 +461,11 @@ async fn dispatch(
     (label, resp)
 }
 
-/// Answers `429 overloaded` to a request refused by the load shield. A declared body
-/// that fits `max_body_bytes` is first read and discarded (holding no budget, within
-/// `body_read_timeout`): a client still sending its body when the connection closed
-/// would often see a reset instead of the 429, and the connection stays usable.
-async fn shed(state: &State, req: Request<Incoming>, detail: &str) -> Response<Body> {
-    use http_body_util::BodyExt;
+/// Answers `429 overloaded` to a request refused by the load shield. Its body is read
+/// and discarded by [`route`] like any unread body, holding no budget, so the client
+/// sees the 429 rather than a reset and the connection stays usable.
+fn shed(detail: &str) -> Response<Body> {
     metrics::counter!(names::HTTP_SHED_TOTAL).increment(1);
-    let declared = declared_length(req.headers());
-    if declared.is_some_and(|n| n > 0 && n <= state.cfg.max_body_bytes as u64) {
-        let mut body = req.into_body();
-        let drain = async {
-            while let Some(frame) = body.frame().await {
-                if frame.is_err() {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(state.cfg.body_read_timeout, drain).await;
-    }
     ApiError::new(ErrorCode::Overloaded, detail).into_response()
 }
 
@@ -466,7 +478,7 @@ async fn shed(state: &State, req: Request<Incoming>, detail: &str) -> Response<B
 /// answers 429.
 fn request_permits(
     state: &State,
-    req: &mut Request<Incoming>,
+    req: &mut Request<ReqBody>,
 ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ()> {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         return Ok(None);
@@ -500,7 +512,7 @@ fn request_permits(
     Ok(None)
 }
 
-async fn handle(ctx: Ctx, route: Route, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: Ctx, route: Route, req: Request<ReqBody>) -> Response<Body> {
     let method = req.method().clone();
     let result = match route {
         Route::Events => events::post(&ctx, req).await,

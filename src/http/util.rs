@@ -1,6 +1,7 @@
 //! Request helpers: bounded body reading, query strings, path segments, JSON responses.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +100,130 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
+/// A request's body as the handlers see it. [`read_body`] takes it at most once; the
+/// router keeps a [`BodyLeft`] on the same body, so that once the answer is decided it
+/// can read and discard what the handler did not read (the connection stays usable) or
+/// tell the client the connection closes. A body that is empty from the start (`GET`,
+/// `content-length: 0`) has no shared state and costs nothing.
+pub struct ReqBody(Option<Arc<BodyShared>>);
+
+struct BodyShared {
+    /// The body until a handler takes it.
+    incoming: Mutex<Option<Incoming>>,
+    /// Set when a handler read the body to its end.
+    finished: AtomicBool,
+}
+
+/// The router's hold on a request body: what is left of it once the handler is done.
+pub struct BodyLeft(Arc<BodyShared>);
+
+impl ReqBody {
+    /// Wraps a request's body; the [`BodyLeft`] is `None` when the body is empty.
+    pub fn new(incoming: Incoming) -> (ReqBody, Option<BodyLeft>) {
+        use hyper::body::Body as _;
+        if incoming.is_end_stream() {
+            return (ReqBody(None), None);
+        }
+        let shared = Arc::new(BodyShared {
+            incoming: Mutex::new(Some(incoming)),
+            finished: AtomicBool::new(false),
+        });
+        (ReqBody(Some(shared.clone())), Some(BodyLeft(shared)))
+    }
+
+    /// A body without bytes (for tests and internal callers).
+    pub fn empty() -> ReqBody {
+        ReqBody(None)
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        let shared = self.0.as_ref()?;
+        shared
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn mark_finished(&self) {
+        if let Some(shared) = &self.0 {
+            shared.finished.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What the router does with a request body after the handler: how much of an unread
+/// body it reads and discards to keep the connection, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainBound {
+    /// Most bytes read and discarded (`max_body_bytes`).
+    pub bytes: u64,
+    /// Longest time spent on it (`body_read_timeout`).
+    pub time: Duration,
+}
+
+/// What settling a body needs to know of the request head.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyHead {
+    /// The declared `content-length`, if any.
+    pub declared: Option<u64>,
+    /// The client sent `Expect: 100-continue`.
+    pub expects_continue: bool,
+}
+
+impl BodyHead {
+    /// Reads them from the request's headers.
+    pub fn of(headers: &HeaderMap) -> BodyHead {
+        BodyHead {
+            declared: declared_length(headers),
+            expects_continue: headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+        }
+    }
+}
+
+impl BodyLeft {
+    /// Settles the body after the handler answered: `true` when the connection can carry
+    /// the next request (the body was read to its end, by the handler or here), `false`
+    /// when the answer must say `Connection: close`: the handler stopped reading partway
+    /// (too large, too slow, over budget), the declared length is past `bound`, the
+    /// client waits for `100 Continue` (its body was never asked for), `drain` is false
+    /// (the answer is a 413), or the rest did not arrive within `bound`.
+    pub async fn settle(self, head: BodyHead, bound: DrainBound, drain: bool) -> bool {
+        let rest = self
+            .0
+            .incoming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Some(mut rest) = rest else {
+            return self.0.finished.load(Ordering::Acquire);
+        };
+        if !drain || head.expects_continue || head.declared.is_some_and(|n| n > bound.bytes) {
+            return false;
+        }
+        let drain = async {
+            let mut seen = 0u64;
+            while let Some(frame) = rest.frame().await {
+                let Ok(frame) = frame else {
+                    return false;
+                };
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len() as u64;
+                    if seen > bound.bytes {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        tokio::time::timeout(bound.time, drain)
+            .await
+            .unwrap_or(false)
+    }
+}
+
 enum ReadError {
     TooLarge,
     Overloaded,
@@ -106,10 +231,12 @@ enum ReadError {
 }
 
 /// Reads a whole body of at most `limit` bytes within `timeout`. A request carrying a
-/// [`BodyCharge`] has it grown as bytes arrive (429 when the budget runs out).
+/// [`BodyCharge`] has it grown as bytes arrive (429 when the budget runs out). A body
+/// not read to its end (any error here) makes the router close the connection after
+/// the answer.
 pub async fn read_body(
     parts: &hyper::http::request::Parts,
-    body: Incoming,
+    body: ReqBody,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
@@ -119,8 +246,11 @@ pub async fn read_body(
             return Err(too_large(limit));
         }
     }
+    let Some(incoming) = body.take() else {
+        return Ok(Bytes::new());
+    };
     let collect = async {
-        let mut body = Limited::new(body, limit);
+        let mut body = Limited::new(incoming, limit);
         // Frames are kept as they arrive; a body of one frame (the usual case) is
         // returned without a copy.
         let mut frames: Vec<Bytes> = Vec::new();
@@ -168,7 +298,10 @@ pub async fn read_body(
             ErrorCode::MalformedBody,
             format!("could not read the body: {e}"),
         )),
-        Ok(Ok(b)) => Ok(b),
+        Ok(Ok(b)) => {
+            body.mark_finished();
+            Ok(b)
+        }
     }
 }
 

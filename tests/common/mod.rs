@@ -1,6 +1,8 @@
 //! Test harness: runs the real `meterd` binary on 127.0.0.1:0 with a temporary data dir.
 #![allow(dead_code)]
 
+pub mod pyenv;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 use rocksdb::WriteBatch;
 use serde::Deserialize;
@@ -35,7 +35,7 @@ pub const MAX_PARENT_DEPTH: usize = 8;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
 
-pub async fn body(ctx: &Ctx, req: Request<Incoming>) -> Result<bytes::Bytes, ApiError> {
+pub async fn body(ctx: &Ctx, req: Request<ReqBody>) -> Result<bytes::Bytes, ApiError> {
     require_json(req.headers())?;
     let (parts, b) = req.into_parts();
     read_body(&parts, b, MAX_ADMIN_BODY, ctx.state.cfg.body_read_timeout).await
@@ -70,7 +70,7 @@ pub fn not_found(what: &str, id: &str) -> ApiError {
 pub async fn put_lever(
     ctx: &Ctx,
     name: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     if !valid_name(name) {
         return Err(ApiError::new(
@@ -203,7 +203,7 @@ pub fn page_under<T>(
 }
 
 /// `GET /v1/levers`.
-pub fn list_levers(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn list_levers(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let (items, next) = page(&ctx.state, AdminKind::Lever, &t.name, &q, |name| {
@@ -232,7 +232,7 @@ fn contract_view(c: &Contract) -> serde_json::Value {
 pub async fn put_contract(
     ctx: &Ctx,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     if !valid_external_id(id) {
         return Err(ApiError::new(
@@ -383,7 +383,7 @@ pub fn get_contract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/contracts?customer=&cursor=&limit=`.
-pub fn list_contracts(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn list_contracts(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let customer = q.get("customer").cloned();
@@ -409,7 +409,7 @@ struct EndBody {
 pub async fn end_contract(
     ctx: &Ctx,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = body(ctx, req).await?;
     let b: EndBody = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -452,7 +452,7 @@ pub async fn end_contract(
 pub async fn put_plan(
     ctx: &Ctx,
     id: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     if !valid_external_id(id) {
         return Err(ApiError::new(
@@ -505,7 +505,7 @@ pub fn get_plan(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/plans?cursor=&limit=`.
-pub fn list_plans(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn list_plans(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let t = ctx.tenant()?;
     let q = query_map(req.uri().query())?;
     let (items, next) = page(&ctx.state, AdminKind::Plan, &t.name, &q, |id| {

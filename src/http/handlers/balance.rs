@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -68,7 +68,7 @@ fn grants_left(
 }
 
 /// Answers the balance of one contract.
-pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn get(ctx: &Ctx, contract: &str, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     only_params(&q, &["lever"])?;
     let tenant = ctx.tenant()?;

@@ -1,7 +1,7 @@
 //! `GET /v1/changes?after=REV&limit=&window=` (SPEC 4.2): window rows whose value changed
 //! after a revision, in revision order, read in one snapshot (see [`crate::revision`]).
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
@@ -22,7 +22,7 @@ fn bad(msg: impl Into<String>) -> ApiError {
 }
 
 /// Answers one page of the changes feed.
-pub fn get(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn get(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     only_params(&q, &["after", "limit", "window"])?;
     let after: u64 = match q.get("after") {

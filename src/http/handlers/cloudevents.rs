@@ -9,7 +9,7 @@
 //! problem+json with code `rejected_events`, the counts and the per-event errors; the
 //! accepted events of the same request stay accepted (as in OpenMeter).
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{header, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -22,7 +22,7 @@ use crate::ingest::ingest_parsed;
 use crate::window::now_ms;
 
 /// Ingests one CloudEvent or a batch.
-pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn post(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let batch_only = match media_type(req.headers()) {
         None => false,
         Some((mime, ct)) => match mime.as_str() {

@@ -18,7 +18,7 @@
 //! audit record, idempotency index) written under the revision lock, which also
 //! serialises it with flushes.
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -153,7 +153,7 @@ fn stored_entry(ctx: &Ctx, t: &Tenant, index: &[u8]) -> Result<Option<AuditEntry
 pub async fn post_adjustment(
     ctx: &Ctx,
     contract: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = body(ctx, req).await?;
     let b: AdjustmentBody = parse_json(&bytes)?;
@@ -381,11 +381,7 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/contracts/{contract}/adjustments?cursor=&limit=`: the audit log, oldest first.
-pub fn list(
-    ctx: &Ctx,
-    contract: &str,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub fn list(ctx: &Ctx, contract: &str, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     only_params(&q, &["cursor", "limit"])?;
     let t = ctx.tenant()?;

@@ -1,6 +1,6 @@
 //! `POST /v1/events` (SPEC 2.1).
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 
 use crate::event::{parse_body, BodyError, BodyFormat};
@@ -13,7 +13,7 @@ use crate::ingest::ingest_parsed;
 const PARSE_BLOCKING_BYTES: usize = 16 * 1024;
 use crate::window::now_ms;
 
-fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
+fn body_format(req: &Request<ReqBody>) -> Result<BodyFormat, ApiError> {
     let Some((mime, ct)) = media_type(req.headers()) else {
         return Ok(BodyFormat::Json);
     };
@@ -30,7 +30,7 @@ fn body_format(req: &Request<Incoming>) -> Result<BodyFormat, ApiError> {
 }
 
 /// Ingests one event, a JSON array or NDJSON.
-pub async fn post(ctx: &Ctx, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn post(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let format = body_format(&req)?;
     let cfg = &ctx.state.cfg;
     let (parts, body) = req.into_parts();

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
+use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
@@ -41,7 +41,7 @@ fn views(ctx: &Ctx, t: &Tenant, contract: &str, grants: &[&Grant]) -> Vec<serde_
 pub async fn post(
     ctx: &Ctx,
     contract: &str,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
 ) -> Result<Response<Body>, ApiError> {
     let bytes = body(ctx, req).await?;
     let b: GrantBody = parse_json(&bytes)?;
@@ -114,11 +114,7 @@ pub async fn post(
 }
 
 /// `GET /v1/contracts/{contract}/grants?cursor=&limit=`: grants in id order.
-pub fn list(
-    ctx: &Ctx,
-    contract: &str,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub fn list(ctx: &Ctx, contract: &str, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     only_params(&q, &["cursor", "limit"])?;
     let t = ctx.tenant()?;

@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::http::util::ReqBody;
 use bytes::Bytes;
 use chrono_tz::Tz;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::{header, Request, Response, StatusCode};
 use serde_json::json;
 
@@ -154,7 +154,7 @@ fn contract_rows(
 }
 
 /// Answers a usage query for one contract.
-pub fn get(ctx: &Ctx, contract: &str, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn get(ctx: &Ctx, contract: &str, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     let tenant = ctx.tenant()?;
     let Some(c) = tenant.contract(contract) else {
@@ -187,7 +187,7 @@ enum Format {
     Csv,
 }
 
-fn format_of(req: &Request<Incoming>) -> Format {
+fn format_of(req: &Request<ReqBody>) -> Format {
     let accept = req
         .headers()
         .get(header::ACCEPT)
@@ -330,7 +330,7 @@ fn export_chunk<'c>(
 }
 
 /// `GET /v1/usage`: all contracts of the tenant.
-pub fn list(ctx: &Ctx, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub fn list(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
     let q = query_map(req.uri().query())?;
     let tenant = ctx.tenant()?;
     let p = parse_params(&tenant, &q, &["cursor", "limit"])?;
