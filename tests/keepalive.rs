@@ -338,12 +338,12 @@ fn run_python(d: &Daemon, cases: &[Case]) -> Vec<Value> {
     v["results"].as_array().unwrap().clone()
 }
 
+/// One `reqwest` answer: case name, attempt, status or error, `Connection` header.
+type Answer = (String, u32, Result<u16, String>, Option<String>);
+
 /// Sends every case twice with a `reqwest` blocking client whose pool keeps one idle
 /// connection; returns (name, attempt, status or error, Connection header).
-fn run_reqwest(
-    d: &Daemon,
-    cases: &[Case],
-) -> Vec<(String, u32, Result<u16, String>, Option<String>)> {
+fn run_reqwest(d: &Daemon, cases: &[Case]) -> Vec<Answer> {
     let client = reqwest::blocking::Client::builder()
         .pool_max_idle_per_host(1)
         .timeout(Duration::from_secs(20))
@@ -458,10 +458,7 @@ fn same_twice(cases: &[Case], results: &[Value]) -> Vec<String> {
     failures
 }
 
-fn check_reqwest(
-    cases: &[Case],
-    results: &[(String, u32, Result<u16, String>, Option<String>)],
-) -> Vec<String> {
+fn check_reqwest(cases: &[Case], results: &[Answer]) -> Vec<String> {
     let mut failures = Vec::new();
     for (name, attempt, got, conn) in results {
         let c = cases.iter().find(|c| &c.name == name).unwrap();
