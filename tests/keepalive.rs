@@ -525,17 +525,30 @@ fn every_error_answer_keeps_or_closes_the_connection_honestly() {
 }
 
 /// Opens a request to `POST /v1/events` and sends only part of its body, so the server
-/// holds an in-flight permit while it waits for the rest.
-fn hold(d: &Daemon) -> TcpStream {
-    let body = json!({"id": "held", "contract": "ctr", "lever": "calls"}).to_string();
+/// holds an in-flight permit while it waits for the rest; returns the rest.
+fn hold(d: &Daemon, id: &str) -> (TcpStream, Vec<u8>) {
+    let body = json!({"id": id, "contract": "ctr", "lever": "calls"}).to_string();
     let mut s = TcpStream::connect(d.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let head = format!(
         "POST /v1/events HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {INGEST}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(&body.as_bytes()[..5]).unwrap();
-    s
+    (s, body.as_bytes()[5..].to_vec())
+}
+
+/// Waits until `n` requests are in flight.
+fn wait_in_flight(d: &Daemon, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_flight(d) != n {
+        assert!(
+            Instant::now() < deadline,
+            "the held request never took its slot"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn in_flight(d: &Daemon) -> f64 {
@@ -547,15 +560,8 @@ fn shed_requests_keep_the_connection() {
     let d = Daemon::start_with("max_in_flight = 1\nbody_read_timeout = \"30s\"\n", "");
     d.lever("calls", "sum");
     d.contract("ctr");
-    let held = hold(&d);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while in_flight(&d) != 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the held request never took its slot"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (held, _) = hold(&d, "held");
+    wait_in_flight(&d, 1.0);
     let event = json!({"id": "shed", "contract": "ctr", "lever": "calls"}).to_string();
     let cases = vec![
         Case::new("POST shed (429)", "POST", "/v1/events")
@@ -601,4 +607,39 @@ fn refused_expect_continue_closes() {
     assert!(text.starts_with("http/1.1 401"), "{text}");
     assert!(!text.contains("100 continue"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
+}
+
+/// An answer given while meterd stops (after SIGTERM, draining the requests in flight)
+/// says `Connection: close`: hyper's graceful shutdown closes the connection after it.
+#[test]
+fn answers_while_stopping_say_close() {
+    let mut d = Daemon::start_with("body_read_timeout = \"30s\"\n", "");
+    d.lever("calls", "sum");
+    d.contract("ctr");
+    let (mut s, rest) = hold(&d, "during-stop");
+    wait_in_flight(&d, 1.0);
+    let pid = d.child.as_ref().unwrap().id();
+    common::unsafe_sigterm(pid);
+    // The listener stops accepting once meterd is no longer ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(d.base.trim_start_matches("http://")).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "meterd kept accepting after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.write_all(&rest).unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert_eq!(d.terminate(), Some(0));
 }

@@ -201,8 +201,8 @@ fn bearer(req: &Request<ReqBody>) -> Option<&[u8]> {
 /// read and discarded first, up to `max_body_bytes` and within `body_read_timeout`
 /// ([`super::util::BodyLeft::settle`]), whatever the answer was (401, 403, 404, 405,
 /// 415, 429, 503, ...); a body read partway (413, 408, 429 on the memory budget) or past
-/// that bound closes the connection, and so does any answer while meterd is starting or
-/// stopping.
+/// that bound closes the connection. (An answer while meterd stops says
+/// `Connection: close` too: hyper's graceful shutdown adds it.)
 pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(&req);
@@ -227,12 +227,6 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-    }
-    // Starting or stopping: hyper's graceful shutdown closes the connection after this
-    // answer, so the answer says so.
-    if !state.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
