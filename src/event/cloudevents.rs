@@ -1,5 +1,5 @@
-//! CloudEvents (structured mode, JSON) mapped onto meterd events, as OpenMeter's ingest
-//! API does (SPEC 2.3):
+//! CloudEvents (JSON; structured mode, and binary mode through [`binary`]) mapped onto
+//! meterd events, as OpenMeter's ingest API does (SPEC 2.3):
 //!
 //! | CloudEvents | meterd |
 //! |---|---|
@@ -14,6 +14,11 @@
 //! and id), or `ce:sha256:<hex>` of that text when it would exceed 128 bytes, so native
 //! and CloudEvents ids never collide. A `count` lever ignores the value; other levers
 //! need it (OpenMeter's rule: a sum meter without its value property is an error).
+//!
+//! Binary content mode (attributes in `ce-` headers, `data` in the body) is read by
+//! [`binary`] into the equivalent structured event, so it gets this same mapping.
+
+pub mod binary;
 
 use std::borrow::Cow;
 

@@ -15,8 +15,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+
 /// Bump to force a rebuild of every existing venv when the install procedure changes.
-const VENV_LAYOUT: &str = "meterd-sdk-venv-1";
+pub const VENV_LAYOUT: &str = "meterd-sdk-venv-1";
 
 pub fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python")
@@ -29,7 +30,7 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/meterd")
 }
 
-fn base_python() -> String {
+pub fn base_python() -> String {
     std::env::var("METERD_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
 
@@ -62,14 +63,14 @@ pub fn tail(bytes: &[u8], n: usize) -> String {
 }
 
 /// Runs a setup command; panics with `what`, the exit status and the output on failure.
-fn run_setup(mut c: Command, what: &str) -> Output {
+pub fn run_setup(mut c: Command, what: &str) -> Output {
     let out = match c.output() {
         Ok(o) => o,
-        Err(e) => panic!("SDK venv setup: {what}: could not run {c:?}: {e}"),
+        Err(e) => panic!("SDK setup: {what}: could not run {c:?}: {e}"),
     };
     assert!(
         out.status.success(),
-        "SDK venv setup: {what} failed ({}).\ncommand: {c:?}\nstdout (end):\n{}\nstderr (end):\n{}",
+        "SDK setup: {what} failed ({}).\ncommand: {c:?}\nstdout (end):\n{}\nstderr (end):\n{}",
         out.status,
         tail(&out.stdout, 4000),
         tail(&out.stderr, 4000)
@@ -78,7 +79,7 @@ fn run_setup(mut c: Command, what: &str) -> Output {
 }
 
 /// What the venv is built from: the requirements, the base interpreter, the procedure.
-fn fingerprint(requirements: &[u8]) -> String {
+pub fn fingerprint(requirements: &[u8]) -> String {
     use sha2::Digest;
     let mut c = Command::new(base_python());
     c.args([
@@ -100,7 +101,7 @@ fn fingerprint(requirements: &[u8]) -> String {
 }
 
 /// `name==version` pins of the requirements file.
-fn pins(requirements: &str) -> BTreeMap<String, String> {
+pub fn pins(requirements: &str) -> BTreeMap<String, String> {
     requirements
         .lines()
         .map(|l| l.split('#').next().unwrap().trim())
@@ -138,7 +139,7 @@ impl DirLock {
             }
             assert!(
                 Instant::now() < deadline,
-                "waited 20 minutes for {}: another test process is installing the SDK venv \
+                "waited 20 minutes for {}: another test process is installing an SDK \
                  (remove that directory if none is)",
                 path.display()
             );
@@ -147,7 +148,7 @@ impl DirLock {
     }
 }
 
-fn lock_is_stale(path: &Path) -> bool {
+pub fn lock_is_stale(path: &Path) -> bool {
     match std::fs::read_to_string(path.join("pid")) {
         Ok(pid) => match pid.trim().parse::<u32>() {
             Ok(p) => !Path::new(&format!("/proc/{p}")).exists(),
@@ -174,7 +175,7 @@ pub fn sdk_python() -> &'static Path {
     PYTHON.get_or_init(ensure_venv)
 }
 
-fn ensure_venv() -> PathBuf {
+pub fn ensure_venv() -> PathBuf {
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
     let venv = cache.join("pyenv-sdk");

@@ -17,8 +17,10 @@ import os
 import sys
 
 
-def parse_args(description, modes):
+def parse_args(description, modes, extra=None):
     p = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(p)
     env = os.environ.get
     p.add_argument("--url", default=env("METERD_URL"), help="meterd base URL ($METERD_URL)")
     p.add_argument("--key", default=env("METERD_KEY"), help="API key ($METERD_KEY)")

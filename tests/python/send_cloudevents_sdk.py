@@ -4,6 +4,10 @@
 Modes:
 - structured: one HTTP request per event, headers and body from the SDK's
   `cloudevents.conversion.to_structured` (application/cloudevents+json);
+- binary: one HTTP request per event in binary content mode, headers and body from the
+  SDK's `cloudevents.conversion.to_binary` (attributes as ce- headers, `data` as the
+  JSON body). The SDK sets Content-Type only when the event has a `datacontenttype`
+  (--datacontenttype); without one it sends none.
 - batch: one request for all events. The SDK has no batch encoder (neither 1.x nor 2.x
   does), so each event is serialized by the SDK (`cloudevents.conversion.to_json`) and
   the JSON array of those is sent as application/cloudevents-batch+json, the CloudEvents
@@ -18,13 +22,13 @@ import sys
 from importlib.metadata import version
 
 import requests
-from cloudevents.conversion import to_json, to_structured
+from cloudevents.conversion import to_binary, to_json, to_structured
 from cloudevents.http import CloudEvent
 
 from meterd_sdk_common import body_of, parse_args, plan, summary
 
 
-def to_cloudevent(e):
+def to_cloudevent(e, datacontenttype=None):
     attributes = {
         "id": e["id"],
         "source": e["source"],
@@ -34,6 +38,8 @@ def to_cloudevent(e):
     }
     if e["time"] is not None:
         attributes["time"] = e["time"].isoformat().replace("+00:00", "Z")
+    if datacontenttype:
+        attributes["datacontenttype"] = datacontenttype
     return CloudEvent(attributes, e["data"])
 
 
@@ -50,13 +56,23 @@ def post(a, headers, body):
 
 
 def main():
-    a = parse_args(__doc__.splitlines()[0], ["structured", "batch"])
+    a = parse_args(
+        __doc__.splitlines()[0],
+        ["structured", "batch", "binary"],
+        extra=lambda p: p.add_argument(
+            "--datacontenttype", help="the events' datacontenttype (binary mode: Content-Type)"
+        ),
+    )
     events = plan(a)
-    ces = [to_cloudevent(e) for e in events]
+    ces = [to_cloudevent(e, a.datacontenttype) for e in events]
     sent = []
     if a.mode == "structured":
         for ce in ces:
             headers, body = to_structured(ce)
+            sent.append(post(a, headers, body))
+    elif a.mode == "binary":
+        for ce in ces:
+            headers, body = to_binary(ce)
             sent.append(post(a, headers, body))
     else:
         body = b"[" + b",".join(to_json(ce) for ce in ces) + b"]"
