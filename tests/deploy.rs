@@ -349,9 +349,8 @@ fn webhook_dropped_alert_fires_on_the_first_drop() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut prom = start_prometheus(&bin, dir.path(), &target, port);
-    let prom_log = || {
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    };
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -403,9 +402,7 @@ fn webhook_dropped_alert_fires_on_the_first_drop() {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|a| {
-                a["labels"]["alertname"] == "MeterdWebhookDropped" && a["state"] == "firing"
-            })
+            .find(|a| a["labels"]["alertname"] == "MeterdWebhookDropped" && a["state"] == "firing")
             .cloned();
         if let Some(a) = found {
             break a;
@@ -427,7 +424,10 @@ fn webhook_dropped_alert_fires_on_the_first_drop() {
     assert_eq!(alert["labels"]["instance"], target.as_str(), "{alert}");
     assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
     let value: f64 = alert["value"].as_str().unwrap().parse().unwrap();
-    assert!((1.0..2.0).contains(&value), "increase over the window: {alert}");
+    assert!(
+        (1.0..2.0).contains(&value),
+        "increase over the window: {alert}"
+    );
     // Exactly one notification was dropped, and Prometheus saw it start at 0.
     assert_eq!(
         common::sample(&d.metrics_text(), "meterd_webhook_dropped_total"),

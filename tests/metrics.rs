@@ -96,7 +96,10 @@ fn fresh_daemon_exposes_every_metric_at_zero() {
     }
     // And nothing else is.
     for n in typed.keys() {
-        assert!(defined.contains(n), "{n} is exposed but not defined in src/");
+        assert!(
+            defined.contains(n),
+            "{n} is exposed but not defined in src/"
+        );
     }
 
     // Every series of every family, with its type; counters at 0 and histograms
@@ -110,7 +113,12 @@ fn fresh_daemon_exposes_every_metric_at_zero() {
             Kind::Gauge => "gauge",
             Kind::Histogram => "histogram",
         };
-        assert_eq!(typed.get(f.name).map(String::as_str), Some(want), "{}", f.name);
+        assert_eq!(
+            typed.get(f.name).map(String::as_str),
+            Some(want),
+            "{}",
+            f.name
+        );
         for labels in &f.series {
             let touched = labels
                 .iter()
@@ -118,7 +126,9 @@ fn fresh_daemon_exposes_every_metric_at_zero() {
             match f.kind {
                 Kind::Counter => {
                     let s = series_name(f.name, labels, None);
-                    let v = got.get(&s).unwrap_or_else(|| panic!("{s} missing:\n{text}"));
+                    let v = got
+                        .get(&s)
+                        .unwrap_or_else(|| panic!("{s} missing:\n{text}"));
                     if !touched {
                         assert_eq!(*v, 0.0, "{s} on a fresh daemon");
                     }
@@ -130,11 +140,8 @@ fn fresh_daemon_exposes_every_metric_at_zero() {
                 Kind::Histogram => {
                     let count = series_name(&format!("{}_count", f.name), labels, None);
                     let sum = series_name(&format!("{}_sum", f.name), labels, None);
-                    let inf = series_name(
-                        &format!("{}_bucket", f.name),
-                        labels,
-                        Some("le=\"+Inf\""),
-                    );
+                    let inf =
+                        series_name(&format!("{}_bucket", f.name), labels, Some("le=\"+Inf\""));
                     for s in [&count, &sum, &inf] {
                         assert!(got.contains_key(s), "{s} missing:\n{text}");
                     }
@@ -236,7 +243,11 @@ fn no_series_appears_after_start() {
     assert_eq!(s, 200, "{b}");
     let (s, b) = d.post_events(&json!([ev("h2", "hard"), ev("s2", "soft")]));
     assert_eq!(s, 200, "{b}");
-    assert_eq!((b["accepted"].as_u64(), b["rejected"].as_u64()), (Some(1), Some(1)), "{b}");
+    assert_eq!(
+        (b["accepted"].as_u64(), b["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{b}"
+    );
     let from = time_at(-3_600_000);
     for path in [
         "/v1/levers".to_string(),
@@ -291,6 +302,10 @@ fn no_series_appears_after_start() {
         "meterd_http_requests_total{route=\"unauthorized\",status=\"401\"}",
         "meterd_http_requests_total{route=\"levers\",status=\"405\"}",
     ] {
-        assert!(later.get(s).is_some_and(|v| *v >= 1.0), "{s}: {:?}", later.get(s));
+        assert!(
+            later.get(s).is_some_and(|v| *v >= 1.0),
+            "{s}: {:?}",
+            later.get(s)
+        );
     }
 }

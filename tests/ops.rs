@@ -695,12 +695,21 @@ fn logs_to_a_pipe_or_a_file_have_no_colour_codes() {
         piped.contains("WARN") && piped.contains("INFO"),
         "expected warnings and info lines:\n{piped}"
     );
-    assert!(!piped.contains("\x1b["), "ANSI codes in piped logs:\n{piped:?}");
+    assert!(
+        !piped.contains("\x1b["),
+        "ANSI codes in piped logs:\n{piped:?}"
+    );
 
     // A file.
     let log = dir.path().join("meterd.log");
     let mut child = meterd()
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--config")
         .arg(shipped_config())
         .arg("--data-dir")
@@ -726,5 +735,8 @@ fn logs_to_a_pipe_or_a_file_have_no_colour_codes() {
         text.contains("WARN") && text.contains("INFO"),
         "expected warnings and info lines:\n{text}"
     );
-    assert!(!text.contains("\x1b["), "ANSI codes in the log file:\n{text:?}");
+    assert!(
+        !text.contains("\x1b["),
+        "ANSI codes in the log file:\n{text:?}"
+    );
 }

@@ -50,8 +50,8 @@ pub mod labels {
     /// `status` of `meterd_http_requests_total` (`status_label` in
     /// `src/http/router.rs`): the statuses meterd answers, then classes for any other.
     pub const STATUSES: &[&str] = &[
-        "200", "201", "204", "400", "401", "403", "404", "405", "408", "409", "413", "415",
-        "429", "500", "503", "2xx", "4xx", "5xx",
+        "200", "201", "204", "400", "401", "403", "404", "405", "408", "409", "413", "415", "429",
+        "500", "503", "2xx", "4xx", "5xx",
     ];
     /// `outcome` of `meterd_ingest_events_total`.
     pub const INGEST_OUTCOMES: &[&str] = &["accepted", "duplicate", "rejected"];
@@ -133,15 +133,29 @@ pub fn families() -> Vec<Family> {
     use Kind::{Counter, Gauge, Histogram};
     let requests = labels::ROUTES
         .iter()
-        .flat_map(|r| labels::STATUSES.iter().map(move |s| vec![("route", *r), ("status", *s)]))
+        .flat_map(|r| {
+            labels::STATUSES
+                .iter()
+                .map(move |s| vec![("route", *r), ("status", *s)])
+        })
         .collect();
     let decisions = labels::QUOTA_DECISIONS
         .iter()
         .map(|(o, m)| vec![("outcome", *o), ("mode", *m)])
         .collect();
     vec![
-        by(INGEST_EVENTS_TOTAL, Counter, "outcome", labels::INGEST_OUTCOMES),
-        by(INGEST_REJECTED_TOTAL, Counter, "code", labels::REJECTION_CODES),
+        by(
+            INGEST_EVENTS_TOTAL,
+            Counter,
+            "outcome",
+            labels::INGEST_OUTCOMES,
+        ),
+        by(
+            INGEST_REJECTED_TOTAL,
+            Counter,
+            "code",
+            labels::REJECTION_CODES,
+        ),
         plain(INGEST_BATCH_EVENTS, Histogram),
         Family {
             name: HTTP_REQUESTS_TOTAL,
@@ -152,7 +166,12 @@ pub fn families() -> Vec<Family> {
         plain(HTTP_SHED_TOTAL, Counter),
         plain(HTTP_IN_FLIGHT, Gauge),
         by(OPEN_CONNECTIONS, Gauge, "listener", labels::LISTENERS),
-        by(REFUSED_CONNECTIONS_TOTAL, Counter, "listener", labels::LISTENERS),
+        by(
+            REFUSED_CONNECTIONS_TOTAL,
+            Counter,
+            "listener",
+            labels::LISTENERS,
+        ),
         plain(JOURNAL_GROUP_SIZE, Histogram),
         plain(JOURNAL_FSYNC_SECONDS, Histogram),
         plain(JOURNAL_WRITE_SECONDS, Histogram),
@@ -170,7 +189,12 @@ pub fn families() -> Vec<Family> {
         },
         plain(QUOTA_THRESHOLD_CROSSINGS_TOTAL, Counter),
         plain(WEBHOOK_OUTBOX_DEPTH, Gauge),
-        by(WEBHOOK_ATTEMPTS_TOTAL, Counter, "outcome", labels::WEBHOOK_OUTCOMES),
+        by(
+            WEBHOOK_ATTEMPTS_TOTAL,
+            Counter,
+            "outcome",
+            labels::WEBHOOK_OUTCOMES,
+        ),
         plain(WEBHOOK_DROPPED_TOTAL, Counter),
         plain(WEBHOOK_DELIVERY_SECONDS, Histogram),
         plain(QUOTA_ROWS, Gauge),
@@ -179,13 +203,23 @@ pub fn families() -> Vec<Family> {
         plain(FLUSH_LAG_SECONDS, Gauge),
         plain(STORE_SIZE_BYTES, Gauge),
         plain(STORE_PENDING_COMPACTION_BYTES, Gauge),
-        by(STORE_BACKGROUND_JOBS, Gauge, "kind", labels::STORE_JOB_KINDS),
+        by(
+            STORE_BACKGROUND_JOBS,
+            Gauge,
+            "kind",
+            labels::STORE_JOB_KINDS,
+        ),
         plain(STORE_WRITE_STALL_SECONDS, Gauge),
         plain(STORE_WRITE_STOPPED, Gauge),
         plain(STORE_DELAYED_WRITE_RATE, Gauge),
         by(BACKUPS_TOTAL, Counter, "outcome", labels::BACKUP_OUTCOMES),
         plain(BACKUP_LAST_SUCCESS, Gauge),
-        by(STORE_MEMORY_BYTES, Gauge, "kind", labels::STORE_MEMORY_KINDS),
+        by(
+            STORE_MEMORY_BYTES,
+            Gauge,
+            "kind",
+            labels::STORE_MEMORY_KINDS,
+        ),
         plain(PROCESS_RESIDENT_MEMORY, Gauge),
         plain(STORE_WINDOW_ROWS, Gauge),
     ]
@@ -227,7 +261,10 @@ mod tests {
             if p.is_dir() {
                 sources(&p, out);
             } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push((p.display().to_string(), std::fs::read_to_string(&p).unwrap()));
+                out.push((
+                    p.display().to_string(),
+                    std::fs::read_to_string(&p).unwrap(),
+                ));
             }
         }
     }
@@ -235,7 +272,10 @@ mod tests {
     /// Every `"meterd_…"` string literal in `src/` (the metric names the code defines).
     fn names_in_sources() -> BTreeSet<String> {
         let mut files = Vec::new();
-        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
         let mut found = BTreeSet::new();
         for (_, text) in files {
             for (i, _) in text.match_indices("\"meterd_") {
@@ -268,12 +308,12 @@ mod tests {
     /// (after optional spaces/newlines) by one of `after`, and preceded by one of `before`.
     fn literals(text: &str, before: &[&str], after: &[&str]) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
-        let mut rest = text;
-        while let Some(i) = rest.find('"') {
-            let tail = &rest[i + 1..];
+        let mut pos = 0;
+        while let Some(i) = text[pos..].find('"').map(|i| pos + i) {
+            let tail = &text[i + 1..];
             let Some(j) = closing_quote(tail) else { break };
             let lit = &tail[..j];
-            let head = rest[..i].trim_end();
+            let head = text[..i].trim_end();
             let next = tail[j + 1..].trim_start();
             if !lit.is_empty()
                 && lit
@@ -284,7 +324,7 @@ mod tests {
             {
                 out.insert(lit.to_string());
             }
-            rest = &tail[j + 1..];
+            pos = i + 1 + j + 1;
         }
         out
     }
@@ -309,8 +349,7 @@ mod tests {
 
     #[test]
     fn every_metric_name_in_the_sources_is_registered() {
-        let registered: BTreeSet<String> =
-            families().iter().map(|f| f.name.to_string()).collect();
+        let registered: BTreeSet<String> = families().iter().map(|f| f.name.to_string()).collect();
         let in_sources = names_in_sources();
         assert!(in_sources.len() >= 40, "{in_sources:?}");
         let missing: Vec<&String> = in_sources.difference(&registered).collect();
@@ -319,7 +358,11 @@ mod tests {
             "metrics defined in src/ but not registered at 0 by telemetry::zero::families: \
              {missing:?}"
         );
-        assert_eq!(families().len(), registered.len(), "a family is listed twice");
+        assert_eq!(
+            families().len(),
+            registered.len(),
+            "a family is listed twice"
+        );
     }
 
     #[test]
@@ -333,7 +376,11 @@ mod tests {
         ));
         assert_eq!(routes, set(labels::ROUTES), "route labels in the router");
         let statuses = literals(body(&router, "fn status_label("), &["=>"], &[","]);
-        assert_eq!(statuses, set(labels::STATUSES), "status labels in the router");
+        assert_eq!(
+            statuses,
+            set(labels::STATUSES),
+            "status labels in the router"
+        );
     }
 
     #[test]
@@ -345,7 +392,10 @@ mod tests {
         // The API documents the same codes.
         let openapi = source("openapi/openapi.json");
         for c in labels::REJECTION_CODES {
-            assert!(openapi.contains(&format!("\"{c}\"")), "{c} not in the OpenAPI");
+            assert!(
+                openapi.contains(&format!("\"{c}\"")),
+                "{c} not in the OpenAPI"
+            );
         }
     }
 
@@ -378,7 +428,9 @@ mod tests {
         for (i, _) in ingest.match_indices("tally.entry((\"") {
             let rest = &ingest[i + "tally.entry((".len()..];
             let pair = &rest[..rest.find(')').unwrap()];
-            let mut parts = pair.split(',').map(|p| p.trim().trim_matches('"').to_string());
+            let mut parts = pair
+                .split(',')
+                .map(|p| p.trim().trim_matches('"').to_string());
             pairs.insert((parts.next().unwrap(), parts.next().unwrap()));
         }
         let listed: BTreeSet<(String, String)> = labels::QUOTA_DECISIONS
@@ -392,7 +444,10 @@ mod tests {
     fn literal_labels_in_the_sources_are_listed() {
         // `"key" => "value"` in metric macros, and `("kind", "rocksdb.…")` pairs.
         let mut files = Vec::new();
-        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        sources(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut files,
+        );
         let mut by_key: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for (path, text) in &files {
             if path.ends_with("telemetry/zero.rs") {
@@ -462,7 +517,8 @@ mod tests {
                 f.name
             );
             for labels in &f.series {
-                let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                let inner: Vec<String> =
+                    labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
                 let wrap = |extra: Option<&str>| {
                     let mut all = inner.clone();
                     all.extend(extra.map(str::to_string));
@@ -508,7 +564,10 @@ mod tests {
             register_all();
         });
         let text = handle.render();
-        assert!(text.contains("\nmeterd_webhook_dropped_total 2\n"), "{text}");
+        assert!(
+            text.contains("\nmeterd_webhook_dropped_total 2\n"),
+            "{text}"
+        );
         assert!(text.contains("\nmeterd_quota_rows 5\n"), "{text}");
     }
 }
