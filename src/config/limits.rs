@@ -550,8 +550,9 @@ fn readme_row<'a>(readme: &'a str, row: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no README configuration row for {row}"))
 }
 
-/// The comments of the paragraph (lines up to the blank lines around it) holding `key`
-/// (or `# key = …`) in `section` of `config/meterd.toml`.
+/// The comments attached to `key` (or `# key = …`) in `section` of
+/// `config/meterd.toml`: its own line's comment and the comment lines right above it,
+/// above the keys it is grouped with (`retention_hour` under `retention_minute`).
 fn toml_comments(toml: &str, (section, key): (&str, &str)) -> String {
     let lines: Vec<&str> = toml.lines().collect();
     // The section: from its first header (or the top) to the next table of another kind.
@@ -571,19 +572,23 @@ fn toml_comments(toml: &str, (section, key): (&str, &str)) -> String {
                 .starts_with(&format!("{key} ="))
         })
         .unwrap_or_else(|| panic!("{key} not in config/meterd.toml [{section}]"));
-    let mut lo = at;
-    while lo > 0 && !lines[lo - 1].trim().is_empty() {
-        lo -= 1;
+    let comment = |l: &str| l.trim_start().starts_with('#');
+    let mut parts: Vec<&str> = lines[at]
+        .split_once('#')
+        .map(|(_, c)| c)
+        .into_iter()
+        .collect();
+    let mut j = at;
+    // Keys (and the table header) grouped with it, then the comment block above them.
+    while j > 0 && !lines[j - 1].trim().is_empty() && !comment(lines[j - 1]) {
+        j -= 1;
     }
-    let mut hi = at;
-    while hi + 1 < lines.len() && !lines[hi + 1].trim().is_empty() {
-        hi += 1;
+    while j > 0 && comment(lines[j - 1]) {
+        j -= 1;
+        parts.push(lines[j].trim_start().trim_start_matches('#'));
     }
-    lines[lo..=hi]
-        .iter()
-        .filter_map(|l| l.split_once('#').map(|(_, c)| c))
-        .collect::<Vec<_>>()
-        .join(" ")
+    parts.reverse();
+    parts.join(" ")
 }
 
 #[test]
