@@ -1,6 +1,7 @@
 //! Operations artefacts in `deploy/`: the Prometheus alert rules and their unit tests
 //! (promtool), meterd's live `/metrics` against `promtool check metrics`, a real Prometheus
-//! server scraping a real meterd, and the systemd unit (`systemd-analyze verify`).
+//! server scraping a real meterd (and firing `MeterdWebhookDropped` on the first dropped
+//! notification), and the systemd unit (`systemd-analyze verify`).
 //!
 //! `promtool` and `prometheus` come from Debian's `prometheus` package, installed with
 //! apt-get by the first test that needs them when they are missing.
@@ -298,6 +299,144 @@ fn prometheus_scrapes_meterd() {
     drop(prom);
 }
 
+/// Runs a Prometheus query; the `result` array of the answer (empty on any failure).
+fn prom_query(client: &reqwest::blocking::Client, port: u16, query: &str) -> Vec<Value> {
+    client
+        .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .ok()
+        .and_then(|r| r.json::<Value>().ok())
+        .and_then(|v| v["data"]["result"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The value of the first sample of a query result, as a number.
+fn first_value(result: &[Value]) -> Option<f64> {
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// The shipped `MeterdWebhookDropped` rule, unchanged (`increase(...[1h]) > 0`, no
+/// `for:`), fires in a real Prometheus on the first notification a real meterd drops:
+/// the counter is exposed at 0 from start, so the first drop is a step from 0 to 1 that
+/// `increase()` sees. (A counter that first appeared at 1 would never fire this alert.)
+#[test]
+fn webhook_dropped_alert_fires_on_the_first_drop() {
+    let (_, bin) = prometheus_tools();
+    // A webhook to a closed port: every attempt is refused at once; the notification is
+    // dropped at the first failure past webhook_max_age (100ms), within about 150ms.
+    let hook = format!(
+        "[[tenants]]\nname = \"default\"\nthresholds = [100]\n\
+         webhook_url = \"http://127.0.0.1:{}/hook\"\n\
+         webhook_secret = \"whsec_test_0123456789abcdef\"\n",
+        free_port()
+    );
+    let top = "webhook_retry_initial = \"50ms\"\nwebhook_retry_max = \"100ms\"\n\
+               webhook_timeout = \"1s\"\nwebhook_max_age = \"100ms\"\n";
+    let d = Daemon::start_with(top, &hook);
+    d.lever("api_calls", "sum");
+    let (s, b) = d.req(
+        "PUT",
+        "/v1/contracts/ctr_q",
+        Some(ADMIN),
+        Some(&json!({"customer": "cus_q", "quotas": [
+            {"lever": "api_calls", "period": "month", "limit": 1, "mode": "hard"}
+        ]})),
+    );
+    assert!(s == 200 || s == 201, "{s} {b}");
+
+    let target = d.metrics.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut prom = start_prometheus(&bin, dir.path(), &target, port);
+    let prom_log =
+        || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // At least two scrapes before the drop, so the series has samples at 0 whatever
+    // meterd exposes (the alert then shows whether the first drop is seen).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(st)) = prom.0.try_wait() {
+            panic!("prometheus exited early ({st}):\n{}", prom_log());
+        }
+        let up = prom_query(&client, port, "count_over_time(up{job=\"meterd\"}[1m])");
+        if first_value(&up).is_some_and(|n| n >= 2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus did not scrape meterd twice within 30 s:\n{}",
+            prom_log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let before = prom_query(&client, port, "meterd_webhook_dropped_total");
+
+    // One crossing of the 100% threshold -> one notification -> one drop.
+    let (s, b) = d.post_events(&json!([{
+        "id": "q-1", "contract": "ctr_q", "lever": "api_calls", "value": 1
+    }]));
+    assert_eq!((s, b["accepted"].as_u64()), (200, Some(1)), "{b}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while common::sample(&d.metrics_text(), "meterd_webhook_dropped_total") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the notification was not dropped:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dropped = Instant::now();
+
+    let deadline = dropped + Duration::from_secs(30);
+    let alert = loop {
+        let alerts: Value = client
+            .get(format!("http://127.0.0.1:{port}/api/v1/alerts"))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null);
+        let found = alerts["data"]["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["labels"]["alertname"] == "MeterdWebhookDropped" && a["state"] == "firing")
+            .cloned();
+        if let Some(a) = found {
+            break a;
+        }
+        if Instant::now() > deadline {
+            let history = prom_query(&client, port, "meterd_webhook_dropped_total[1m]");
+            panic!(
+                "MeterdWebhookDropped did not fire within 30 s of the first drop.\n\
+                 meterd_webhook_dropped_total before the drop: {before:?}\n\
+                 its samples over the last minute: {history:?}\nalerts: {alerts}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!(
+        "MeterdWebhookDropped fired {:.1} s after the drop (scrape and evaluation every 1 s)",
+        dropped.elapsed().as_secs_f64()
+    );
+    assert_eq!(alert["labels"]["instance"], target.as_str(), "{alert}");
+    assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+    let value: f64 = alert["value"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (1.0..2.0).contains(&value),
+        "increase over the window: {alert}"
+    );
+    // Exactly one notification was dropped, and Prometheus saw it start at 0.
+    assert_eq!(
+        common::sample(&d.metrics_text(), "meterd_webhook_dropped_total"),
+        Some(1.0)
+    );
+    assert_eq!(first_value(&before), Some(0.0), "{before:?}");
+    drop(prom);
+}
+
 #[test]
 fn systemd_unit_verifies() {
     let Some(analyze) = which("systemd-analyze") else {
@@ -479,7 +618,8 @@ fn grafana_dashboard_uses_only_real_metrics() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let live = loop {
         let live = d.metrics_text();
-        if live.contains("meterd_webhook_dropped_total") || Instant::now() > deadline {
+        let dropped = common::sample(&live, "meterd_webhook_dropped_total");
+        if dropped.is_some_and(|n| n >= 1.0) || Instant::now() > deadline {
             break live;
         }
         std::thread::sleep(Duration::from_millis(100));

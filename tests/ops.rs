@@ -1,7 +1,8 @@
 //! Black-box tests of operations (SPEC 7, 8): health and readiness on both listeners,
 //! Prometheus metrics (names, HELP lines, bounded labels, only on the metrics listener),
 //! SIGTERM draining and exit 0 with no data loss, `check-config` and `serve` exit codes
-//! for valid and invalid configuration, and the development-key warning.
+//! for valid and invalid configuration, the development-key warning, and logs without
+//! colour codes when stderr is not a terminal.
 
 mod common;
 
@@ -19,7 +20,7 @@ fn shipped_config() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config/meterd.toml")
 }
 
-/// A `meterd` command with no METERD_* or RUST_LOG variables inherited.
+/// A `meterd` command with no METERD_*, RUST_LOG or NO_COLOR variables inherited.
 fn meterd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_meterd"));
     for v in [
@@ -28,6 +29,7 @@ fn meterd() -> Command {
         "METERD_METRICS_LISTEN",
         "METERD_DATA_DIR",
         "RUST_LOG",
+        "NO_COLOR",
     ] {
         c.env_remove(v);
     }
@@ -676,5 +678,65 @@ fn development_keys_are_warned_about() {
             .iter()
             .any(|r| r["level"] == "WARN" && r.to_string().to_lowercase().contains("development")),
         "no JSON development-key warning:\n{err}"
+    );
+}
+
+/// Logs written to a pipe or a file carry no ANSI colour codes (NO_COLOR unset: the
+/// decision is stderr not being a terminal; `telemetry::use_ansi` has the unit test).
+#[test]
+fn logs_to_a_pipe_or_a_file_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A pipe (with the development-key warnings, which a terminal shows in colour).
+    let mut s = Served::start(&shipped_config(), &dir.path().join("data"), &[]);
+    s.wait_listening();
+    let piped = s.stderr();
+    drop(s);
+    assert!(
+        piped.contains("WARN") && piped.contains("INFO"),
+        "expected warnings and info lines:\n{piped}"
+    );
+    assert!(
+        !piped.contains("\x1b["),
+        "ANSI codes in piped logs:\n{piped:?}"
+    );
+
+    // A file.
+    let log = dir.path().join("meterd.log");
+    let mut child = meterd()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
+        .arg(shipped_config())
+        .arg("--data-dir")
+        .arg(dir.path().join("data2"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    unsafe_sigterm(child.id());
+    let st = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(0), "{text}");
+    assert!(
+        text.contains("WARN") && text.contains("INFO"),
+        "expected warnings and info lines:\n{text}"
+    );
+    assert!(
+        !text.contains("\x1b["),
+        "ANSI codes in the log file:\n{text:?}"
     );
 }

@@ -4,6 +4,8 @@
 //! environment is passed in as a map so that tests never mutate the process environment.
 //! Every refusal names the file, the key and the reason; the binary exits with code 64.
 
+#[cfg(test)]
+mod limits;
 mod raw;
 
 use std::collections::HashMap;

@@ -1,10 +1,13 @@
-//! Metrics names and descriptions, and logging set-up (SPEC 7).
+//! Metrics names and descriptions, their registration at 0 ([`zero`]), and logging
+//! set-up (SPEC 7).
 //!
 //! Names follow `meterd_<subsystem>_<name>_<unit>[_total]`. Labels take bounded values
 //! only (outcomes, codes, routes, status classes): never a tenant-chosen id.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub mod zero;
 
 /// Metric names.
 pub mod names {
@@ -281,9 +284,10 @@ pub fn describe() {
     );
 }
 
-/// Installs the Prometheus recorder and returns the handle that renders `/metrics`.
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+/// The Prometheus exporter with meterd's histogram buckets (every histogram name ends in
+/// `_seconds`, `_events` or `_requests`, so none is rendered as a summary).
+pub fn builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
             &[
@@ -298,10 +302,15 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(
             Matcher::Suffix("_requests".into()),
             &[1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0],
-        )?
-        .install_recorder()?;
+        )
+}
+
+/// Installs the Prometheus recorder, describes every metric and registers every series
+/// at 0 ([`zero::register_all`]); returns the handle that renders `/metrics`.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = builder()?.install_recorder()?;
     describe();
-    metrics::gauge!(names::BACKUP_LAST_SUCCESS).set(0.0);
+    zero::register_all();
     Ok(handle)
 }
 
@@ -314,12 +323,25 @@ pub enum LogFormat {
     Json,
 }
 
-/// Sets up `tracing` with `RUST_LOG` (default `info`).
+/// Whether log lines carry ANSI colours: only when stderr is a terminal and `NO_COLOR`
+/// is unset or empty (<https://no-color.org>: any non-empty value turns colour off).
+pub fn use_ansi(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Sets up `tracing` on stderr with `RUST_LOG` (default `info`); colours per
+/// [`use_ansi`].
 pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = use_ansi(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -407,5 +429,31 @@ pub mod hot {
 
     fn record(k: Key, value: f64, make: impl FnOnce() -> Histogram) {
         HISTOGRAMS.with(|h| h.borrow_mut().entry(k).or_insert_with(make).record(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::use_ansi;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        for (terminal, no_color, want) in [
+            (true, None, true),
+            (true, Some(""), true),
+            (true, Some("1"), false),
+            (true, Some("0"), false),
+            (false, None, false),
+            (false, Some(""), false),
+            (false, Some("1"), false),
+        ] {
+            assert_eq!(
+                use_ansi(terminal, no_color.map(OsStr::new)),
+                want,
+                "terminal {terminal}, NO_COLOR {no_color:?}"
+            );
+        }
     }
 }
