@@ -18,11 +18,7 @@
 pub mod node;
 
 use std::collections::BTreeMap;
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};

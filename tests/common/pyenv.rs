@@ -15,7 +15,6 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-
 /// Bump to force a rebuild of every existing venv when the install procedure changes.
 pub const VENV_LAYOUT: &str = "meterd-sdk-venv-1";
 
