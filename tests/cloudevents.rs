@@ -284,14 +284,7 @@ fn sdk_nested_and_string_decimal_values_are_exact() {
 #[test]
 fn hard_quotas_apply_to_cloudevents() {
     let d = Daemon::start();
-    lever(&d, "tokens", "sum", "$.tokens", "$.model");
-    contract(
-        &d,
-        "ctr-q",
-        json!({"customer": "x", "quotas": [
-            {"lever": "tokens", "period": "month", "limit": 10, "mode": "hard"}
-        ]}),
-    );
+    quota_setup(&d, "ctr-q");
     let args = [
         "--mode",
         "batch",
@@ -339,16 +332,7 @@ fn hard_quotas_apply_to_cloudevents() {
     assert_error(&errors[0], 2, SOME_ID, "quota_exceeded", None);
     assert_eq!(usage(&d, "ctr-q", "tokens"), want);
 
-    let (s, bal) = d.req("GET", "/v1/contracts/ctr-q/balance", Some(READ), None);
-    assert_eq!(s, 200, "{bal}");
-    let month = bal["levers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["lever"] == "tokens" && l["period"] == "month")
-        .unwrap_or_else(|| panic!("{bal}"));
-    assert_eq!(month["usage"], "10", "{bal}");
-    assert_eq!(month["remaining"], "0", "{bal}");
+    assert_month_used_up(&d, "ctr-q");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -95,21 +95,7 @@ impl Bin {
         if let Some(k) = key {
             rb = rb.bearer_auth(k);
         }
-        let r = rb.send().expect("request");
-        let status = r.status().as_u16();
-        let ct = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = r.text().unwrap_or_default();
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, ct, v)
+        answer(rb)
     }
 
     fn send(&self, d: &Daemon) -> (u16, String, Value) {
@@ -407,14 +393,7 @@ fn python_sdk_binary_mode() {
 #[test]
 fn hard_quotas_apply_in_binary_mode() {
     let d = Daemon::start();
-    lever(&d, "tokens", "sum", "$.tokens", "$.model");
-    contract(
-        &d,
-        "ctr-q",
-        json!({"customer": "x", "quotas": [
-            {"lever": "tokens", "period": "month", "limit": 10, "mode": "hard"}
-        ]}),
-    );
+    quota_setup(&d, "ctr-q");
     let args = [
         "--mode",
         "binary",
@@ -471,16 +450,7 @@ fn hard_quotas_apply_in_binary_mode() {
     let again = send(&d, Sdk::JavaScript, INGEST, "ctr-q", "tokens", &args);
     check(&again);
     assert_eq!(usage(&d, "ctr-q", "tokens"), want);
-    let (s, bal) = d.req("GET", "/v1/contracts/ctr-q/balance", Some(READ), None);
-    assert_eq!(s, 200, "{bal}");
-    let month = bal["levers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["lever"] == "tokens" && l["period"] == "month")
-        .unwrap_or_else(|| panic!("{bal}"));
-    assert_eq!(month["usage"], "10", "{bal}");
-    assert_eq!(month["remaining"], "0", "{bal}");
+    assert_month_used_up(&d, "ctr-q");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -583,6 +583,13 @@ fn shed_requests_keep_the_connection() {
     drop(held);
 }
 
+/// Everything the server sends until it closes (or the read timeout), lower-cased.
+fn read_until_closed(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).to_ascii_lowercase()
+}
+
 /// A client that sends `Expect: 100-continue` and is refused before its body is asked
 /// for gets `Connection: close`: its body was never read, and it may still send it.
 #[test]
@@ -595,15 +602,7 @@ fn refused_expect_continue_closes() {
           Content-Length: 20\r\nExpect: 100-continue\r\n\r\n",
     )
     .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let text = read_until_closed(&mut s);
     assert!(text.starts_with("http/1.1 401"), "{text}");
     assert!(!text.contains("100 continue"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
@@ -630,15 +629,7 @@ fn answers_while_stopping_say_close() {
         std::thread::sleep(Duration::from_millis(20));
     }
     s.write_all(&rest).unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let text = read_until_closed(&mut s);
     assert!(text.starts_with("http/1.1 200"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
     assert_eq!(d.terminate(), Some(0));

@@ -282,6 +282,11 @@ pub fn post_ce(
     if let Some(k) = key {
         rb = rb.bearer_auth(k);
     }
+    answer(rb)
+}
+
+/// Sends a request; returns (status, response content type, JSON body or `null`).
+pub fn answer(rb: reqwest::blocking::RequestBuilder) -> (u16, String, Value) {
     let r = rb.send().expect("request");
     let status = r.status().as_u16();
     let ct = r
@@ -297,6 +302,37 @@ pub fn post_ce(
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, ct, v)
+}
+
+/// A `tokens` lever and `contract` with a hard monthly quota of 10 tokens.
+pub fn quota_setup(d: &Daemon, contract_id: &str) {
+    lever(d, "tokens", "sum", "$.tokens", "$.model");
+    contract(
+        d,
+        contract_id,
+        json!({"customer": "x", "quotas": [
+            {"lever": "tokens", "period": "month", "limit": 10, "mode": "hard"}
+        ]}),
+    );
+}
+
+/// Checks that `contract`'s monthly `tokens` quota of 10 is used up, exactly.
+pub fn assert_month_used_up(d: &Daemon, contract: &str) {
+    let (s, bal) = d.req(
+        "GET",
+        &format!("/v1/contracts/{contract}/balance"),
+        Some(crate::common::READ),
+        None,
+    );
+    assert_eq!(s, 200, "{bal}");
+    let month = bal["levers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lever"] == "tokens" && l["period"] == "month")
+        .unwrap_or_else(|| panic!("{bal}"));
+    assert_eq!(month["usage"], "10", "{bal}");
+    assert_eq!(month["remaining"], "0", "{bal}");
 }
 
 pub fn post_json(d: &Daemon, content_type: &str, body: &Value) -> (u16, String, Value) {
