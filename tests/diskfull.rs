@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{Daemon, ADMIN, READ};
+use common::{Daemon, ADMIN, INGEST, READ};
 
 /// Size of the tmpfs holding the data dir.
 const FS_MIB: u64 = 200;
@@ -115,6 +115,61 @@ fn batch(tag: &str, from: u64, n: u64) -> Value {
     )
 }
 
+/// Sends `POST /v1/events` with `body` twice, then `GET /v1/levers`, on one kept-alive
+/// connection; returns the three statuses (0 where no answer came).
+fn one_connection(d: &Daemon, body: &Value) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(d.base.trim_start_matches("http://")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = serde_json::to_vec(body).unwrap();
+    let post = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {INGEST}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let get =
+        format!("GET /v1/levers HTTP/1.1\r\nHost: meterd\r\nAuthorization: Bearer {READ}\r\n\r\n");
+    let mut statuses = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for req in [&post, &post, &get] {
+        if s.write_all(req.as_bytes()).is_err() || (req == &post && s.write_all(&body).is_err()) {
+            statuses.push(0);
+            continue;
+        }
+        // One answer: the head, then its content-length body.
+        let mut chunk = [0u8; 8192];
+        let status = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + len {
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                buf.drain(..(end + 4 + len).min(buf.len()));
+                break status;
+            }
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break 0,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        statuses.push(status);
+    }
+    statuses
+}
+
 /// Total of the contract's lever over all time, from the API.
 fn counted(d: &Daemon) -> u64 {
     d.day_total(CONTRACT, LEVER)
@@ -179,6 +234,9 @@ fn full_disk_refuses_cleanly_and_resumes_on_its_own() {
         assert_eq!(s, 503, "{b}");
         assert_eq!(b["code"], "storage_full", "{b}");
     }
+    // A 503 leaves a kept-alive connection usable: two refusals and a read on one.
+    let answers = one_connection(&d, &batch("kept", next, 10));
+    assert_eq!(answers, [503, 503, 200], "answers on one connection");
     assert_eq!(counted(&d), acked, "refused events were counted");
     let (s, b) = d.req(
         "GET",
