@@ -15,9 +15,7 @@ use super::error::{ApiError, ErrorCode};
 use super::handlers::{
     admin, balance, changes, cloudevents, corrections, events, grants, ops, usage,
 };
-use super::util::{
-    declared_length, decode_segment, Body, BodyCharge, BodyHead, DrainBound, ReqBody,
-};
+use super::util::{declared_length, decode_segment, Body, BodyCharge, DrainBound, ReqBody};
 use super::Surface;
 use crate::registry::{Principal, Role};
 use crate::state::State;
@@ -208,9 +206,7 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
     let request_id = request_id(&req);
     let method = req.method().clone();
     let (parts, incoming) = req.into_parts();
-    let (body, left) = ReqBody::new(incoming);
-    // What the body's settlement needs to know of the head, only when there is a body.
-    let left = left.map(|left| (left, BodyHead::of(&parts.headers)));
+    let (body, left) = ReqBody::new(incoming, &parts.headers);
     let req = Request::from_parts(parts, body);
     // Filled in once the key is checked; the key itself is never logged.
     let mut tenant: Option<Arc<str>> = None;

@@ -118,17 +118,22 @@ struct BodyShared {
 pub struct BodyLeft(Arc<BodyShared>);
 
 impl ReqBody {
-    /// Wraps a request's body; the [`BodyLeft`] is `None` when the body is empty.
-    pub fn new(incoming: Incoming) -> (ReqBody, Option<BodyLeft>) {
+    /// Wraps a request's body; the [`BodyLeft`] (with what settling it needs to know
+    /// of the head) is `None` when the body is empty.
+    pub fn new(incoming: Incoming, headers: &HeaderMap) -> (ReqBody, Option<(BodyLeft, BodyHead)>) {
         use hyper::body::Body as _;
         if incoming.is_end_stream() {
             return (ReqBody(None), None);
         }
+        let head = BodyHead::of(&incoming, headers);
         let shared = Arc::new(BodyShared {
             incoming: Mutex::new(Some(incoming)),
             finished: AtomicBool::new(false),
         });
-        (ReqBody(Some(shared.clone())), Some(BodyLeft(shared)))
+        (
+            ReqBody(Some(shared.clone())),
+            Some((BodyLeft(shared), head)),
+        )
     }
 
     /// A body without bytes (for tests and internal callers).
@@ -172,10 +177,12 @@ pub struct BodyHead {
 }
 
 impl BodyHead {
-    /// Reads them from the request's headers.
-    pub fn of(headers: &HeaderMap) -> BodyHead {
+    /// Reads them from the request's body and headers (the declared length from the
+    /// body's exact size hint: hyper has parsed `content-length` already).
+    pub fn of(incoming: &Incoming, headers: &HeaderMap) -> BodyHead {
+        use hyper::body::Body as _;
         BodyHead {
-            declared: declared_length(headers),
+            declared: incoming.size_hint().exact(),
             expects_continue: headers
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
