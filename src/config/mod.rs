@@ -130,7 +130,7 @@ pub struct Config {
     /// Dedupe retention.
     pub dedupe_retention: Duration,
     /// How long window rows are kept, per granularity.
-    pub window_retention: crate::store::WindowRetention,
+    pub window_retention: crate::window::WindowRetention,
     /// Counter shards.
     pub shards: usize,
     /// Body limit in bytes.
@@ -612,7 +612,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         .chain(std::iter::once(lateness))
         .max()
         .unwrap_or_default();
-    let window_retention = crate::store::WindowRetention {
+    let window_retention = crate::window::WindowRetention {
         minute: retention("retention_minute", &raw.retention_minute)?,
         hour: retention("retention_hour", &raw.retention_hour)?,
         day: retention("retention_day", &raw.retention_day)?,
