@@ -4,6 +4,7 @@
 //! environment is passed in as a map so that tests never mutate the process environment.
 //! Every refusal names the file, the key and the reason; the binary exits with code 64.
 
+mod kinds;
 #[cfg(test)]
 mod limits;
 mod raw;
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub use raw::{RawApiKey, RawConfig, RawLever, RawTenant};
 
-use crate::registry::{Aggregation, Role};
+pub use kinds::{Aggregation, Role};
 
 /// Exit code for invalid configuration (EX_USAGE... sysexits' EX_USAGE is 64).
 pub const EXIT_CONFIG: i32 = 64;
