@@ -391,6 +391,38 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
     t.out
 }
 
+/// A shortest cycle through the first member of a strongly connected component (breadth
+/// first inside the component), as the list of its files, the first repeated at the end.
+fn shortest_cycle(graph: &BTreeMap<String, BTreeSet<String>>, comp: &[String]) -> Vec<String> {
+    let members: BTreeSet<&String> = comp.iter().collect();
+    let start = &comp[0];
+    let mut parent: BTreeMap<&String, &String> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(v) = queue.pop_front() {
+        for w in &graph[v] {
+            if !members.contains(w) {
+                continue;
+            }
+            if w == start {
+                let mut path = vec![start.clone()];
+                let mut at = v;
+                while at != start {
+                    path.push(at.clone());
+                    at = parent[at];
+                }
+                path.push(start.clone());
+                path.reverse();
+                return path;
+            }
+            if !parent.contains_key(w) {
+                parent.insert(w, v);
+                queue.push_back(w);
+            }
+        }
+    }
+    comp.to_vec()
+}
+
 #[test]
 fn imports_go_one_way_and_files_form_no_cycle() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -466,8 +498,13 @@ fn imports_go_one_way_and_files_form_no_cycle() {
                     .map(move |t| format!("{} -> {}", modules[m], modules[t]))
             })
             .collect();
+        let path: Vec<&str> = shortest_cycle(&graph, &comp)
+            .iter()
+            .map(|m| modules[m].as_str())
+            .collect();
         problems.push(format!(
-            "import cycle among {} files:\n      {}",
+            "import cycle: {}\n    among {} files, with the edges:\n      {}",
+            path.join(" -> "),
             comp.len(),
             edges.join("\n      ")
         ));
@@ -529,4 +566,5 @@ fn tarjan_finds_a_cycle() {
     edge(&mut g, "c", "a");
     edge(&mut g, "c", "d");
     assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
+    assert_eq!(shortest_cycle(&g, &cycles(&g)[0]), ["a", "b", "c", "a"]);
 }
