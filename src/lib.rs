@@ -12,8 +12,9 @@
 //! - [`ingest`]: the per-request pipeline from parsed events to an acknowledged outcome.
 //! - [`dedupe`]: in-flight id claims and the exactly-once rules.
 //! - [`journal`]: group commit of accepted events into the RocksDB WAL.
-//! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] the
-//!   aggregations and the RocksDB merge operator.
+//! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] what
+//!   one event contributes under its lever's aggregation ([`store::agg`] holds the
+//!   aggregate values, their encoding and the RocksDB merge operator).
 //! - [`flush`]: periodic flush of coalesced deltas into RocksDB, and journal replay.
 //! - [`store`]: RocksDB column families, key and record encodings.
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
