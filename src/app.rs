@@ -25,6 +25,7 @@ use crate::flush;
 use crate::http::{self, Surface};
 use crate::journal::Journal;
 use crate::notify::Outbox;
+use crate::quota::quota_horizon;
 use crate::quota::state::{chain as quota_chain, QuotaBook, StoredKey};
 use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry};
 use crate::revision::Revisions;
@@ -117,19 +118,6 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
         t.levers.insert(l.name.clone(), Arc::new(lever));
     }
     Ok(())
-}
-
-/// Oldest period end still relevant at `now`: events older than the largest lateness are
-/// refused, so periods that ended before it can no longer change.
-pub fn quota_horizon(cfg: &Config, now: i64) -> i64 {
-    let max_lateness = cfg
-        .tenants
-        .iter()
-        .map(|t| t.lateness)
-        .chain(std::iter::once(cfg.lateness))
-        .max()
-        .unwrap_or_default();
-    now - max_lateness.as_millis() as i64 - 10 * 60_000
 }
 
 /// Loads the usage rows of periods that can still change into the quota book.
@@ -347,12 +335,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     );
     let (flush_stop, flush_stop_rx) = crossbeam_channel::bounded::<()>(1);
     let flusher = flush::start(state.clone(), flush_stop_rx, flush_wake_rx);
-    let notifier = tokio::spawn(
-        state
-            .outbox
-            .clone()
-            .run(state.clone(), wait_stop(stop_rx.clone())),
-    );
+    let notifier = {
+        let lookup = state.clone();
+        tokio::spawn(state.outbox.clone().run(
+            state.cfg.webhooks.clone(),
+            state.store.clone(),
+            move |tenant: &str| {
+                lookup
+                    .registry
+                    .tenant(tenant)
+                    .and_then(|t| t.webhook.clone())
+            },
+            wait_stop(stop_rx.clone()),
+        ))
+    };
 
     shutdown_signal().await;
     state.ready.store(false, Ordering::SeqCst);

@@ -374,7 +374,7 @@ pub fn start(state: Arc<State>, stop: Receiver<()>, wake: Receiver<()>) -> JoinH
                 metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
                 metrics::gauge!(names::DEDUPE_UNFLUSHED).set(state.recent.len() as f64);
                 if rounds.is_multiple_of(60) {
-                    let horizon = crate::app::quota_horizon(&state.cfg, crate::window::now_ms());
+                    let horizon = crate::quota::quota_horizon(&state.cfg, crate::window::now_ms());
                     state.quotas.prune(horizon);
                     metrics::gauge!(names::QUOTA_ROWS).set(state.quotas.len() as f64);
                 }

@@ -39,8 +39,8 @@ use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
 use crate::config::Durability;
-use crate::counters::agg::AggValue;
 use crate::hash::FastHashMap;
+use crate::store::agg::AggValue;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
 

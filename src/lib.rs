@@ -12,8 +12,9 @@
 //! - [`ingest`]: the per-request pipeline from parsed events to an acknowledged outcome.
 //! - [`dedupe`]: in-flight id claims and the exactly-once rules.
 //! - [`journal`]: group commit of accepted events into the RocksDB WAL.
-//! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] the
-//!   aggregations and the RocksDB merge operator.
+//! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] what
+//!   one event contributes under its lever's aggregation ([`store::agg`] holds the
+//!   aggregate values, their encoding and the RocksDB merge operator).
 //! - [`flush`]: periodic flush of coalesced deltas into RocksDB, and journal replay.
 //! - [`store`]: RocksDB column families, key and record encodings.
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
@@ -27,6 +28,31 @@
 //! - [`telemetry`]: metric names and descriptions, logging set-up.
 //! - [`state`]: the shared state handed to handlers.
 //! - [`sched`]: the short scheduler slice of the reads thread.
+//!
+//! # Layers
+//!
+//! Imports go one way, from upper to lower layers (rank in brackets):
+//!
+//! - [10] `lib.rs`, [`app`] (wiring); `main.rs` is a separate crate above it.
+//! - [9] [`http`]: router and handlers (ingest, admin, corrections, balance, queries).
+//! - [8] domain services: [`ingest`], [`query`], [`flush`] (flush and journal replay).
+//! - [7] [`state`]: the shared handles the services and handlers use.
+//! - [6] [`notify`]: the outbox and webhook delivery (handed the store and a webhook
+//!   lookup, not the whole state).
+//! - [5] [`counters`], [`quota`] (the quota book), [`dedupe`].
+//! - [4] [`event`], [`journal`], [`revision`].
+//! - [3] [`registry`]: tenants, levers, contracts, grants, API keys.
+//! - [2] [`store`]: column families, key and record encodings ([`store::keys`],
+//!   [`store::quota_keys`], [`store::records`]), [`store::agg`] (aggregate values and the
+//!   merge operator).
+//! - [1] [`config`], with the aggregation and role enums it parses.
+//! - [0] leaf utilities: [`decimal`], [`hash`], [`window`], [`sched`], [`telemetry`],
+//!   [`quota::period`].
+//!
+//! Modules of one layer may use each other as long as no file-level cycle results. The
+//! table is `src/layers.txt` (with an allow-list for known upward edges, empty now);
+//! `tests/layers.rs` reads every `crate::` path in `src/**/*.rs` and fails on an upward
+//! import that is not allow-listed and on any import cycle between files.
 
 pub mod app;
 pub mod config;

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::config::WebhookSettings;
+use crate::config::{WebhookConfig, WebhookSettings};
 use crate::quota::state::Crossing;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
@@ -216,15 +216,17 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Delivers notifications until `stop` resolves.
+    /// Delivers notifications until `stop` resolves. `webhook_of` looks up a tenant's
+    /// webhook (at each delivery, so registry changes apply); `store` takes the
+    /// outcomes of deliveries.
     pub async fn run(
         self: Arc<Self>,
-        state: Arc<crate::state::State>,
+        settings: WebhookSettings,
+        store: Store,
+        webhook_of: impl Fn(&str) -> Option<Arc<WebhookConfig>>,
         stop: impl std::future::Future<Output = ()>,
     ) {
-        let settings = state.cfg.webhooks.clone();
-        let store = &state.store;
-        let registry = &state.registry;
+        let store = &store;
         let client = match reqwest::Client::builder()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -263,7 +265,7 @@ impl Outbox {
             };
             for (seq, e) in due {
                 in_flight.insert(seq);
-                let target = registry.tenant(&e.tenant).and_then(|t| t.webhook.clone());
+                let target = webhook_of(&e.tenant);
                 let client = client.clone();
                 tasks.spawn(async move {
                     let result = match target {

@@ -21,24 +21,11 @@ use std::sync::{Mutex, MutexGuard};
 
 use rocksdb::WriteBatch;
 
-use crate::store::keys::{get_str, put_str};
+use crate::store::keys::{changes_key, get_str};
 use crate::store::{cf, Store, StoreError};
 
 /// Meta key prefix of the per-tenant revision high-water marks.
 const META_PREFIX: &[u8] = b"rev/";
-
-/// Key of a `changes` entry.
-pub fn changes_key(tenant: &str, rev: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(tenant.len() + 9);
-    put_str(&mut k, tenant);
-    k.extend_from_slice(&rev.to_be_bytes());
-    k
-}
-
-/// Decodes the revision of a `changes` key whose tenant prefix has length `prefix_len`.
-pub fn changes_rev(key: &[u8], prefix_len: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(prefix_len..)?.try_into().ok()?))
-}
 
 /// The last issued revision of every tenant; its lock serialises usage writes.
 #[derive(Debug)]

@@ -3,6 +3,8 @@
 //! Counters are kept at three stored granularities, all aligned in UTC: minute, hour and
 //! day. Coarser or zone-shifted windows are assembled from them at query time.
 
+use std::time::Duration;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 
 /// Milliseconds per minute.
@@ -144,6 +146,28 @@ fn cover_hours(from: i64, to: i64, out: &mut Vec<(Granularity, i64, i64)>) {
         }
     } else {
         out.push((Granularity::Minute, from, to));
+    }
+}
+
+/// How long window rows are kept, per granularity (`None`: forever).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WindowRetention {
+    /// Minute rows.
+    pub minute: Option<Duration>,
+    /// Hour rows.
+    pub hour: Option<Duration>,
+    /// Day rows.
+    pub day: Option<Duration>,
+    /// Quota period rows (usage, grant-covered usage, notified thresholds) are removed
+    /// once their period ended longer ago than this: no event that old is accepted, so
+    /// they can no longer change and are not loaded at start.
+    pub quota_periods: Option<Duration>,
+}
+
+impl WindowRetention {
+    /// True when some granularity expires.
+    pub fn any(&self) -> bool {
+        self.minute.is_some() || self.hour.is_some() || self.day.is_some()
     }
 }
 

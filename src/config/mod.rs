@@ -4,6 +4,7 @@
 //! environment is passed in as a map so that tests never mutate the process environment.
 //! Every refusal names the file, the key and the reason; the binary exits with code 64.
 
+mod kinds;
 #[cfg(test)]
 mod limits;
 mod raw;
@@ -17,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub use raw::{RawApiKey, RawConfig, RawLever, RawTenant};
 
-use crate::registry::{Aggregation, Role};
+pub use kinds::{Aggregation, Role};
 
 /// Exit code for invalid configuration (EX_USAGE... sysexits' EX_USAGE is 64).
 pub const EXIT_CONFIG: i32 = 64;
@@ -130,7 +131,7 @@ pub struct Config {
     /// Dedupe retention.
     pub dedupe_retention: Duration,
     /// How long window rows are kept, per granularity.
-    pub window_retention: crate::store::WindowRetention,
+    pub window_retention: crate::window::WindowRetention,
     /// Counter shards.
     pub shards: usize,
     /// Body limit in bytes.
@@ -612,7 +613,7 @@ fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         .chain(std::iter::once(lateness))
         .max()
         .unwrap_or_default();
-    let window_retention = crate::store::WindowRetention {
+    let window_retention = crate::window::WindowRetention {
         minute: retention("retention_minute", &raw.retention_minute)?,
         hour: retention("retention_hour", &raw.retention_hour)?,
         day: retention("retention_day", &raw.retention_day)?,

@@ -84,10 +84,7 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and discarded while lingering.
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
 
-/// Gauge: open connections by listener.
-pub const OPEN_CONNECTIONS: &str = "meterd_http_open_connections";
-/// Counter: connections refused by the connection cap, by listener.
-pub const REFUSED_CONNECTIONS_TOTAL: &str = "meterd_http_refused_connections_total";
+pub use crate::telemetry::names::{OPEN_CONNECTIONS, REFUSED_CONNECTIONS_TOTAL};
 
 /// Which routes a listener serves.
 #[derive(Clone)]

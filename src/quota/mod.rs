@@ -7,3 +7,16 @@
 
 pub mod period;
 pub mod state;
+
+/// Oldest period end still relevant at `now`: events older than the largest lateness are
+/// refused, so periods that ended before it can no longer change.
+pub fn quota_horizon(cfg: &crate::config::Config, now: i64) -> i64 {
+    let max_lateness = cfg
+        .tenants
+        .iter()
+        .map(|t| t.lateness)
+        .chain(std::iter::once(cfg.lateness))
+        .max()
+        .unwrap_or_default();
+    now - max_lateness.as_millis() as i64 - 10 * 60_000
+}

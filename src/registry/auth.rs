@@ -10,38 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::ApiKeyConfig;
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// POST events only.
-    Ingest,
-    /// Every GET.
-    Read,
-    /// Everything.
-    Admin,
-}
-
-impl Role {
-    /// Parses `ingest`, `read` or `admin`.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "ingest" => Some(Role::Ingest),
-            "read" => Some(Role::Read),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    /// The role's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Ingest => "ingest",
-            Role::Read => "read",
-            Role::Admin => "admin",
-        }
-    }
-}
+pub use crate::config::Role;
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]

@@ -4,6 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// Longest chain of parent contracts above a contract (reseller pools nest shallowly).
+/// The admin API refuses deeper chains; the quota book sizes its chains by it.
+pub const MAX_PARENT_DEPTH: usize = 8;
+
 /// Lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,69 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a lever's events combine within a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    /// Sum of values.
-    Sum,
-    /// Number of events (values are ignored).
-    Count,
-    /// Largest value.
-    Max,
-    /// Value of the event with the latest time (ties: the later arrival).
-    Latest,
-}
-
-impl Aggregation {
-    /// Whether values add up (`sum`, `count`): only those can take grants, adjustments
-    /// and retractions.
-    pub fn is_additive(self) -> bool {
-        matches!(self, Aggregation::Sum | Aggregation::Count)
-    }
-
-    /// Parses `sum`, `count`, `max`, `latest`.
-    pub fn parse(s: &str) -> Option<Aggregation> {
-        match s {
-            "sum" => Some(Aggregation::Sum),
-            "count" => Some(Aggregation::Count),
-            "max" => Some(Aggregation::Max),
-            "latest" => Some(Aggregation::Latest),
-            _ => None,
-        }
-    }
-
-    /// The aggregation's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Aggregation::Sum => "sum",
-            Aggregation::Count => "count",
-            Aggregation::Max => "max",
-            Aggregation::Latest => "latest",
-        }
-    }
-
-    /// Wire code used in journal records.
-    pub fn code(self) -> u8 {
-        match self {
-            Aggregation::Sum => 1,
-            Aggregation::Count => 2,
-            Aggregation::Max => 3,
-            Aggregation::Latest => 4,
-        }
-    }
-
-    /// Inverse of [`Aggregation::code`].
-    pub fn from_code(c: u8) -> Option<Aggregation> {
-        match c {
-            1 => Some(Aggregation::Sum),
-            2 => Some(Aggregation::Count),
-            3 => Some(Aggregation::Max),
-            4 => Some(Aggregation::Latest),
-            _ => None,
-        }
-    }
-}
+pub use crate::config::Aggregation;
 
 /// The body of `PUT /v1/levers/{lever}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -25,7 +25,7 @@ pub use auth::{ApiKeys, Principal, Role};
 pub(crate) use contract::amount_text;
 pub use contract::{
     normalize_quotas, parse_quotas, valid_external_id, Contract, ContractBody, ContractStatus,
-    ParsedQuota, QuotaBody,
+    ParsedQuota, QuotaBody, MAX_PARENT_DEPTH,
 };
 pub use grant::{Grant, GrantBody, Grants, MAX_OPEN_GRANTS};
 pub use lever::{Aggregation, Lever, LeverBody};

@@ -206,6 +206,19 @@ pub fn admin_prefix(kind: AdminKind, tenant: &str) -> Vec<u8> {
     k
 }
 
+/// Key of a `changes` entry.
+pub fn changes_key(tenant: &str, rev: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 9);
+    put_str(&mut k, tenant);
+    k.extend_from_slice(&rev.to_be_bytes());
+    k
+}
+
+/// Decodes the revision of a `changes` key whose tenant prefix has length `prefix_len`.
+pub fn changes_rev(key: &[u8], prefix_len: usize) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(prefix_len..)?.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //!
 //! Column families:
 //! - `windows`: aggregated usage rows, written only by the flusher as merge operands
-//!   ([`crate::counters::agg::merge_operator`]); never read-modify-written.
+//!   ([`agg::merge_operator`]); never read-modify-written.
 //! - `journal`: accepted events not yet flushed into `windows`. A journal record carries
 //!   the dedupe records of its events; the flusher writes those into `dedupe`, then
 //!   deletes the journal record in the same batch that merges its deltas into `windows`.
@@ -19,7 +19,9 @@
 //! - `changes`, `rowrev`: the changes feed index (see [`crate::revision`]).
 //! - `meta`: on-disk format version and the journal sequence high-water mark.
 
+pub mod agg;
 pub mod keys;
+pub mod quota_keys;
 pub mod records;
 
 use std::path::Path;
@@ -31,7 +33,8 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 
-use crate::counters::agg::merge_operator;
+use crate::window::WindowRetention;
+use agg::merge_operator;
 
 /// On-disk format version written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -73,27 +76,10 @@ fn parse_cumulative_stall(text: &str) -> Option<f64> {
     Some(h * 3600.0 + m * 60.0 + sec)
 }
 
-/// How long window rows are kept, per granularity (`None`: forever).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WindowRetention {
-    /// Minute rows.
-    pub minute: Option<Duration>,
-    /// Hour rows.
-    pub hour: Option<Duration>,
-    /// Day rows.
-    pub day: Option<Duration>,
-    /// Quota period rows (usage, grant-covered usage, notified thresholds) are removed
-    /// once their period ended longer ago than this: no event that old is accepted, so
-    /// they can no longer change and are not loaded at start.
-    pub quota_periods: Option<Duration>,
-}
-
+/// Expiry of window rows under a [`WindowRetention`] (the type sits in
+/// [`crate::window`], where the configuration also takes it from; reading the row's key
+/// is the store's part).
 impl WindowRetention {
-    /// True when some granularity expires.
-    pub fn any(&self) -> bool {
-        self.minute.is_some() || self.hour.is_some() || self.day.is_some()
-    }
-
     /// Whether the window row with key `k` ended longer than its retention before `now`.
     pub fn expired(&self, k: &[u8], now_ms: i64) -> bool {
         use crate::window::Granularity;
@@ -313,7 +299,7 @@ impl Store {
             quota.set_compaction_filter(
                 "meterd.quota.retention",
                 move |_lvl: u32, k: &[u8], _v: &[u8]| {
-                    use crate::quota::state::StoredKey;
+                    use quota_keys::StoredKey;
                     let end = match StoredKey::decode(k) {
                         Some(StoredKey::Usage(u) | StoredKey::Granted(u)) => u.end,
                         Some(StoredKey::Notified(n)) => n.row.end,
@@ -574,9 +560,9 @@ impl Store {
         mut keep: impl FnMut(&[u8]) -> bool,
     ) -> Result<Vec<(u64, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
         let snap = self.db.snapshot();
-        let prefix = crate::revision::changes_key(tenant, 0);
+        let prefix = keys::changes_key(tenant, 0);
         let prefix = &prefix[..prefix.len() - 8];
-        let start = crate::revision::changes_key(tenant, after.saturating_add(1));
+        let start = keys::changes_key(tenant, after.saturating_add(1));
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
         ro.set_iterate_lower_bound(start.clone());
@@ -592,8 +578,7 @@ impl Store {
         );
         for item in it {
             let (k, v) = item?;
-            let rev = crate::revision::changes_rev(&k, prefix.len())
-                .ok_or(StoreError::Corrupt("changes"))?;
+            let rev = keys::changes_rev(&k, prefix.len()).ok_or(StoreError::Corrupt("changes"))?;
             if !keep(&v) {
                 continue;
             }
@@ -949,7 +934,7 @@ mod tests {
 
     #[test]
     fn old_window_rows_are_removed_by_compaction_per_granularity() {
-        use crate::counters::agg::AggValue;
+        use crate::store::agg::AggValue;
         use crate::store::keys::window_key;
         use crate::window::{Granularity, DAY_MS};
         let dir = tempfile::tempdir().unwrap();
@@ -1002,7 +987,7 @@ mod tests {
         for (i, k) in [&old, &fresh].into_iter().enumerate() {
             b.put_cf(
                 store.cf(cf::CHANGES),
-                crate::revision::changes_key("t", i as u64 + 1),
+                keys::changes_key("t", i as u64 + 1),
                 k,
             );
             b.put_cf(store.cf(cf::ROWREV), k, (i as u64 + 1).to_be_bytes());
@@ -1010,8 +995,8 @@ mod tests {
         store.write(b, true).unwrap();
         store.compact(cf::CHANGES).unwrap();
         store.compact(cf::ROWREV).unwrap();
-        let changes_1 = crate::revision::changes_key("t", 1);
-        let changes_2 = crate::revision::changes_key("t", 2);
+        let changes_1 = keys::changes_key("t", 1);
+        let changes_2 = keys::changes_key("t", 2);
         assert!(store.get(cf::CHANGES, &changes_1).unwrap().is_none());
         assert!(store.get(cf::CHANGES, &changes_2).unwrap().is_some());
         assert!(store.get(cf::ROWREV, &old).unwrap().is_none());
@@ -1019,7 +1004,7 @@ mod tests {
         // Quota period rows: ended more than 2 days ago -> removed; lifetime and grant
         // consumption rows are kept.
         use crate::quota::period::PeriodKind;
-        use crate::quota::state::{GrantKey, UsageKey};
+        use crate::store::quota_keys::{GrantKey, UsageKey};
         let row = |kind: PeriodKind, end: i64| {
             UsageKey::new("t".into(), "c".into(), "l".into(), kind, end - DAY_MS, end)
         };

@@ -1,7 +1,7 @@
 //! Value encodings of journal and dedupe records.
 
 use super::keys::{get_str, put_str};
-use crate::registry::Aggregation;
+use crate::config::Aggregation;
 
 /// Format version byte of both record kinds.
 const VERSION: u8 = 1;

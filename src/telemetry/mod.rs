@@ -11,6 +11,11 @@ pub mod zero;
 
 /// Metric names.
 pub mod names {
+    /// Gauge: open connections by listener (described by `http`).
+    pub const OPEN_CONNECTIONS: &str = "meterd_http_open_connections";
+    /// Counter: connections refused by the connection cap, by listener (described by
+    /// `http`).
+    pub const REFUSED_CONNECTIONS_TOTAL: &str = "meterd_http_refused_connections_total";
     /// Events by outcome (`accepted`, `duplicate`, `rejected`).
     pub const INGEST_EVENTS_TOTAL: &str = "meterd_ingest_events_total";
     /// Rejected events by code.

@@ -16,7 +16,6 @@
 //! name in `src/`.
 
 use super::names;
-use crate::http::{OPEN_CONNECTIONS, REFUSED_CONNECTIONS_TOTAL};
 
 /// The closed sets of label values.
 pub mod labels {

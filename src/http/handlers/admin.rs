@@ -22,15 +22,12 @@ use crate::http::util::{
 use crate::quota::state::chain;
 use crate::registry::{
     normalize_quotas, valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody,
-    Plan, PlanBody, Tenant,
+    Plan, PlanBody, Tenant, MAX_PARENT_DEPTH,
 };
 use crate::state::State;
 use crate::store::cf;
 use crate::store::keys::{admin_key, admin_prefix, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, rfc3339};
-
-/// Longest chain of parent contracts above a contract (reseller pools nest shallowly).
-pub const MAX_PARENT_DEPTH: usize = 8;
 
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 256 * 1024;
