@@ -73,5 +73,6 @@ pub mod revision;
 pub mod sched;
 pub mod state;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod window;

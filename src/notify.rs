@@ -203,7 +203,7 @@ impl Outbox {
         }
         metrics::counter!(names::QUOTA_THRESHOLD_CROSSINGS_TOTAL).increment(entries.len() as u64);
         let depth = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = crate::sync::lock(&self.queue);
             q.extend(entries);
             q.len()
         };
@@ -213,7 +213,7 @@ impl Outbox {
 
     /// Number of undelivered notifications.
     pub fn depth(&self) -> usize {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).len()
+        crate::sync::lock(&self.queue).len()
     }
 
     /// Delivers notifications until `stop` resolves. `webhook_of` looks up a tenant's
@@ -246,7 +246,7 @@ impl Outbox {
             let now = crate::window::now_ms();
             // Start due deliveries.
             let (due, next_due) = {
-                let q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let q = crate::sync::lock(&self.queue);
                 let mut due = Vec::new();
                 let mut next_due = i64::MAX;
                 for (seq, e) in q.iter() {
@@ -342,7 +342,7 @@ impl Outbox {
             tracing::error!(error = %err, "outbox update failed");
         }
         let depth = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = crate::sync::lock(&self.queue);
             if remove {
                 q.remove(&seq);
             } else {

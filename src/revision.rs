@@ -59,15 +59,13 @@ impl Revisions {
     /// Takes the usage-write lock.
     pub fn begin(&self) -> Stamp<'_> {
         Stamp {
-            last: self.last.lock().unwrap_or_else(|e| e.into_inner()),
+            last: crate::sync::lock(&self.last),
         }
     }
 
     /// The last revision issued to `tenant` (0 before any).
     pub fn current(&self, tenant: &str) -> u64 {
-        self.last
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.last)
             .get(tenant)
             .copied()
             .unwrap_or(0)

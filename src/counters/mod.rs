@@ -21,6 +21,7 @@
 pub mod agg;
 
 use crate::hash::FastHashMap;
+use crate::sync::lock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -190,12 +191,12 @@ impl Counters {
 
     /// Takes the write side of the flush gate (held while the flush batch is written).
     pub fn gate_write(&self) -> RwLockWriteGuard<'_, ()> {
-        self.gate.write().unwrap_or_else(|e| e.into_inner())
+        crate::sync::write(&self.gate)
     }
 
     /// Takes the read side of the flush gate (held by queries).
     pub fn gate_read(&self) -> RwLockReadGuard<'_, ()> {
-        self.gate.read().unwrap_or_else(|e| e.into_inner())
+        crate::sync::read(&self.gate)
     }
 
     /// Phase 2 of a flush, after its batch is written: drops the `flushing` sets. Call
@@ -273,10 +274,6 @@ pub fn shard_of(tenant: &str, contract: &str, n: usize) -> usize {
     h.update(&[0xff]);
     h.update(contract.as_bytes());
     (h.digest() % n.max(1) as u64) as usize
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ impl BodyCharge {
     /// Grows the charge to cover a body of `bytes`; false when the budget cannot.
     fn grow_to(&self, bytes: u64) -> bool {
         let need = bytes.saturating_mul(self.per_byte).div_ceil(1024);
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = crate::sync::lock(&self.held);
         let have = held.num_permits() as u64;
         if need <= have {
             return true;
@@ -143,11 +143,7 @@ impl ReqBody {
 
     fn take(&self) -> Option<Incoming> {
         let shared = self.0.as_ref()?;
-        shared
-            .incoming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        crate::sync::lock(&shared.incoming).take()
     }
 
     fn mark_finished(&self) {
@@ -198,12 +194,7 @@ impl BodyLeft {
     /// client waits for `100 Continue` (its body was never asked for), `drain` is false
     /// (the answer is a 413), or the rest did not arrive within `bound`.
     pub async fn settle(self, head: BodyHead, bound: DrainBound, drain: bool) -> bool {
-        let rest = self
-            .0
-            .incoming
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let rest = crate::sync::lock(&self.0.incoming).take();
         let Some(mut rest) = rest else {
             return self.0.finished.load(Ordering::Acquire);
         };

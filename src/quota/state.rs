@@ -32,6 +32,7 @@
 //! the same batch (see [`crate::notify`]).
 
 use crate::hash::FastHashMap;
+use crate::sync::lock;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono_tz::Tz;
@@ -323,10 +324,6 @@ struct Shard {
 #[derive(Debug)]
 pub struct QuotaBook {
     shards: Box<[Mutex<Shard>]>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Time zone of a contract (UTC when unparseable, which validation prevents).
