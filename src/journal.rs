@@ -66,7 +66,7 @@ const QUOTA_FOLD_ROWS: usize = 1 << 18;
 struct Commit {
     batch: WriteBatch,
     quota: QuotaOperands,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
 impl Commit {
@@ -87,18 +87,19 @@ pub struct Journal {
 /// Why a commit failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
-    /// The store refused the write or the fsync.
+    /// The store refused the write or the fsync (shared by every commit of the group
+    /// that failed with it).
     #[error("journal write failed: {0}")]
-    Store(String),
+    Store(#[source] Arc<StoreError>),
     /// The writer has stopped (shutdown).
     #[error("journal writer stopped")]
     Stopped,
 }
 
 impl CommitError {
-    /// True when the failure was a full disk.
+    /// True when the failure was a full disk ([`StoreError::Full`]).
     pub fn is_full(&self) -> bool {
-        matches!(self, CommitError::Store(s) if s.starts_with("storage full"))
+        matches!(self, CommitError::Store(e) if matches!(**e, StoreError::Full(_)))
     }
 }
 
@@ -209,7 +210,7 @@ fn writer(
     let fsync_secs = metrics::histogram!(names::JOURNAL_FSYNC_SECONDS);
     let write_secs = metrics::histogram!(names::JOURNAL_WRITE_SECONDS);
     let mut group: Vec<Commit> = Vec::with_capacity(MAX_GROUP);
-    let mut results: Vec<Result<(), String>> = Vec::with_capacity(MAX_GROUP);
+    let mut results: Vec<Result<(), Arc<StoreError>>> = Vec::with_capacity(MAX_GROUP);
     let mut last_sync: Option<Instant> = None;
     let mut rows: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
     let mut record: Vec<u8> = Vec::new();
@@ -275,7 +276,7 @@ fn writer(
                 b.put_cf(store.cf(cf::QUOTA_LOG), log.next.to_be_bytes(), &record);
                 batches.push(b);
             }
-            let r = store.write_all(batches, false).map_err(|e| e.to_string());
+            let r = store.write_all(batches, false).map_err(Arc::new);
             if r.is_ok() {
                 any_ok = true;
                 log.written(ops);
@@ -291,10 +292,10 @@ fn writer(
             fsyncs.fetch_add(1, Ordering::Relaxed);
             fsync_secs.record(t.elapsed().as_secs_f64());
             if let Err(e) = synced {
-                let msg = e.to_string();
+                let e = Arc::new(e);
                 for r in results.iter_mut() {
                     if r.is_ok() {
-                        *r = Err(msg.clone());
+                        *r = Err(e.clone());
                     }
                 }
             }
@@ -494,6 +495,20 @@ mod tests {
         let mut b = WriteBatch::default();
         b.put_cf(store.cf(cf::META), key.to_be_bytes(), b"v");
         b
+    }
+
+    #[test]
+    fn a_full_disk_is_recognised_by_its_variant_and_keeps_its_source() {
+        use std::error::Error as _;
+        let full = CommitError::Store(Arc::new(StoreError::Full("No space left".into())));
+        assert!(full.is_full());
+        assert!(
+            full.source().is_some(),
+            "the store error is kept as the source"
+        );
+        let corrupt = CommitError::Store(Arc::new(StoreError::Corrupt("journal")));
+        assert!(!corrupt.is_full());
+        assert!(!CommitError::Stopped.is_full());
     }
 
     #[test]

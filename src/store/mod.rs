@@ -124,6 +124,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Sorts a RocksDB error into the variant callers match on. RocksDB's C API hands a
+    /// failed `Status` over as its text only (rust-rocksdb's own `Error::kind` parses
+    /// that text too), so this is the one place meterd reads error text: an I/O error
+    /// whose status says "No space left" (RocksDB's `NoSpace` subcode, or the OS's
+    /// ENOSPC) is [`StoreError::Full`]. Everything above the store matches the variant.
     fn classify(e: rocksdb::Error) -> StoreError {
         let s = e.to_string();
         if s.contains("No space left") || s.contains("ENOSPC") {
