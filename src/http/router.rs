@@ -210,12 +210,12 @@ pub async fn route(state: Arc<State>, surface: Surface, req: Request<Incoming>) 
     let req = Request::from_parts(parts, body);
     // Filled in once the key is checked; the key itself is never logged.
     let mut tenant: Option<Arc<str>> = None;
-    let (label, mut resp) = dispatch(state.clone(), surface, req, &mut tenant).await;
+    let bound = DrainBound {
+        bytes: state.cfg.max_body_bytes as u64,
+        time: state.cfg.body_read_timeout,
+    };
+    let (label, mut resp) = dispatch(state, surface, req, &mut tenant).await;
     if let Some((left, head)) = left {
-        let bound = DrainBound {
-            bytes: state.cfg.max_body_bytes as u64,
-            time: state.cfg.body_read_timeout,
-        };
         // A 413 says the body is too large: reading it anyway would be pointless (and
         // a handler's own limit can be below `max_body_bytes`).
         let drain = resp.status() != StatusCode::PAYLOAD_TOO_LARGE;

@@ -136,11 +136,6 @@ impl ReqBody {
         )
     }
 
-    /// A body without bytes (for tests and internal callers).
-    pub fn empty() -> ReqBody {
-        ReqBody(None)
-    }
-
     fn take(&self) -> Option<Incoming> {
         let shared = self.0.as_ref()?;
         crate::sync::lock(&shared.incoming).take()
