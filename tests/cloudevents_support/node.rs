@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::{cache_dir, run_setup, DirLock};
+use super::{cache_dir, install_once, run_setup, DirLock};
 
 /// Bump to force a reinstall of every existing cache when the procedure changes.
 const LAYOUT: &str = "meterd-node-sdk-1";
@@ -115,7 +115,6 @@ fn ensure_node_modules() -> PathBuf {
     ensure_tools(&cache);
     let dir = cache.join("node-sdk");
     let modules = dir.join("node_modules");
-    let marker = dir.join(".meterd-fingerprint");
     let read = |name: &str| {
         let p = js_dir().join(name);
         std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
@@ -131,22 +130,17 @@ fn ensure_node_modules() -> PathBuf {
         }
         hex::encode(h.finalize())
     };
-    let ready =
-        || modules.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == want);
-    if ready() {
-        return modules;
-    }
-    let _lock = DirLock::acquire(&cache.join("node-sdk.lock"));
-    if ready() {
-        return modules; // another process installed it while we waited
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("removing the outdated {}: {e}", dir.display()));
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("package.json"), &package).unwrap();
-    std::fs::write(dir.join("package-lock.json"), &lock).unwrap();
+    install_once(&dir, &modules, &want, || {
+        install_modules(&dir, &modules, &package, &lock)
+    });
+    modules
+}
+
+/// Installs the pinned packages into `dir` with `npm ci` and checks them.
+fn install_modules(dir: &Path, modules: &Path, package: &[u8], lock: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("package.json"), package).unwrap();
+    std::fs::write(dir.join("package-lock.json"), lock).unwrap();
     let mut c = Command::new("npm");
     c.args([
         "ci",
@@ -155,14 +149,14 @@ fn ensure_node_modules() -> PathBuf {
         "--ignore-scripts",
         "--no-update-notifier",
     ])
-    .current_dir(&dir);
+    .current_dir(dir);
     run_setup(
         c,
         "installing the pinned CloudEvents JavaScript SDK with `npm ci` (these tests need \
          the npm registry; they do not skip without it)",
     );
     // The installed versions must be exactly the pins.
-    let pins: Value = serde_json::from_slice(&package).expect("tests/js/package.json is JSON");
+    let pins: Value = serde_json::from_slice(package).expect("tests/js/package.json is JSON");
     let deps = pins["dependencies"]
         .as_object()
         .expect("tests/js/package.json has dependencies");
@@ -184,10 +178,6 @@ fn ensure_node_modules() -> PathBuf {
     // The SDK loads with this Node.js.
     let mut c = Command::new("node");
     c.args(["-e", "require('cloudevents')"])
-        .env("NODE_PATH", &modules);
+        .env("NODE_PATH", modules);
     run_setup(c, "loading the installed SDK with node");
-    let tmp = dir.join(".meterd-fingerprint.tmp");
-    std::fs::write(&tmp, &want).unwrap();
-    std::fs::rename(&tmp, &marker).unwrap();
-    modules
 }

@@ -179,31 +179,25 @@ pub fn ensure_venv() -> PathBuf {
     std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("creating {}: {e}", cache.display()));
     let venv = cache.join("pyenv-sdk");
     let python = venv.join("bin/python");
-    let marker = venv.join(".meterd-fingerprint");
     let req_path = python_dir().join("requirements.txt");
     let requirements = std::fs::read_to_string(&req_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", req_path.display()));
     let want = fingerprint(requirements.as_bytes());
-    let ready =
-        || python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == want);
-    if ready() {
-        return python;
-    }
-    let _lock = DirLock::acquire(&cache.join("pyenv-sdk.lock"));
-    if ready() {
-        return python; // another process installed it while we waited
-    }
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)
-            .unwrap_or_else(|e| panic!("removing the outdated {}: {e}", venv.display()));
-    }
+    install_once(&venv, &python, &want, || {
+        install_venv(&venv, &python, &req_path, &requirements)
+    });
+    python
+}
+
+/// Creates the venv at `venv` and installs the pinned requirements into it.
+fn install_venv(venv: &Path, python: &Path, req_path: &Path, requirements: &str) {
     let mut c = Command::new(base_python());
-    c.args(["-m", "venv"]).arg(&venv);
+    c.args(["-m", "venv"]).arg(venv);
     run_setup(
         clean(c),
         "creating the venv with `python3 -m venv` (on Debian, `apt-get install python3-venv`)",
     );
-    let mut c = Command::new(&python);
+    let mut c = Command::new(python);
     c.args([
         "-m",
         "pip",
@@ -216,14 +210,14 @@ pub fn ensure_venv() -> PathBuf {
         "60",
         "-r",
     ])
-    .arg(&req_path);
+    .arg(req_path);
     run_setup(
         clean(c),
         "installing the pinned CloudEvents and OpenMeter SDKs from PyPI (these tests need \
          PyPI; they do not skip without it)",
     );
     // The installed versions must be exactly the pins.
-    let mut c = Command::new(&python);
+    let mut c = Command::new(python);
     c.args([
         "-c",
         "import json, sys\n\
@@ -235,7 +229,7 @@ pub fn ensure_venv() -> PathBuf {
     let out = run_setup(clean(c), "importing the installed SDKs");
     let got: BTreeMap<String, String> =
         serde_json::from_slice(&out.stdout).expect("version report");
-    let pinned = pins(&requirements);
+    let pinned = pins(requirements);
     for (name, version) in &got {
         assert_eq!(
             Some(version),
@@ -243,8 +237,29 @@ pub fn ensure_venv() -> PathBuf {
             "installed {name} {version} is not the pinned version"
         );
     }
-    let tmp = venv.join(".meterd-fingerprint.tmp");
-    std::fs::write(&tmp, &want).unwrap();
+}
+
+/// Installs into `dir` once for a fingerprint: `install` runs (after an outdated `dir`
+/// is removed) only when `product` is missing or `dir`'s marker does not hold `want`,
+/// under a lock across test processes (`dir` with extension `.lock`); the marker is
+/// written once `install` has returned.
+pub fn install_once(dir: &Path, product: &Path, want: &str, install: impl FnOnce()) {
+    let marker = dir.join(".meterd-fingerprint");
+    let ready =
+        || product.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m.trim() == want);
+    if ready() {
+        return;
+    }
+    let _lock = DirLock::acquire(&dir.with_extension("lock"));
+    if ready() {
+        return; // another process installed it while we waited
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)
+            .unwrap_or_else(|e| panic!("removing the outdated {}: {e}", dir.display()));
+    }
+    install();
+    let tmp = dir.join(".meterd-fingerprint.tmp");
+    std::fs::write(&tmp, want).unwrap();
     std::fs::rename(&tmp, &marker).unwrap();
-    python
 }
