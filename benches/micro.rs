@@ -452,6 +452,13 @@ fn bench_flush(c: &mut Criterion) {
         .expect("config");
     let registry = meterd::registry::Registry::new(&cfg);
     let recent = meterd::dedupe::Recent::new();
+    let (journal, _writer) = meterd::journal::WalJournal::start(
+        store.clone(),
+        meterd::config::Durability::Buffered,
+        Duration::ZERO,
+        1,
+    )
+    .expect("journal");
     let input = flush_input(&Counters::new(SHARDS));
     assert_eq!(filled(&input).pending_entries(), FLUSH_WINDOWS);
 
@@ -464,8 +471,10 @@ fn bench_flush(c: &mut Criterion) {
         b.iter_batched(
             || filled(&input),
             |counters| {
-                let rows = flush_once(&store, &counters, &revisions, &recent, &registry, false)
-                    .expect("flush");
+                let rows = flush_once(
+                    &store, &journal, &counters, &revisions, &recent, &registry, false,
+                )
+                .expect("flush");
                 assert_eq!(rows, FLUSH_WINDOWS);
                 // Returned so that dropping the drained counters is not timed.
                 counters

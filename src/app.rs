@@ -23,7 +23,7 @@ use crate::counters::Counters;
 use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
-use crate::journal::Journal;
+use crate::journal::WalJournal;
 use crate::notify::Outbox;
 use crate::quota::quota_horizon;
 use crate::quota::state::{chain as quota_chain, QuotaBook, StoredKey};
@@ -31,14 +31,14 @@ use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry
 use crate::revision::Revisions;
 use crate::state::State;
 use crate::store::keys::{get_str, AdminKind};
-use crate::store::{cf, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::window::{now_ms, rfc3339};
 
 /// Loads stored levers and contracts into the registry, then creates the levers the
 /// configuration declares but the store lacks.
 pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result<(), StoreError> {
-    store.scan_all(cf::ADMIN, |k, v| {
+    store.scan_all_admin(|k, v| {
         let Some((&kind, rest)) = k.split_first() else {
             return Ok(());
         };
@@ -108,13 +108,9 @@ pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result
         let now = rfc3339(now_ms());
         let lever = Lever::from_body(&l.name, &body, now.clone(), now);
         let enc = serde_json::to_vec(&lever).map_err(|_| StoreError::Corrupt("admin"))?;
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(
-            store.cf(cf::ADMIN),
-            crate::store::keys::admin_key(AdminKind::Lever, &l.tenant, &l.name),
-            enc,
-        );
-        store.write(batch, true)?;
+        let mut batch = store.writes(enc.len() + 64);
+        batch.put_admin(AdminKind::Lever, &l.tenant, &l.name, &enc);
+        store.apply(batch, true)?;
         t.levers.insert(l.name.clone(), Arc::new(lever));
     }
     Ok(())
@@ -127,7 +123,7 @@ pub fn load_quotas(
     book: &QuotaBook,
     horizon_ms: i64,
 ) -> Result<(), StoreError> {
-    store.scan_all(cf::QUOTA, |k, v| {
+    store.scan_all_quota(|k, v| {
         let key = StoredKey::decode(k).ok_or(StoreError::Corrupt("quota"))?;
         let value = AggValue::decode(v).ok_or(StoreError::Corrupt("quota"))?;
         let (tenant, contract) = match &key {
@@ -237,7 +233,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     // Starting the journal folds the quota usage a killed process left in the quota
     // log into the stored rows, which the quota book is loaded from next.
     let (journal, journal_thread) =
-        Journal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1)
+        WalJournal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1)
             .context("folding the quota log")?;
     let quotas = QuotaBook::new(cfg.shards);
     load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
@@ -264,7 +260,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         admin_lock: tokio::sync::Mutex::new(()),
         last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         registry,
-        journal,
+        journal: Box::new(journal),
         store,
         cfg,
     });
@@ -321,7 +317,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     let (next_seq, replayed) = {
         let st = state.clone();
         tokio::task::spawn_blocking(move || {
-            flush::recover(&st.store, &st.counters, &st.recent, &st.registry)
+            flush::recover(
+                &st.store,
+                &*st.journal,
+                &st.counters,
+                &st.recent,
+                &st.registry,
+            )
         })
         .await?
         .context("replaying the journal")?
@@ -373,6 +375,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         // Final flush of anything applied after the flusher's last pass.
         if let Err(e) = flush::flush_once(
             &st.store,
+            &*st.journal,
             &st.counters,
             &st.revisions,
             &st.recent,

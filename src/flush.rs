@@ -12,17 +12,18 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use rocksdb::WriteBatch;
 
 use crate::config::Durability;
 use crate::counters::Counters;
 use crate::dedupe::{ClaimKey, Recent};
+use crate::journal::record::{decode_events, dedupe_records};
+use crate::journal::Journal;
 use crate::registry::Registry;
 use crate::revision::Revisions;
 use crate::state::State;
-use crate::store::keys::{dedupe_key, id_hash, journal_key, window_key};
-use crate::store::records::{decode_journal, dedupe_id, journal_dedupe_records};
-use crate::store::{cf, Store, StoreError};
+use crate::store::keys::{dedupe_key, id_hash, window_key};
+use crate::store::records::dedupe_id;
+use crate::store::{Store, StoreError};
 use crate::telemetry::names;
 
 /// Meta key holding the highest journal sequence number whose deltas were flushed.
@@ -33,6 +34,7 @@ pub const SEQ_HWM_KEY: &[u8] = b"journal_seq_hwm";
 /// written.
 pub fn flush_once(
     store: &Store,
+    journal: &dyn Journal,
     counters: &Counters,
     revisions: &Revisions,
     recent: &Recent,
@@ -46,9 +48,7 @@ pub fn flush_once(
     if sets.is_empty() {
         return Ok(0);
     }
-    let windows = store.cf(cf::WINDOWS);
-    let journal = store.cf(cf::JOURNAL);
-    let mut batch = WriteBatch::default();
+    let mut batch = store.writes(0);
     let mut rows = 0usize;
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut value = Vec::with_capacity(33);
@@ -66,7 +66,7 @@ pub fn flush_once(
                 );
                 value.clear();
                 v.encode_into(&mut value);
-                batch.merge_cf(windows, &key, &value);
+                batch.merge_window(&key, &value);
                 keys.push(key);
                 rows += 1;
             }
@@ -75,7 +75,8 @@ pub fn flush_once(
     }
     // The dedupe records the flushed journal records carry go into `dedupe` first, and
     // their ids leave `recent` only once the journal records are deleted.
-    let moved = match move_dedupe_records(store, registry, &runs(&mut seqs), pace) {
+    let runs = runs(&mut seqs);
+    let moved = match move_dedupe_records(store, journal, registry, &runs, pace) {
         Ok(m) => m,
         Err(e) => {
             counters.abort_flush();
@@ -83,10 +84,13 @@ pub fn flush_once(
             return Err(e);
         }
     };
-    delete_journal_records(&mut batch, journal, &mut seqs);
+    // One range deletion per run of consecutive records (see [`runs`]).
+    for &(first, last) in &runs {
+        journal.truncate(&mut batch, first, last);
+    }
     // Journal sequence numbers also order `latest` ties; the high-water mark keeps them
     // increasing across restarts after the journal has been emptied.
-    batch.put_cf(store.cf(cf::META), SEQ_HWM_KEY, hwm.to_be_bytes());
+    batch.put_meta(SEQ_HWM_KEY, &hwm.to_be_bytes());
     drop(sets);
     let mut stamp = revisions.begin();
     if let Err(e) = stamp.stamp(store, &mut batch, &keys) {
@@ -97,7 +101,7 @@ pub fn flush_once(
     drop(keys);
     let result = {
         let _gate = counters.gate_write();
-        let r = store.write(batch, false);
+        let r = store.apply(batch, false);
         match &r {
             Ok(()) => counters.end_flush(),
             Err(_) => counters.abort_flush(),
@@ -148,41 +152,24 @@ const DEDUPE_MOVE_SLICE: usize = 65_536;
 /// instead of 220-280 ms).
 fn move_dedupe_records(
     store: &Store,
+    journal: &dyn Journal,
     registry: &Registry,
     runs: &[(u64, u64)],
     pace: bool,
 ) -> Result<Vec<(ClaimKey, u64)>, StoreError> {
     let mut moved: Vec<(ClaimKey, u64)> = Vec::new();
     let mut slice = MoveSlice::default();
-    let mut failed: Option<StoreError> = None;
     for &(first, last) in runs {
-        // Journal keys are 8 bytes: the 9-byte key sorts after `u64::MAX`.
-        let end = match last.checked_add(1) {
-            Some(n) => journal_key(n).to_vec(),
-            None => vec![0xff; 9],
-        };
-        store.scan_range(cf::JOURNAL, &journal_key(first), &end, false, |k, v| {
-            if failed.is_some() {
-                return;
-            }
-            let (Ok(seq), Some((tenant, recs))) =
-                (<[u8; 8]>::try_from(k), journal_dedupe_records(v))
-            else {
-                failed = Some(StoreError::Corrupt("journal"));
-                return;
-            };
+        journal.scan_events(first, last, true, &mut |seq, v| {
+            let (tenant, recs) = dedupe_records(v).ok_or(StoreError::Corrupt("journal"))?;
             if recs.is_empty() {
-                return;
+                return Ok(());
             }
-            let seq = u64::from_be_bytes(seq);
             let index = registry.tenant(tenant).map(|t| t.index);
             let t = slice.tenant(tenant);
             let buf = slice.bufs.len() as u32;
             for r in &recs {
-                let Some(id) = dedupe_id(r) else {
-                    failed = Some(StoreError::Corrupt("journal"));
-                    return;
-                };
+                let id = dedupe_id(r).ok_or(StoreError::Corrupt("journal"))?;
                 let h = id_hash(id);
                 let off = (r.as_ptr() as usize - v.as_ptr() as usize) as u32;
                 slice.entries.push((t, h, buf, off, r.len() as u32));
@@ -192,14 +179,10 @@ fn move_dedupe_records(
             }
             slice.bufs.push(v.to_vec());
             if slice.entries.len() >= DEDUPE_MOVE_SLICE {
-                if let Err(e) = slice.write(store, pace) {
-                    failed = Some(e);
-                }
+                slice.write(store, pace)?;
             }
+            Ok(())
         })?;
-        if let Some(e) = failed.take() {
-            return Err(e);
-        }
     }
     slice.write(store, pace)?;
     Ok(moved)
@@ -244,19 +227,18 @@ impl MoveSlice {
                 .then(a.1.cmp(&b.1))
                 .then(a.2.cmp(&b.2))
         });
-        let dedupe = store.cf(cf::DEDUPE);
         let mut key = Vec::with_capacity(64);
         for chunk in self.entries.chunks(DEDUPE_WRITE_RECORDS) {
-            let mut batch = WriteBatch::default();
+            let mut batch = store.writes(0);
             for &(t, h, buf, off, len) in chunk {
                 key.clear();
                 key.extend_from_slice(&tenants[t as usize]);
                 key.extend_from_slice(&h.to_be_bytes());
                 let (off, len) = (off as usize, len as usize);
-                batch.put_cf(dedupe, &key, &self.bufs[buf as usize][off..off + len]);
+                batch.put_dedupe(&key, &self.bufs[buf as usize][off..off + len]);
             }
             let t = Instant::now();
-            store.write(batch, false)?;
+            store.apply(batch, false)?;
             if pace {
                 std::thread::sleep(t.elapsed() * DEDUPE_PACE);
             }
@@ -267,37 +249,17 @@ impl MoveSlice {
     }
 }
 
-/// Adds to `batch` the deletion of journal records `seqs` (sorted here): one range
-/// deletion per run of consecutive sequence numbers, a point deletion for a record alone.
+/// The runs of consecutive numbers in `seqs` (sorted here), as inclusive bounds: the
+/// flusher deletes each run of journal records with one range deletion
+/// ([`Journal::truncate`]).
 ///
-/// Every number inside a run is in `seqs`, and journal keys are exactly the 8-byte
-/// big-endian sequence numbers, never reused, so a run's range holds no other record:
-/// the records deleted are exactly those of point deletions. Consecutive requests get
-/// consecutive numbers, so a flush's records form a few runs (split only by records of
-/// requests still in flight at the swap, or by numbers reserved for failed writes): a
-/// flush of 20,000 single events writes a handful of range tombstones instead of 20,000
-/// point tombstones, and the `journal` memtable flushes hold the records alone, which
-/// the tombstones then drop (no tombstones left in the column family's files).
-fn delete_journal_records(
-    batch: &mut WriteBatch,
-    journal: &rocksdb::ColumnFamily,
-    seqs: &mut [u64],
-) {
-    for (first, last) in runs(seqs) {
-        match last.checked_add(1) {
-            Some(end) if last > first => {
-                batch.delete_range_cf(journal, journal_key(first), journal_key(end))
-            }
-            _ => {
-                for seq in first..=last {
-                    batch.delete_cf(journal, journal_key(seq));
-                }
-            }
-        }
-    }
-}
-
-/// The runs of consecutive numbers in `seqs` (sorted here), as inclusive bounds.
+/// Every number inside a run is in `seqs`, and journal sequence numbers are never
+/// reused, so a run's range holds no other record: the records deleted are exactly those
+/// of point deletions. Consecutive requests get consecutive numbers, so a flush's records
+/// form a few runs (split only by records of requests still in flight at the swap, or by
+/// numbers reserved for failed writes): a flush of 20,000 single events writes a handful
+/// of range tombstones instead of 20,000 point tombstones, and the `journal` memtable
+/// flushes hold the records alone, which the tombstones then drop.
 fn runs(seqs: &mut [u64]) -> Vec<(u64, u64)> {
     seqs.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::new();
@@ -330,6 +292,7 @@ pub fn start(state: Arc<State>, stop: Receiver<()>, wake: Receiver<()>) -> JoinH
                 };
                 match flush_once(
                     &state.store,
+                    &*state.journal,
                     &state.counters,
                     &state.revisions,
                     &state.recent,
@@ -390,12 +353,13 @@ pub fn start(state: Arc<State>, stop: Receiver<()>, wake: Receiver<()>) -> JoinH
 /// sequence number and the number of events replayed.
 pub fn recover(
     store: &Store,
+    journal: &dyn Journal,
     counters: &Counters,
     recent: &Recent,
     registry: &Registry,
 ) -> Result<(u64, usize), StoreError> {
     let started = Instant::now();
-    let hwm = match store.get(cf::META, SEQ_HWM_KEY)? {
+    let hwm = match store.meta_get(SEQ_HWM_KEY)? {
         Some(v) => u64::from_be_bytes(
             v.as_slice()
                 .try_into()
@@ -405,13 +369,12 @@ pub fn recover(
     };
     let mut next = hwm + 1;
     let mut events = 0usize;
-    store.scan_all(cf::JOURNAL, |k, v| {
-        let seq = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("journal"))?);
-        let (tenant, evs) = decode_journal(v).ok_or(StoreError::Corrupt("journal"))?;
+    journal.scan_events(0, u64::MAX, false, &mut |seq, v| {
+        let (tenant, evs) = decode_events(v).ok_or(StoreError::Corrupt("journal"))?;
         // Ids whose dedupe records are still in the journal are found in `recent` until
         // the first flush moves them.
         if let Some(t) = registry.tenant(&tenant) {
-            let (_, recs) = journal_dedupe_records(v).ok_or(StoreError::Corrupt("journal"))?;
+            let (_, recs) = dedupe_records(v).ok_or(StoreError::Corrupt("journal"))?;
             for r in recs {
                 let id = dedupe_id(r).ok_or(StoreError::Corrupt("journal"))?;
                 recent.insert((t.index, id_hash(id)), seq);
@@ -445,8 +408,27 @@ pub fn recover(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::{encode_dedupe_with, encode_journal, EventRecord, JournalDedupe};
+    use crate::journal::record::{encode_journal, EventsRecord};
+    use crate::journal::WalJournal;
+    use crate::store::cf;
+    use crate::store::records::{encode_dedupe_with, EventRecord};
     use std::time::Duration;
+
+    /// A journal on `store` (its writer thread stops when the journal is dropped).
+    fn wal(store: &Store) -> WalJournal {
+        WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1)
+            .unwrap()
+            .0
+    }
+
+    /// Writes events records straight into the journal's column family.
+    fn put_records(store: &Store, records: impl IntoIterator<Item = (u64, Vec<u8>)>) {
+        let mut w = store.writes(0);
+        for (seq, rec) in records {
+            w.put_journal(seq, &rec);
+        }
+        store.apply(w, false).unwrap();
+    }
 
     fn journal_seqs(store: &Store) -> Vec<u64> {
         let mut seqs = Vec::new();
@@ -466,7 +448,7 @@ mod tests {
 
     /// A journal record of tenant `t` carrying the dedupe records of `ids`.
     fn record_with_ids(seq: u64, ids: &[&str]) -> (Vec<u8>, Vec<Vec<u8>>) {
-        let mut journal = JournalDedupe::new("t", ids.len());
+        let mut journal = EventsRecord::new("t", ids.len());
         let mut dedupe = Vec::new();
         for (i, id) in ids.iter().enumerate() {
             let mut ev = EventRecord::sample();
@@ -488,17 +470,18 @@ mod tests {
         let t = registry.tenant("t").unwrap().clone();
         let ids: [&[&str]; 3] = [&["a", "b"], &["c"], &["d", "e", "f"]];
         let mut dedupe = Vec::new();
-        let mut batch = WriteBatch::default();
+        let mut records = Vec::new();
         for (i, ids) in ids.iter().enumerate() {
             let seq = i as u64 + 1;
             let (rec, recs) = record_with_ids(seq, ids);
-            batch.put_cf(store.cf(cf::JOURNAL), journal_key(seq), rec);
+            records.push((seq, rec));
             for (id, r) in ids.iter().zip(recs) {
                 recent.insert((t.index, id_hash(id)), seq);
                 dedupe.push((seq, *id, r));
             }
         }
-        store.write(batch, false).unwrap();
+        put_records(&store, records);
+        let journal = wal(&store);
         let stored = |id: &str| {
             store
                 .get(cf::DEDUPE, &dedupe_key("t", id_hash(id)))
@@ -508,7 +491,10 @@ mod tests {
         for seq in [1, 3] {
             counters.apply(seq as usize % 2, seq, &t.name, &[EventRecord::sample()]);
         }
-        flush_once(&store, &counters, &revisions, &recent, &registry, true).unwrap();
+        flush_once(
+            &store, &journal, &counters, &revisions, &recent, &registry, true,
+        )
+        .unwrap();
         assert_eq!(journal_seqs(&store), vec![2]);
         for (seq, id, r) in &dedupe {
             let key = (t.index, id_hash(id));
@@ -525,11 +511,14 @@ mod tests {
         // A restart finds the unflushed ids in the journal again (and numbers new records
         // after the highest flushed one).
         let (counters, recent) = (Counters::new(2), Recent::new());
-        let (next, events) = recover(&store, &counters, &recent, &registry).unwrap();
+        let (next, events) = recover(&store, &journal, &counters, &recent, &registry).unwrap();
         assert_eq!((next, events, recent.len()), (4, 1, 1));
         assert_eq!(recent.get(&(t.index, id_hash("c"))), Some(2));
         // Its flush moves the last one.
-        flush_once(&store, &counters, &revisions, &recent, &registry, true).unwrap();
+        flush_once(
+            &store, &journal, &counters, &revisions, &recent, &registry, true,
+        )
+        .unwrap();
         assert!(recent.is_empty() && journal_seqs(&store).is_empty());
         assert_eq!(stored("c").as_ref(), Some(&dedupe[2].2));
     }
@@ -541,20 +530,16 @@ mod tests {
         let counters = Counters::new(4);
         let revisions = Revisions::load(&store).unwrap();
         let (recent, registry) = (Recent::new(), registry());
+        let journal = wal(&store);
         let flush = |c: &Counters| {
-            flush_once(&store, c, &revisions, &recent, &registry, false).unwrap();
+            flush_once(&store, &journal, c, &revisions, &recent, &registry, false).unwrap();
         };
         let tenant: Arc<str> = Arc::from("t");
         let ev = EventRecord::sample();
-        let mut batch = WriteBatch::default();
-        for seq in 1..=20u64 {
-            batch.put_cf(
-                store.cf(cf::JOURNAL),
-                journal_key(seq),
-                encode_journal("t", std::slice::from_ref(&ev)),
-            );
-        }
-        store.write(batch, false).unwrap();
+        put_records(
+            &store,
+            (1..=20u64).map(|seq| (seq, encode_journal("t", std::slice::from_ref(&ev)))),
+        );
         // Applied (so flushed): runs 2-5 and 9-10, lone 7 and 20, and 12-14 on another
         // shard in reverse order; 1, 6, 8, 11 and 15-19 stay (still "in flight").
         for (shard, seq) in [
@@ -581,13 +566,10 @@ mod tests {
         }
         flush(&counters);
         assert_eq!(journal_seqs(&store), Vec::<u64>::new());
-        let mut batch = WriteBatch::default();
-        batch.put_cf(
-            store.cf(cf::JOURNAL),
-            journal_key(21),
-            encode_journal("t", std::slice::from_ref(&ev)),
+        put_records(
+            &store,
+            [(21, encode_journal("t", std::slice::from_ref(&ev)))],
         );
-        store.write(batch, false).unwrap();
         assert_eq!(journal_seqs(&store), vec![21]);
     }
 
@@ -605,12 +587,11 @@ mod tests {
         // A run ending at u64::MAX has no exclusive end key: point deletions.
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let mut batch = WriteBatch::default();
-        delete_journal_records(
-            &mut batch,
-            store.cf(cf::JOURNAL),
-            &mut [u64::MAX, u64::MAX - 1, 3, 4],
-        );
+        let journal = wal(&store);
+        let mut batch = store.writes(0);
+        for (first, last) in runs(&mut [u64::MAX, u64::MAX - 1, 3, 4]) {
+            journal.truncate(&mut batch, first, last);
+        }
         assert_eq!(batch.len(), 3);
     }
 }

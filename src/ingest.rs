@@ -27,7 +27,6 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use rocksdb::WriteBatch;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -35,13 +34,14 @@ use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event, Parsed};
-use crate::journal::CommitError;
+use crate::journal::record::dedupe_records;
+use crate::journal::{Batch, CommitError, EventsRecord};
 use crate::quota::state::{chain, chain_unlimited, Reserved};
 use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
-use crate::store::keys::{dedupe_key, id_hash, journal_key};
-use crate::store::records::{dedupe_id, journal_dedupe_records, EventRecord, JournalDedupe};
-use crate::store::{cf, StoreError};
+use crate::store::keys::{dedupe_key, id_hash};
+use crate::store::records::{dedupe_id, EventRecord};
+use crate::store::StoreError;
 use crate::telemetry::{hot, names};
 
 /// How far in the future an event time may be (SPEC 2.2).
@@ -268,13 +268,12 @@ async fn run_claimed<'a>(
     // Phase 5: durable commit.
     let Plan {
         batch,
-        quota,
         groups,
         recent,
         reserved,
         outbox,
     } = plan;
-    let commit = state.journal.commit_with_quota(batch, quota).await;
+    let commit = state.journal.commit(batch).await;
     if let Err(e) = commit {
         state.quotas.rollback(tenant, &reserved);
         state.storage_ok.store(false, Ordering::SeqCst);
@@ -311,10 +310,9 @@ type ShardGroup<'a> = (
     Vec<(EventRecord, Cow<'a, str>, Vec<String>, ClaimKey)>,
 );
 
-struct Plan {
-    batch: WriteBatch,
-    /// Quota row operands, committed atomically with `batch`.
-    quota: crate::journal::QuotaOperands,
+struct Plan<'j> {
+    /// Events records, quota operands and notifications, committed atomically.
+    batch: Batch<'j>,
     groups: Vec<(usize, u64, Vec<EventRecord>)>,
     /// Accepted ids and their journal records, for [`crate::dedupe::Recent`].
     recent: Vec<(ClaimKey, u64)>,
@@ -374,12 +372,12 @@ struct Decided {
     notifications: Vec<crate::notify::Entry>,
 }
 
-fn check_and_plan(
-    state: &State,
+fn check_and_plan<'s>(
+    state: &'s State,
     tenant: &Arc<Tenant>,
     slots: &mut [Slot<'_>],
     now_ms: i64,
-) -> Result<Option<Plan>, IngestError> {
+) -> Result<Option<Plan<'s>>, IngestError> {
     let claimed: Vec<usize> = (0..slots.len())
         .filter(|i| matches!(slots[*i], Slot::Claimed(..)))
         .collect();
@@ -426,10 +424,7 @@ fn check_and_plan(
             .iter()
             .map(|&(h, _)| dedupe_key(&tenant.name, h))
             .collect();
-        for (&(_, n), r) in stored
-            .iter()
-            .zip(state.store.multi_get_sorted(cf::DEDUPE, &keys)?)
-        {
+        for (&(_, n), r) in stored.iter().zip(state.store.dedupe_get_sorted(&keys)?) {
             records[n as usize] = r;
         }
     }
@@ -502,8 +497,7 @@ fn check_and_plan(
     // Sized up front (per event its dedupe record inside the journal record, about 160
     // bytes), so the batch's buffer is not regrown and copied.
     let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
-    let mut batch = WriteBatch::with_capacity_bytes(512 + 192 * accepted);
-    let journal_cf = state.store.cf(cf::JOURNAL);
+    let mut batch = state.journal.batch(512 + 192 * accepted);
     let mut groups = Vec::with_capacity(by_shard.len());
     let mut recent = Vec::with_capacity(accepted);
     // One journal record per shard, carrying each event's dedupe record: the flusher
@@ -512,23 +506,22 @@ fn check_and_plan(
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
         let seq = first_seq + g as u64;
         let mut events = Vec::with_capacity(items.len());
-        let mut journal = JournalDedupe::new(&tenant.name, items.len());
+        let mut journal = EventsRecord::new(&tenant.name, items.len());
         for (pos, (mut rec, id, ancestors, key)) in items.into_iter().enumerate() {
             rec.ordinal = (seq << 20) | pos as u64;
             journal.push(now_ms, &id, &rec, &ancestors);
             recent.push((key, seq));
             events.push(rec);
         }
-        batch.put_cf(journal_cf, journal_key(seq), journal.finish());
+        batch.events(seq, journal);
         groups.push((shard, seq, events));
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,
     // as operands the journal combines with those of the requests written alongside.
-    let mut quota = Vec::with_capacity(reserved.rows().len() + reserved.takes.len());
     for r in reserved.rows() {
-        quota.push((r.key.encode(), r.delta));
+        batch.quota(r.key.encode(), r.delta);
         if r.granted.0 != 0 {
-            quota.push((r.key.encode_granted(), AggValue::Sum(r.granted.0)));
+            batch.quota(r.key.encode_granted(), AggValue::Sum(r.granted.0));
         }
     }
     let mut takes: FastHashMap<&crate::quota::state::GrantKey, i128> = FastHashMap::default();
@@ -536,12 +529,11 @@ fn check_and_plan(
         *takes.entry(&t.key).or_default() += t.amount.0;
     }
     for (key, amount) in takes {
-        quota.push((key.encode(), AggValue::Sum(amount)));
+        batch.quota(key.encode(), AggValue::Sum(amount));
     }
-    let outbox = state.outbox.stage(&state.store, &mut batch, notifications);
+    let outbox = state.outbox.stage(batch.rows(), notifications);
     Ok(Some(Plan {
         batch,
-        quota,
         groups,
         recent,
         reserved,
@@ -560,12 +552,12 @@ fn read_unflushed(
     records: &mut [Option<Vec<u8>>],
     stored: &mut Vec<(u128, u32)>,
 ) -> Result<(), IngestError> {
-    let Some(record) = state.store.get(cf::JOURNAL, &journal_key(group[0].0))? else {
+    let Some(record) = state.journal.events_record(group[0].0)? else {
         stored.extend(group.iter().map(|&(_, h, n)| (h, n)));
         return Ok(());
     };
     let corrupt = || crate::store::StoreError::Corrupt("journal");
-    let (_, recs) = journal_dedupe_records(&record).ok_or_else(corrupt)?;
+    let (_, recs) = dedupe_records(&record).ok_or_else(corrupt)?;
     let mut by_hash: FastHashMap<u128, &[u8]> = FastHashMap::default();
     by_hash.reserve(recs.len());
     for r in recs {

@@ -11,12 +11,17 @@
 //! - [`event`]: parsing and validating native events (exact decimals, per-event errors).
 //! - [`ingest`]: the per-request pipeline from parsed events to an acknowledged outcome.
 //! - [`dedupe`]: in-flight id claims and the exactly-once rules.
-//! - [`journal`]: group commit of accepted events into the RocksDB WAL.
+//! - [`journal`]: the seam every writer commits through: a typed [`journal::Batch`],
+//!   the [`journal::Journal`] trait (what any implementation must guarantee), and today's
+//!   implementation, group commit into the RocksDB WAL ([`journal::WalJournal`]).
 //! - [`counters`]: sharded in-memory windows of unflushed usage; [`counters::agg`] what
 //!   one event contributes under its lever's aggregation ([`store::agg`] holds the
 //!   aggregate values, their encoding and the RocksDB merge operator).
 //! - [`flush`]: periodic flush of coalesced deltas into RocksDB, and journal replay.
-//! - [`store`]: RocksDB column families, key and record encodings.
+//! - [`store`]: RocksDB column families, key and record encodings; the typed writes
+//!   ([`store::writes`]) and reads ([`store::tables`]) everything outside `store/` and
+//!   `journal/` goes through (no column family name appears elsewhere:
+//!   `tests/layers.rs` checks).
 //! - [`query`]: usage queries over stored rows plus in-memory deltas.
 //! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
 //!   contract's time zone, period usage, grants and the atomic quota decision.

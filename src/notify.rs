@@ -27,14 +27,14 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use rand::Rng;
-use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::config::{WebhookConfig, WebhookSettings};
 use crate::quota::state::Crossing;
-use crate::store::{cf, Store, StoreError};
+use crate::store::writes::Writes;
+use crate::store::{Store, StoreError};
 use crate::telemetry::names;
 use crate::window::rfc3339;
 
@@ -56,11 +56,6 @@ pub struct Entry {
     pub next_ms: i64,
     /// The JSON body POSTed to the receiver.
     pub body: String,
-}
-
-/// Key of an outbox record.
-pub fn outbox_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
 }
 
 /// Stable id of a crossing.
@@ -152,11 +147,7 @@ impl Outbox {
     /// Loads the stored records.
     pub fn load(store: &Store) -> Result<Outbox, StoreError> {
         let mut queue = BTreeMap::new();
-        store.scan_all(cf::OUTBOX, |k, v| {
-            let seq = u64::from_be_bytes(
-                k.try_into()
-                    .map_err(|_| StoreError::Corrupt("outbox key"))?,
-            );
+        store.scan_all_outbox(|seq, v| {
             let e: Entry =
                 serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("outbox record"))?;
             queue.insert(seq, e);
@@ -173,24 +164,17 @@ impl Outbox {
 
     /// Adds `entries` to `batch` under fresh sequence numbers; returns them for
     /// [`Outbox::enqueue`] once the batch is committed.
-    pub fn stage(
-        &self,
-        store: &Store,
-        batch: &mut WriteBatch,
-        entries: Vec<Entry>,
-    ) -> Vec<(u64, Entry)> {
-        // Almost every request crosses no threshold: skip the column family's lookup
-        // (a search by name, about 450 instructions).
+    pub fn stage(&self, rows: &mut Writes<'_>, entries: Vec<Entry>) -> Vec<(u64, Entry)> {
+        // Almost every request crosses no threshold.
         if entries.is_empty() {
             return Vec::new();
         }
-        let cf = store.cf(cf::OUTBOX);
         entries
             .into_iter()
             .map(|e| {
                 let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
                 let enc = serde_json::to_vec(&e).expect("entries serialize");
-                batch.put_cf(cf, outbox_key(seq), enc);
+                rows.put_outbox(seq, &enc);
                 (seq, e)
             })
             .collect()
@@ -326,19 +310,14 @@ impl Outbox {
                 }
             }
         };
-        let mut batch = WriteBatch::default();
-        let key = outbox_key(seq);
+        let mut batch = store.writes(0);
         if remove {
-            batch.delete_cf(store.cf(cf::OUTBOX), key);
+            batch.delete_outbox(seq);
         } else {
-            batch.put_cf(
-                store.cf(cf::OUTBOX),
-                key,
-                serde_json::to_vec(&e).expect("entries serialize"),
-            );
+            batch.put_outbox(seq, &serde_json::to_vec(&e).expect("entries serialize"));
         }
         // Not synced: losing this write only repeats a delivery or an attempt count.
-        if let Err(err) = store.write(batch, false) {
+        if let Err(err) = store.apply(batch, false) {
             tracing::error!(error = %err, "outbox update failed");
         }
         let depth = {

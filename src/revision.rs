@@ -19,10 +19,9 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use rocksdb::WriteBatch;
-
-use crate::store::keys::{changes_key, get_str};
-use crate::store::{cf, Store, StoreError};
+use crate::store::keys::get_str;
+use crate::store::writes::Writes;
+use crate::store::{Store, StoreError};
 
 /// Meta key prefix of the per-tenant revision high-water marks.
 const META_PREFIX: &[u8] = b"rev/";
@@ -42,7 +41,7 @@ impl Revisions {
     /// Loads the high-water marks.
     pub fn load(store: &Store) -> Result<Revisions, StoreError> {
         let mut last = HashMap::new();
-        store.scan_prefix(cf::META, META_PREFIX, META_PREFIX, |k, v| {
+        store.scan_meta(META_PREFIX, |k, v| {
             if let (Ok(t), Ok(b)) = (
                 std::str::from_utf8(&k[META_PREFIX.len()..]),
                 <[u8; 8]>::try_from(v),
@@ -80,16 +79,14 @@ impl Stamp<'_> {
     pub fn stamp(
         &mut self,
         store: &Store,
-        batch: &mut WriteBatch,
+        batch: &mut Writes<'_>,
         keys: &[Vec<u8>],
     ) -> Result<u64, StoreError> {
         if keys.is_empty() {
             return Ok(0);
         }
         let mut highest = 0;
-        let previous = store.multi_get(cf::ROWREV, keys)?;
-        let changes = store.cf(cf::CHANGES);
-        let rowrev = store.cf(cf::ROWREV);
+        let previous = store.row_revisions(keys)?;
         let mut touched: HashMap<String, u64> = HashMap::new();
         let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         for (key, prev) in keys.iter().zip(previous) {
@@ -100,19 +97,14 @@ impl Stamp<'_> {
             let last = self.last.entry(tenant.to_string()).or_insert(0);
             *last += 1;
             let rev = *last;
-            if let Some(p) = prev.as_deref().and_then(|p| <[u8; 8]>::try_from(p).ok()) {
-                batch.delete_cf(changes, changes_key(tenant, u64::from_be_bytes(p)));
-            }
-            batch.put_cf(changes, changes_key(tenant, rev), key);
-            batch.put_cf(rowrev, key, rev.to_be_bytes());
+            batch.put_change(tenant, rev, prev, key);
             touched.insert(tenant.to_string(), rev);
             highest = highest.max(rev);
         }
-        let meta = store.cf(cf::META);
         for (tenant, rev) in touched {
             let mut k = META_PREFIX.to_vec();
             k.extend_from_slice(tenant.as_bytes());
-            batch.put_cf(meta, k, rev.to_be_bytes());
+            batch.put_meta(&k, &rev.to_be_bytes());
         }
         Ok(highest)
     }

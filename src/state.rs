@@ -38,7 +38,7 @@ pub struct State {
     /// Revisions; its lock serialises writes to stored usage rows.
     pub revisions: crate::revision::Revisions,
     /// Group-commit writer.
-    pub journal: Journal,
+    pub journal: Box<dyn Journal>,
     /// True once recovery is done (and until shutdown starts).
     pub ready: AtomicBool,
     /// False after a failed journal write, until the next successful one.

@@ -529,6 +529,37 @@ fn imports_go_one_way_and_files_form_no_cycle() {
     );
 }
 
+/// Column family names, RocksDB batches and the journal's keys stay inside `store/` and
+/// `journal/`: every other writer hands the journal a typed batch and reads through the
+/// store's typed accessors (issue: the journal owns its record format and its commit).
+#[test]
+fn storage_names_stay_in_the_store_and_the_journal() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    walk(&src, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).expect("under src");
+        let first = rel.components().next().unwrap().as_os_str();
+        if first == "store" || first == "journal" {
+            continue;
+        }
+        let text = fs::read_to_string(f).expect("read source");
+        let cleaned = strip_test_items(&strip_comments(&text));
+        for word in ["cf::", "WriteBatch", "rocksdb::", "journal_key"] {
+            if cleaned.contains(word) {
+                problems.push(format!("src/{}: uses `{word}`", rel.display()));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "storage internals outside store/ and journal/:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
 #[test]
 fn tokenizer_reads_groups_and_inline_paths() {
     let src = "use crate::{a, b::{c, d::E}, f::{self, G}};\n\

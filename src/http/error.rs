@@ -186,6 +186,17 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::journal::CommitError> for ApiError {
+    fn from(e: crate::journal::CommitError) -> ApiError {
+        if e.is_full() {
+            ApiError::new(ErrorCode::StorageFull, e.to_string())
+        } else {
+            tracing::error!(error = %e, "journal commit failed");
+            ApiError::new(ErrorCode::StorageUnavailable, e.to_string())
+        }
+    }
+}
+
 impl From<crate::ingest::IngestError> for ApiError {
     fn from(e: crate::ingest::IngestError) -> ApiError {
         match e {

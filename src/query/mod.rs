@@ -19,7 +19,7 @@ use crate::decimal::Amount;
 use crate::quota::period::{period_containing, PeriodKind};
 use crate::registry::{Aggregation, Lever};
 use crate::store::keys::{decode_window_suffix, put_time, window_prefix};
-use crate::store::{cf, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::window::{cover, rfc3339, Granularity};
 
 /// Requested window size.
@@ -149,7 +149,7 @@ fn collect(
     let mut to_key = prefix.clone();
     put_time(&mut to_key, e);
     let mut corrupt = false;
-    store.scan_range(cf::WINDOWS, &from_key, &to_key, true, |k, v| {
+    store.scan_windows(&from_key, &to_key, |k, v| {
         match (decode_window_suffix(k, prefix.len()), AggValue::decode(v)) {
             (Some(suffix), Some(val)) => {
                 let b = if q.group_by_bucket {

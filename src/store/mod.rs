@@ -23,6 +23,8 @@ pub mod agg;
 pub mod keys;
 pub mod quota_keys;
 pub mod records;
+pub mod tables;
+pub mod writes;
 
 use std::path::Path;
 use std::sync::Arc;

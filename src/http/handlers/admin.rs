@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
-use rocksdb::WriteBatch;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -25,8 +24,7 @@ use crate::registry::{
     Plan, PlanBody, Tenant, MAX_PARENT_DEPTH,
 };
 use crate::state::State;
-use crate::store::cf;
-use crate::store::keys::{admin_key, admin_prefix, AdminKind};
+use crate::store::keys::{admin_prefix, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, rfc3339};
 
 /// Largest admin request body.
@@ -50,13 +48,10 @@ pub fn persist(
     name: &str,
     value: &[u8],
 ) -> Result<(), ApiError> {
-    let mut batch = WriteBatch::default();
-    batch.put_cf(
-        state.store.cf(cf::ADMIN),
-        admin_key(kind, tenant, name),
-        value,
-    );
-    tokio::task::block_in_place(|| state.store.write(batch, true)).map_err(ApiError::from)
+    let mut batch = state.journal.batch(value.len() + 64);
+    batch.rows().put_admin(kind, tenant, name, value);
+    batch.durable();
+    tokio::task::block_in_place(|| state.journal.commit_blocking(batch)).map_err(ApiError::from)
 }
 
 pub fn not_found(what: &str, id: &str) -> ApiError {
@@ -173,22 +168,20 @@ pub fn page_under<T>(
     let mut items = Vec::new();
     let mut last: Option<String> = None;
     let mut more = false;
-    state
-        .store
-        .scan_prefix(cf::ADMIN, &prefix, &start, |k, v| {
-            let Ok(name) = std::str::from_utf8(&k[prefix.len()..]) else {
-                return true;
-            };
-            if let Some(item) = keep(name, v) {
-                if items.len() == limit {
-                    more = true;
-                    return false;
-                }
-                items.push(item);
-                last = Some(name.to_string());
+    state.store.scan_admin(&prefix, &start, |k, v| {
+        let Ok(name) = std::str::from_utf8(&k[prefix.len()..]) else {
+            return true;
+        };
+        if let Some(item) = keep(name, v) {
+            if items.len() == limit {
+                more = true;
+                return false;
             }
-            true
-        })?;
+            items.push(item);
+            last = Some(name.to_string());
+        }
+        true
+    })?;
     Ok((
         items,
         if more {

@@ -20,7 +20,6 @@
 
 use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
-use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -32,7 +31,6 @@ use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, parse_json, query_map, Body};
 use crate::ingest::MAX_EARLY_MS;
 use crate::registry::{valid_external_id, Aggregation, Tenant};
-use crate::store::cf;
 use crate::store::keys::{admin_key, admin_prefix, dedupe_key, id_hash, window_key, AdminKind};
 use crate::store::records::{decode_dedupe_full, mark_retracted};
 use crate::window::{now_ms, parse_rfc3339, rfc3339, Granularity};
@@ -135,7 +133,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 
 /// Looks up a stored audit entry through an index record.
 fn stored_entry(ctx: &Ctx, t: &Tenant, index: &[u8]) -> Result<Option<AuditEntry>, ApiError> {
-    let Some(name) = ctx.state.store.get(cf::ADMIN, index)? else {
+    let Some(name) = ctx.state.store.admin_get_key(index)? else {
         return Ok(None);
     };
     let key = admin_key(
@@ -143,7 +141,7 @@ fn stored_entry(ctx: &Ctx, t: &Tenant, index: &[u8]) -> Result<Option<AuditEntry
         &t.name,
         std::str::from_utf8(&name).map_err(internal)?,
     );
-    match ctx.state.store.get(cf::ADMIN, &key)? {
+    match ctx.state.store.admin_get_key(&key)? {
         Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(internal)?)),
         None => Ok(None),
     }
@@ -223,11 +221,8 @@ pub async fn post_adjustment(
         at: rfc3339(now),
         revision: 0,
     };
-    let index = admin_key(
-        AdminKind::AdjustmentId,
-        &t.name,
-        &index_name(contract, &b.id),
-    );
+    let index_id = index_name(contract, &b.id);
+    let index = admin_key(AdminKind::AdjustmentId, &t.name, &index_id);
     let state = ctx.state.clone();
     tokio::task::block_in_place(|| {
         let mut stamp = state.revisions.begin();
@@ -249,20 +244,22 @@ pub async fn post_adjustment(
             return Ok(json(StatusCode::OK, &existing));
         }
         let keys = window_keys(&t.name, contract, &lever.id, time_ms, b.bucket.as_deref());
-        let mut batch = WriteBatch::default();
+        let mut batch = state.journal.batch(0);
         let delta = AggValue::Sum(value.0).encode();
         for k in &keys {
-            batch.merge_cf(state.store.cf(cf::WINDOWS), k, &delta);
+            batch.rows().merge_window(k, &delta);
         }
-        entry.revision = stamp.stamp(&state.store, &mut batch, &keys)?;
+        entry.revision = stamp.stamp(&state.store, batch.rows(), &keys)?;
         let name = audit_name(contract, entry.revision);
-        batch.put_cf(
-            state.store.cf(cf::ADMIN),
-            admin_key(AdminKind::Audit, &t.name, &name),
-            serde_json::to_vec(&entry).map_err(internal)?,
-        );
-        batch.put_cf(state.store.cf(cf::ADMIN), &index, name.as_bytes());
-        state.store.write(batch, true)?;
+        let audit = serde_json::to_vec(&entry).map_err(internal)?;
+        batch
+            .rows()
+            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
+        batch
+            .rows()
+            .put_admin(AdminKind::AdjustmentId, &t.name, &index_id, name.as_bytes());
+        batch.durable();
+        state.journal.commit_blocking(batch)?;
         Ok(json(StatusCode::CREATED, &entry))
     })
 }
@@ -303,7 +300,7 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
     }
     tokio::task::block_in_place(|| {
         let mut stamp = state.revisions.begin();
-        let record = state.store.get(cf::DEDUPE, &dkey)?.ok_or_else(unknown)?;
+        let record = state.store.dedupe_get(&dkey)?.ok_or_else(unknown)?;
         let rec = decode_dedupe_full(&record).ok_or(crate::store::StoreError::Corrupt("dedupe"))?;
         let (accepted, stored_id, ev, retracted) =
             (rec.accepted_ms, rec.id, rec.event, rec.retracted);
@@ -335,10 +332,10 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
             ev.time_ms,
             ev.bucket.as_deref(),
         );
-        let mut batch = WriteBatch::default();
+        let mut batch = state.journal.batch(0);
         let minus = AggValue::Sum(-ev.value).encode();
         for k in &keys {
-            batch.merge_cf(state.store.cf(cf::WINDOWS), k, &minus);
+            batch.rows().merge_window(k, &minus);
         }
         // Quota periods of the contract and of the ancestors the event counted toward
         // when it was accepted (recorded with it), whatever the chain is now.
@@ -350,9 +347,11 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
             .quotas
             .rows_counted(&t, &members, &ev.lever, ev.time_ms);
         for k in &quota_rows {
-            batch.merge_cf(state.store.cf(cf::QUOTA), k.encode(), &minus);
+            batch
+                .rows()
+                .merge_quota(&k.encode(), AggValue::Sum(-ev.value));
         }
-        batch.put_cf(state.store.cf(cf::DEDUPE), &dkey, mark_retracted(&record));
+        batch.rows().put_dedupe(&dkey, &mark_retracted(&record));
         let mut entry = AuditEntry {
             kind: "retraction".into(),
             id: id.to_string(),
@@ -366,15 +365,17 @@ pub async fn retract(ctx: &Ctx, id: &str) -> Result<Response<Body>, ApiError> {
             at: rfc3339(now),
             revision: 0,
         };
-        entry.revision = stamp.stamp(&state.store, &mut batch, &keys)?;
+        entry.revision = stamp.stamp(&state.store, batch.rows(), &keys)?;
         let name = audit_name(&ev.contract, entry.revision);
-        batch.put_cf(
-            state.store.cf(cf::ADMIN),
-            admin_key(AdminKind::Audit, &t.name, &name),
-            serde_json::to_vec(&entry).map_err(internal)?,
-        );
-        batch.put_cf(state.store.cf(cf::ADMIN), &index, name.as_bytes());
-        state.store.write(batch, true)?;
+        let audit = serde_json::to_vec(&entry).map_err(internal)?;
+        batch
+            .rows()
+            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
+        batch
+            .rows()
+            .put_admin(AdminKind::RetractionId, &t.name, id, name.as_bytes());
+        batch.durable();
+        state.journal.commit_blocking(batch)?;
         state.quotas.subtract(&t, &quota_rows, value);
         Ok(json(StatusCode::OK, &entry))
     })

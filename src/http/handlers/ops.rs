@@ -6,7 +6,6 @@ use serde_json::json;
 
 use crate::http::util::{json, Body};
 use crate::state::State;
-use crate::store::cf;
 use crate::telemetry::names;
 
 /// `GET /healthz`: the process is alive.
@@ -50,10 +49,7 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
             .max_in_flight
             .saturating_sub(state.inflight.available_permits()) as f64,
     );
-    if let Some(v) = state
-        .store
-        .property_int(cf::WINDOWS, "rocksdb.estimate-num-keys")
-    {
+    if let Some(v) = state.store.windows_property("rocksdb.estimate-num-keys") {
         metrics::gauge!(names::STORE_WINDOW_ROWS).set(v as f64);
     }
     let now = crate::window::now_ms();
@@ -74,16 +70,16 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
         ("compaction", "rocksdb.num-running-compactions"),
     ] {
         metrics::gauge!(names::STORE_BACKGROUND_JOBS, "kind" => kind)
-            .set(store.property_int(cf::WINDOWS, property).unwrap_or(0) as f64);
+            .set(store.windows_property(property).unwrap_or(0) as f64);
     }
     metrics::gauge!(names::STORE_WRITE_STOPPED).set(
         store
-            .property_int(cf::WINDOWS, "rocksdb.is-write-stopped")
+            .windows_property("rocksdb.is-write-stopped")
             .unwrap_or(0) as f64,
     );
     metrics::gauge!(names::STORE_DELAYED_WRITE_RATE).set(
         store
-            .property_int(cf::WINDOWS, "rocksdb.actual-delayed-write-rate")
+            .windows_property("rocksdb.actual-delayed-write-rate")
             .unwrap_or(0) as f64,
     );
     if let Some(stall) = store.write_stall_seconds() {
@@ -93,7 +89,7 @@ pub fn metrics(state: &State, handle: &PrometheusHandle) -> Response<Body> {
         .set(store.property_sum("rocksdb.cur-size-all-mem-tables") as f64);
     metrics::gauge!(names::STORE_MEMORY_BYTES, "kind" => "block_cache").set(
         store
-            .property_int(cf::WINDOWS, "rocksdb.block-cache-usage")
+            .windows_property("rocksdb.block-cache-usage")
             .unwrap_or(0) as f64,
     );
     metrics::gauge!(names::STORE_MEMORY_BYTES, "kind" => "table_readers")

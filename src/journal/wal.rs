@@ -1,4 +1,5 @@
-//! Group commit of accepted events (durability, SPEC 2.2).
+//! [`WalJournal`]: the journal as group commit into RocksDB's write-ahead log
+//! (durability, SPEC 2.2).
 //!
 //! Requests hand their write batch (journal records + dedupe records) and their quota
 //! usage operands to one writer thread. The writer drains everything queued, writes the
@@ -8,15 +9,11 @@
 //! group before answering every request in it. While one fsync runs, the next group
 //! queues up, so concurrent requests share fsyncs and no request pays a private one.
 //!
-//! Quota usage reaches the `quota` column family through the quota log: each write
-//! appends one record (its combined operands) to `quota_log`, atomically with the events
-//! it counts, and the writer keeps the sum of the records not yet folded. About once a
-//! second ([`QUOTA_FOLD_INTERVAL`]) it folds them: one merge operand per changed row into
-//! `quota` and a range deletion of the folded records, in one atomic write. A record is
-//! thus counted exactly once, whether the process stops before or after its fold; what a
-//! killed process left unfolded is folded by the next [`Journal::start`], before the
-//! quota book is loaded. The hot rows of a busy contract get one memtable entry a second
-//! instead of one per write, and a record costs one append to a vector memtable.
+//! Quota usage reaches the `quota` column family through the quota log
+//! ([`super::quota_log`]): each write appends one record of its combined operands, and
+//! the writer folds the records into `quota` about once a second. The hot rows of a busy
+//! contract get one memtable entry a second instead of one per write, and a record costs
+//! one append to a vector memtable.
 //!
 //! Fsyncs are paced: the next one starts no sooner than `group_commit_interval` (1 ms by
 //! default) after the previous one started, so a busy journal fsyncs at most 1,000 times
@@ -27,7 +24,11 @@
 //!
 //! With `durability = "buffered"` the writer answers right after the write (the data is
 //! in the OS page cache and survives `kill -9`); the flusher fsyncs the WAL every
-//! `flush_interval`, which bounds what a power loss can take.
+//! `flush_interval`, which bounds what a power loss can take. A group holding a batch
+//! marked [`Batch::durable`] (registry and correction writes) is fsynced in either mode.
+//!
+//! Events records live in the `journal` column family under their 8-byte big-endian
+//! sequence numbers until the flusher deletes them ([`Journal::truncate`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,9 +39,13 @@ use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
+use super::quota_log::{add_to, encode_log_record, fold_quota_log, QuotaLog, QuotaOperands};
+use super::{Batch, Journal, Ticket};
 use crate::config::Durability;
 use crate::hash::FastHashMap;
 use crate::store::agg::AggValue;
+use crate::store::keys::journal_key;
+use crate::store::writes::Writes;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
 
@@ -51,21 +56,10 @@ const MAX_GROUP: usize = 4096;
 /// write groups stop at 1 MiB too). A larger batch is written alone.
 const MAX_MERGED_BYTES: usize = 1 << 20;
 
-/// Merge operands for the `quota` column family: (row key, delta).
-pub type QuotaOperands = Vec<(Vec<u8>, AggValue)>;
-
-/// How long quota log records wait before the writer folds them into `quota`.
-pub const QUOTA_FOLD_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Unfolded quota log records after which the writer folds sooner.
-const QUOTA_FOLD_RECORDS: u64 = 8192;
-
-/// Distinct unfolded rows after which the writer folds sooner (bounds its memory).
-const QUOTA_FOLD_ROWS: usize = 1 << 18;
-
-struct Commit {
-    batch: WriteBatch,
-    quota: QuotaOperands,
+pub(super) struct Commit {
+    pub(super) batch: WriteBatch,
+    pub(super) quota: QuotaOperands,
+    durable: bool,
     done: oneshot::Sender<Result<(), Arc<StoreError>>>,
 }
 
@@ -76,34 +70,16 @@ impl Commit {
     }
 }
 
-/// Handle to the group-commit writer.
+/// The journal as group commit into RocksDB's WAL (see the module note).
 #[derive(Debug)]
-pub struct Journal {
+pub struct WalJournal {
+    store: Store,
     tx: Sender<Commit>,
     next_seq: AtomicU64,
     fsyncs: Arc<AtomicU64>,
 }
 
-/// Why a commit failed.
-#[derive(Debug, thiserror::Error)]
-pub enum CommitError {
-    /// The store refused the write or the fsync (shared by every commit of the group
-    /// that failed with it).
-    #[error("journal write failed: {0}")]
-    Store(#[source] Arc<StoreError>),
-    /// The writer has stopped (shutdown).
-    #[error("journal writer stopped")]
-    Stopped,
-}
-
-impl CommitError {
-    /// True when the failure was a full disk ([`StoreError::Full`]).
-    pub fn is_full(&self) -> bool {
-        matches!(self, CommitError::Store(e) if matches!(**e, StoreError::Full(_)))
-    }
-}
-
-impl Journal {
+impl WalJournal {
     /// Folds what an earlier run left in the quota log into `quota` (so the quota
     /// book can be loaded after this returns), then starts the writer thread.
     /// `first_seq` is the next unused journal sequence number. With
@@ -113,17 +89,28 @@ impl Journal {
         durability: Durability,
         group_commit_interval: Duration,
         first_seq: u64,
-    ) -> Result<(Journal, JoinHandle<()>), StoreError> {
+    ) -> Result<(WalJournal, JoinHandle<()>), StoreError> {
         let log = QuotaLog::new(fold_quota_log(&store)?);
         let (tx, rx) = crossbeam_channel::bounded::<Commit>(65_536);
         let fsyncs = Arc::new(AtomicU64::new(0));
         let counted = fsyncs.clone();
+        let writer_store = store.clone();
         let handle = std::thread::Builder::new()
             .name("meterd-journal".into())
-            .spawn(move || writer(store, durability, group_commit_interval, rx, &counted, log))
+            .spawn(move || {
+                writer(
+                    writer_store,
+                    durability,
+                    group_commit_interval,
+                    rx,
+                    &counted,
+                    log,
+                )
+            })
             .expect("spawn journal writer");
         Ok((
-            Journal {
+            WalJournal {
+                store,
                 tx,
                 next_seq: AtomicU64::new(first_seq),
                 fsyncs,
@@ -131,70 +118,78 @@ impl Journal {
             handle,
         ))
     }
+}
 
-    /// Group-commit fsyncs made so far.
-    pub fn fsyncs(&self) -> u64 {
-        self.fsyncs.load(Ordering::Relaxed)
+impl Journal for WalJournal {
+    fn batch(&self, bytes: usize) -> Batch<'_> {
+        Batch {
+            rows: self.store.writes(bytes),
+            quota: Vec::new(),
+            durable: false,
+        }
     }
 
-    /// Sets the next sequence number (after journal replay).
-    pub fn set_next(&self, seq: u64) {
-        self.next_seq.store(seq, Ordering::SeqCst);
+    fn submit(&self, batch: Batch<'_>) -> Ticket {
+        let (done, wait) = oneshot::channel();
+        let commit = Commit {
+            batch: batch.rows.into_batch(),
+            quota: batch.quota,
+            durable: batch.durable,
+            done,
+        };
+        match self.tx.send(commit) {
+            Ok(()) => Ticket::pending(wait),
+            Err(_) => Ticket::failed(super::CommitError::Stopped),
+        }
     }
 
-    /// Reserves `n` consecutive journal sequence numbers and returns the first.
-    pub fn reserve(&self, n: u64) -> u64 {
+    fn reserve(&self, n: u64) -> u64 {
         self.next_seq.fetch_add(n, Ordering::Relaxed)
     }
 
-    /// Commits a batch durably (per the durability mode) and returns once it is.
-    pub async fn commit(&self, batch: WriteBatch) -> Result<(), CommitError> {
-        self.commit_with_quota(batch, Vec::new()).await
+    fn set_next(&self, seq: u64) {
+        self.next_seq.store(seq, Ordering::SeqCst);
     }
 
-    /// Commits a batch and merge operands for the `quota` column family atomically with
-    /// it. Within one RocksDB write the writer combines the operands of all its requests
-    /// per row into one quota log record, and folds those records into `quota` about
-    /// once a second ([`AggValue::merge`] is associative and commutative, so the stored
-    /// rows are exactly what per-request operands would give): at 50 requests per group
-    /// on a few contracts, hundreds of operands become one per row and write, and the
-    /// quota memtable sees one per row and fold.
-    pub async fn commit_with_quota(
+    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get(cf::JOURNAL, &journal_key(seq))
+    }
+
+    fn scan_events(
         &self,
-        batch: WriteBatch,
-        quota: QuotaOperands,
-    ) -> Result<(), CommitError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Commit { batch, quota, done })
-            .map_err(|_| CommitError::Stopped)?;
-        match wait.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(CommitError::Store(e)),
-            Err(_) => Err(CommitError::Stopped),
-        }
+        first: u64,
+        last: u64,
+        one_time: bool,
+        f: &mut super::EventsVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        // Journal keys are 8 bytes: the 9-byte key sorts after `u64::MAX`.
+        let end = match last.checked_add(1) {
+            Some(n) => journal_key(n).to_vec(),
+            None => vec![0xff; 9],
+        };
+        let mut failed: Option<StoreError> = None;
+        self.store
+            .scan_range(cf::JOURNAL, &journal_key(first), &end, !one_time, |k, v| {
+                if failed.is_some() {
+                    return;
+                }
+                let r = match <[u8; 8]>::try_from(k) {
+                    Ok(seq) => f(u64::from_be_bytes(seq), v),
+                    Err(_) => Err(StoreError::Corrupt("journal")),
+                };
+                if let Err(e) = r {
+                    failed = Some(e);
+                }
+            })?;
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Same as [`Journal::commit`], for blocking callers (recovery, tests).
-    pub fn commit_blocking(&self, batch: WriteBatch) -> Result<(), CommitError> {
-        self.commit_blocking_with_quota(batch, Vec::new())
+    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
+        rows.delete_journal(first, last);
     }
 
-    /// Same as [`Journal::commit_with_quota`], for blocking callers.
-    pub fn commit_blocking_with_quota(
-        &self,
-        batch: WriteBatch,
-        quota: QuotaOperands,
-    ) -> Result<(), CommitError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Commit { batch, quota, done })
-            .map_err(|_| CommitError::Stopped)?;
-        match wait.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(CommitError::Store(e)),
-            Err(_) => Err(CommitError::Stopped),
-        }
+    fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 }
 
@@ -285,7 +280,8 @@ fn writer(
             start = end;
         }
         write_secs.record(started.elapsed().as_secs_f64());
-        if durability == Durability::Fsync && any_ok {
+        let must_sync = durability == Durability::Fsync || group.iter().any(|c| c.durable);
+        if must_sync && any_ok {
             let t = Instant::now();
             last_sync = Some(t);
             let synced: Result<(), StoreError> = store.sync_wal();
@@ -331,170 +327,22 @@ fn combined_quota(
     rows.drain().collect()
 }
 
-/// Merges `delta` into `key`'s sum in `sums` (the row's first operand starts it).
-fn add_to(sums: &mut FastHashMap<Vec<u8>, AggValue>, key: Vec<u8>, delta: AggValue) {
-    sums.entry(key)
-        .and_modify(|v| *v = v.merge(delta))
-        .or_insert(delta);
-}
-
-/// Quota log records written but not yet folded into `quota`, summed per row.
-#[derive(Debug)]
-struct QuotaLog {
-    /// Sum of the unfolded records per row.
-    pending: FastHashMap<Vec<u8>, AggValue>,
-    /// Number of the first unfolded record.
-    first: u64,
-    /// Number of the next record.
-    next: u64,
-    /// When the first unfolded record was written.
-    since: Option<Instant>,
-}
-
-impl QuotaLog {
-    fn new(next: u64) -> QuotaLog {
-        QuotaLog {
-            pending: FastHashMap::default(),
-            first: next,
-            next,
-            since: None,
-        }
-    }
-
-    /// Notes that record `self.next`, holding `ops`, was written.
-    fn written(&mut self, ops: QuotaOperands) {
-        if ops.is_empty() {
-            return;
-        }
-        self.next += 1;
-        self.since.get_or_insert_with(Instant::now);
-        for (key, delta) in ops {
-            add_to(&mut self.pending, key, delta);
-        }
-    }
-
-    /// `None` with nothing to fold, else how long until the fold is due.
-    fn due_in(&self) -> Option<Duration> {
-        let since = self.since?;
-        if self.next - self.first >= QUOTA_FOLD_RECORDS || self.pending.len() >= QUOTA_FOLD_ROWS {
-            return Some(Duration::ZERO);
-        }
-        Some((since + QUOTA_FOLD_INTERVAL).saturating_duration_since(Instant::now()))
-    }
-
-    /// Writes the unfolded records' sums into `quota` and deletes the records, in one
-    /// atomic write. On failure everything stays pending for the next attempt.
-    fn fold(&mut self, store: &Store) {
-        if self.first == self.next {
-            return;
-        }
-        let t = Instant::now();
-        let batch = fold_batch(store, &self.pending, self.first, self.next);
-        match store.write(batch, false) {
-            Ok(()) => {
-                self.pending.clear();
-                self.pending.shrink_to(1024);
-                self.first = self.next;
-                self.since = None;
-                metrics::histogram!(names::QUOTA_FOLD_SECONDS).record(t.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                // Retried after another interval, not at once.
-                self.since = Some(Instant::now());
-                tracing::error!(error = %e, "folding the quota log failed; kept for the next attempt");
-            }
-        }
-    }
-}
-
-/// One merge per row of `sums` into `quota` (in key order) and the deletion of quota log
-/// records `first..next`.
-fn fold_batch(
-    store: &Store,
-    sums: &FastHashMap<Vec<u8>, AggValue>,
-    first: u64,
-    next: u64,
-) -> WriteBatch {
-    let mut sorted: Vec<(&Vec<u8>, &AggValue)> = sums.iter().collect();
-    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let quota_cf = store.cf(cf::QUOTA);
-    let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96 + 64);
-    let mut value = Vec::with_capacity(33);
-    for (key, v) in sorted {
-        value.clear();
-        v.encode_into(&mut value);
-        batch.merge_cf(quota_cf, key, &value);
-    }
-    batch.delete_range_cf(
-        store.cf(cf::QUOTA_LOG),
-        first.to_be_bytes(),
-        next.to_be_bytes(),
-    );
-    batch
-}
-
-/// Folds every record in the quota log into `quota` (start-up: what a killed process
-/// left). Returns the number for the next record.
-pub fn fold_quota_log(store: &Store) -> Result<u64, StoreError> {
-    let mut sums: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
-    let mut first: Option<u64> = None;
-    let mut next = 0u64;
-    store.scan_all(cf::QUOTA_LOG, |k, v| {
-        let n = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("quota_log"))?);
-        first.get_or_insert(n);
-        next = n + 1;
-        decode_log_record(v, |key, delta| {
-            add_to(&mut sums, key.to_vec(), delta);
-        })
-        .ok_or(StoreError::Corrupt("quota_log"))
-    })?;
-    if let Some(first) = first {
-        store.write(fold_batch(store, &sums, first, next), true)?;
-        tracing::info!(
-            records = next - first,
-            rows = sums.len(),
-            "quota log folded"
-        );
-    }
-    Ok(next)
-}
-
-/// Appends a quota log record: per operand, the key's length (u32 LE), the key, the
-/// value's length (u8) and its [`AggValue`] encoding.
-fn encode_log_record(ops: &[(Vec<u8>, AggValue)], out: &mut Vec<u8>) {
-    for (key, value) in ops {
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(key);
-        let at = out.len();
-        out.push(0);
-        value.encode_into(out);
-        out[at] = (out.len() - at - 1) as u8;
-    }
-}
-
-/// Calls `f` with each operand of a quota log record; `None` when it is corrupt.
-fn decode_log_record(mut b: &[u8], mut f: impl FnMut(&[u8], AggValue)) -> Option<()> {
-    while !b.is_empty() {
-        let (len, rest) = b.split_first_chunk::<4>()?;
-        let len = u32::from_le_bytes(*len) as usize;
-        let key = rest.get(..len)?;
-        let (&vlen, rest) = rest.get(len..)?.split_first()?;
-        let value = AggValue::decode(rest.get(..vlen as usize)?)?;
-        f(key, value);
-        b = &rest[vlen as usize..];
-    }
-    Some(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::cf;
 
-    fn batch(store: &Store, key: u32) -> WriteBatch {
-        let mut b = WriteBatch::default();
-        b.put_cf(store.cf(cf::META), key.to_be_bytes(), b"v");
-        b
+    use super::super::quota_log::{decode_log_record, QUOTA_FOLD_INTERVAL};
+    use crate::journal::CommitError;
+
+    /// Commits a `meta` row under `key` with `quota` operands, waiting for the answer.
+    fn commit(j: &WalJournal, key: u32, quota: QuotaOperands) -> Result<(), CommitError> {
+        let mut b = j.batch(64);
+        b.rows().put_meta(&key.to_be_bytes(), b"v");
+        for (k, v) in quota {
+            b.quota(k, v);
+        }
+        (j as &dyn Journal).commit_blocking(b)
     }
 
     #[test]
@@ -517,17 +365,17 @@ mod tests {
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let interval = Duration::from_millis(200);
         let (journal, thread) =
-            Journal::start(store.clone(), Durability::Fsync, interval, 1).unwrap();
+            WalJournal::start(store.clone(), Durability::Fsync, interval, 1).unwrap();
         let journal = Arc::new(journal);
         // An idle journal commits at once.
         let t0 = Instant::now();
-        journal.commit_blocking(batch(&store, 0)).unwrap();
+        commit(&journal, 0, vec![]).unwrap();
         assert_eq!(journal.fsyncs(), 1);
         // Requests arriving within the interval wait for it and share one fsync.
         let waiters: Vec<_> = (1..=8)
             .map(|i| {
-                let (j, s) = (journal.clone(), store.clone());
-                std::thread::spawn(move || j.commit_blocking(batch(&s, i)))
+                let j = journal.clone();
+                std::thread::spawn(move || commit(&j, i, vec![]))
             })
             .collect();
         for w in waiters {
@@ -554,14 +402,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         // A long pacing interval gathers the concurrent commits into few groups.
-        let (journal, thread) = Journal::start(
+        let (journal, thread) = WalJournal::start(
             store.clone(),
             Durability::Fsync,
             Duration::from_millis(100),
             1,
         )
         .unwrap();
-        journal.commit_blocking(batch(&store, 0)).unwrap();
+        commit(&journal, 0, vec![]).unwrap();
         let journal = Arc::new(journal);
         // Per commit i: a sum, a max and a latest operand on shared rows, and a row of its
         // own; the latest operands arrive out of time order.
@@ -583,10 +431,8 @@ mod tests {
         let n = 40u64;
         let committers: Vec<_> = (0..n)
             .map(|i| {
-                let (j, s) = (journal.clone(), store.clone());
-                std::thread::spawn(move || {
-                    j.commit_blocking_with_quota(batch(&s, i as u32 + 1), ops(i))
-                })
+                let j = journal.clone();
+                std::thread::spawn(move || commit(&j, i as u32 + 1, ops(i)))
             })
             .collect();
         for c in committers {
@@ -655,15 +501,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let (journal, thread) =
-            Journal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
+            WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
         let t0 = Instant::now();
         for i in 0..3 {
-            journal
-                .commit_blocking_with_quota(
-                    batch(&store, i),
-                    vec![(b"row".to_vec(), AggValue::Sum(2))],
-                )
-                .unwrap();
+            commit(&journal, i, vec![(b"row".to_vec(), AggValue::Sum(2))]).unwrap();
         }
         // Committed, not yet folded: the usage is in the log only.
         assert_eq!(log_records(&store).len(), 3);
@@ -715,7 +556,7 @@ mod tests {
         let value = |k: &[u8]| AggValue::decode(&store.get(cf::QUOTA, k).unwrap().unwrap());
         for _restart in 0..2 {
             let (journal, thread) =
-                Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
+                WalJournal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
             assert_eq!(value(b"a"), Some(AggValue::Sum(13)));
             assert_eq!(value(b"m"), Some(AggValue::Max(9)));
             assert_eq!(value(b"b"), Some(AggValue::Sum(-3)));
@@ -725,10 +566,8 @@ mod tests {
         }
         // The next record after a fold at start does not reuse a folded record's number.
         let (journal, thread) =
-            Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
-        journal
-            .commit_blocking_with_quota(batch(&store, 1), vec![(b"a".to_vec(), AggValue::Sum(5))])
-            .unwrap();
+            WalJournal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
+        commit(&journal, 1, vec![(b"a".to_vec(), AggValue::Sum(5))]).unwrap();
         drop(journal);
         thread.join().unwrap();
         assert_eq!(value(b"a"), Some(AggValue::Sum(18)));
@@ -745,7 +584,8 @@ mod tests {
             b"\x05\x00\x00\x00ab",
         );
         store.write(b, true).unwrap();
-        let err = Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap_err();
+        let err =
+            WalJournal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt("quota_log")), "{err}");
     }
 
@@ -791,22 +631,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let (journal, thread) =
-            Journal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
+            WalJournal::start(store.clone(), Durability::Fsync, Duration::ZERO, 1).unwrap();
         for i in 0..5 {
-            journal.commit_blocking(batch(&store, i)).unwrap();
+            commit(&journal, i, vec![]).unwrap();
         }
         assert_eq!(journal.fsyncs(), 5, "one fsync per sequential commit");
         // Buffered durability never fsyncs per group.
         drop(journal);
         thread.join().unwrap();
-        let (journal, thread) = Journal::start(
+        let (journal, thread) = WalJournal::start(
             store.clone(),
             Durability::Buffered,
             Duration::from_millis(1),
             1,
         )
         .unwrap();
-        journal.commit_blocking(batch(&store, 9)).unwrap();
+        commit(&journal, 9, vec![]).unwrap();
         assert_eq!(journal.fsyncs(), 0);
         drop(journal);
         thread.join().unwrap();
