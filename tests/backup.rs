@@ -1,4 +1,4 @@
-//! Online backups (README "Operations"): `POST /backup` on the metrics listener writes a
+//! Online backups (docs/operations.md): `POST /backup` on the metrics listener writes a
 //! RocksDB checkpoint of the running daemon into `backup_dir`.
 //!
 //! Promises guarded:

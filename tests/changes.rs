@@ -1,4 +1,4 @@
-//! Billing sync (SPEC 4.1, 4.2, 4.3; README "Billing jobs"): the changes feed
+//! Billing sync (SPEC 4.1, 4.2, 4.3; docs/billing.md): the changes feed
 //! `GET /v1/changes` and the tenant-wide usage export `GET /v1/usage`.
 //!
 //! Promises guarded:

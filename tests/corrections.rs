@@ -19,7 +19,7 @@
 //! - the audit log lists both kinds oldest first with who (tenant, role, the key's
 //!   configured name, never the key) and when, is per contract and per tenant, pages with
 //!   a cursor without gaps or repeats, and survives restarts;
-//! - every refusal of SPEC 4.3 and the README (roles, other tenants, 404, 409, 400 at and
+//! - every refusal of SPEC 4.3 and docs/billing.md (roles, other tenants, 404, 409, 400 at and
 //!   just past every limit) is answered with its status and code, and changes nothing.
 //!
 //! The randomized model test keeps an independent model in i128 nano-units. Rerun a

@@ -1,5 +1,5 @@
 //! Black-box tests of where accepted ids live before the flusher writes their dedupe
-//! records (SPEC 2.2, README "Durability").
+//! records (SPEC 2.2, docs/durability.md).
 //!
 //! Promises guarded:
 //! - an id accepted since the last flush is a duplicate at once, also when the flush

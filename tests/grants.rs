@@ -1078,7 +1078,7 @@ fn each_day_period_keeps_its_own_grant_consumption() {
 
 /// Retracting an event (`DELETE /v1/events/{id}`, SPEC 4.3) removes its contribution
 /// from every period, but grant allowance it consumed is not given back (documented in
-/// the README: the event's record does not keep which grants covered it). This pins the
+/// docs/billing.md: the event's record does not keep which grants covered it). This pins the
 /// documented behaviour: the period's usage drops, the grant stays consumed.
 #[test]
 fn retracting_a_covered_event_keeps_its_grant_consumption() {

@@ -1,5 +1,5 @@
 //! Black-box tests that every answer leaves a kept-alive connection usable, or says
-//! `Connection: close` and closes it (README "Design": keep-alive after any answer).
+//! `Connection: close` and closes it (docs/design.md: keep-alive after any answer).
 //!
 //! Every error path of the role x tenant matrix (no key, a bad key, each role that may
 //! not, the other tenant's keys, a method the route does not serve, a route that does

@@ -2,7 +2,7 @@
 //!
 //! Promises guarded:
 //! - memory stays bounded: the daemon's peak RSS (`VmHWM`) over the whole run stays
-//!   under the configured `memory_limit` plus what the README's Memory section says
+//!   under the configured `memory_limit` plus what docs/durability.md's Memory section says
 //!   remembered ids cost on top of it (about 1.6 bytes per id, the dedupe files' pinned
 //!   filters and indexes; allowed here: 2 bytes per id accepted by the time the peak
 //!   is read);
@@ -34,7 +34,7 @@ const MEMORY_LIMIT_MIB: u64 = 256;
 const BATCH: usize = 800;
 const OVERLOAD_SECS: u64 = 60;
 const OVERLOAD_CLIENTS: usize = 64;
-/// What a remembered id may cost on top of `memory_limit` (the README documents about
+/// What a remembered id may cost on top of `memory_limit` (docs/durability.md documents about
 /// 1.6 bytes: pinned filter and index blocks of the dedupe files).
 const ID_BYTES: u64 = 2;
 
@@ -196,7 +196,7 @@ fn overload_is_shed_with_bounded_memory_and_nothing_lost() {
     let offered = (requests * BATCH as u64) as f64 / over_time.as_secs_f64();
     let accepted_rate = over_events as f64 / over_time.as_secs_f64();
     let peak_kib = status_kib(pid, "VmHWM:");
-    // Remembered ids are planned on top of memory_limit (README, Memory).
+    // Remembered ids are planned on top of memory_limit (docs/durability.md, Memory).
     let ids_kib = (base_events + over_events) * ID_BYTES / 1024;
     println!(
         "sustainable {sustainable:.0} events/s; overload: offered {offered:.0} events/s ({:.1}x), \

@@ -1,13 +1,14 @@
 //! Every limit of the configuration and every dependency between keys, each checked at
 //! its value (accepted) and just past it (refused, naming the key), and each documented
-//! in the README's configuration table and next to the key in `config/meterd.toml`: the
-//! tests fail when the validation, the README or the shipped file drifts apart.
+//! in the configuration table of `docs/configuration.md` and next to the key in
+//! `config/meterd.toml`: the tests fail when the validation, that page or the shipped
+//! file drifts apart.
 
 use super::Config;
 
 /// One documented limit.
 struct Limit {
-    /// First cell of the key's row in the README's configuration table.
+    /// First cell of the key's row in the configuration table of `docs/configuration.md`.
     row: &'static str,
     /// `[[section]]` of the key in `config/meterd.toml` (`""`: top level) and the key.
     toml: (&'static str, &'static str),
@@ -540,14 +541,15 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
 }
 
-/// The row of the README's configuration table whose first cell starts with `row`.
-fn readme_row<'a>(readme: &'a str, row: &str) -> &'a str {
-    let table = &readme[readme.find("## Configuration").unwrap()..];
-    let table = &table[..table[3..].find("\n## ").unwrap()];
+/// The row of the configuration table in `docs/configuration.md` (the table whose header
+/// starts with `| key | default |`) whose first cell starts with `row`.
+fn doc_row<'a>(page: &'a str, row: &str) -> &'a str {
+    let table = &page[page.find("| key | default |").unwrap()..];
     table
         .lines()
+        .take_while(|l| l.starts_with('|'))
         .find(|l| l.starts_with(&format!("| {row} ")))
-        .unwrap_or_else(|| panic!("no README configuration row for {row}"))
+        .unwrap_or_else(|| panic!("no row for {row} in docs/configuration.md"))
 }
 
 /// The comments attached to `key` (or `# key = …`) in `section` of
@@ -609,15 +611,15 @@ fn every_limit_is_enforced_at_its_edge() {
 }
 
 #[test]
-fn every_limit_is_documented_in_the_readme_and_the_shipped_config() {
-    let readme = read("README.md");
+fn every_limit_is_documented_in_the_docs_and_the_shipped_config() {
+    let page = read("docs/configuration.md");
     let toml = read("config/meterd.toml");
     for l in limits() {
         let doc = normal(l.doc);
-        let row = readme_row(&readme, l.row);
+        let row = doc_row(&page, l.row);
         assert!(
             normal(row).contains(&doc),
-            "README row {} does not say {:?}:\n{row}",
+            "docs/configuration.md row {} does not say {:?}:\n{row}",
             l.row,
             l.doc
         );
@@ -633,8 +635,9 @@ fn every_limit_is_documented_in_the_readme_and_the_shipped_config() {
 
 #[test]
 fn every_key_has_a_documented_row() {
-    // Every top-level key of the file format has its own row in the README table.
-    let readme = read("README.md");
+    // Every top-level key of the file format has its own row in the docs/configuration.md
+    // table.
+    let page = read("docs/configuration.md");
     let raw = read("src/config/raw.rs");
     let body = &raw[raw.find("pub struct RawConfig").unwrap()..];
     let body = &body[..body.find("\n}\n").unwrap()];
@@ -649,6 +652,6 @@ fn every_key_has_a_documented_row() {
         if ["tenants", "api_keys", "levers"].contains(&key) {
             continue;
         }
-        readme_row(&readme, &format!("`{key}`"));
+        doc_row(&page, &format!("`{key}`"));
     }
 }

@@ -245,7 +245,8 @@ impl Store {
         // lookup read and parsed the whole filter again (megabytes per file), and the CPU
         // per event grew with the data (T2 fell from 18k to 7k req/s within a few million
         // ids). Pinned, they stay in the cache (and in its usage) while their file lives:
-        // about 1.6 bytes per remembered id (the filter plus the index; README, Memory).
+        // about 1.6 bytes per remembered id (the filter plus the index; docs/durability.md,
+        // Memory).
         let mut dedupe_table = table(Some(true));
         dedupe_table.set_unpartitioned_pinning_tier(rocksdb::BlockBasedTablePinningTier::All);
         // Ribbon filters below L0 (about 30% smaller than bloom at the same false-positive
@@ -270,7 +271,7 @@ impl Store {
         // runs instead of 8 gave that back but wrote more than leveled did). A data dir
         // written with leveled compaction opens as is: each of its levels becomes a
         // sorted run. The cost is disk headroom: a compaction of the oldest runs needs
-        // free space for its output (README, Disk).
+        // free space for its output (docs/durability.md, Disk).
         dedupe.set_compaction_style(rocksdb::DBCompactionStyle::Universal);
         // Memtables of 32 MiB (RocksDB's default is 64) and compaction from 8 sorted runs
         // (default 4): fewer, larger merges, and half the memtable held in RAM (16 MiB
