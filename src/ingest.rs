@@ -36,7 +36,7 @@ use crate::decimal::Amount;
 use crate::dedupe::{is_recorded, Claim, ClaimKey, Fate, Owner};
 use crate::event::{parse_event, Event, Parsed};
 use crate::journal::CommitError;
-use crate::quota::state::{chain, chain_unlimited, Reserved};
+use crate::quota::book::{chain, chain_unlimited, Reserved};
 use crate::registry::{Aggregation, Contract, Lever, Tenant};
 use crate::state::State;
 use crate::store::keys::{dedupe_key, id_hash, journal_key};
@@ -338,7 +338,7 @@ enum Verdict {
 }
 
 /// Events of one (contract, lever) without a finite quota in the contract's chain, whose
-/// usage is reserved together ([`crate::quota::state::QuotaBook::reserve_unlimited`]).
+/// usage is reserved together ([`crate::quota::book::QuotaBook::reserve_unlimited`]).
 struct UnlimitedGroup {
     contract: Arc<Contract>,
     lever: Arc<Lever>,
@@ -531,7 +531,7 @@ fn check_and_plan(
             quota.push((r.key.encode_granted(), AggValue::Sum(r.granted.0)));
         }
     }
-    let mut takes: FastHashMap<&crate::quota::state::GrantKey, i128> = FastHashMap::default();
+    let mut takes: FastHashMap<&crate::quota::book::GrantKey, i128> = FastHashMap::default();
     for t in &reserved.takes {
         *takes.entry(&t.key).or_default() += t.amount.0;
     }
@@ -587,7 +587,7 @@ fn read_unflushed(
 /// meanwhile, everything reserved is rolled back and `None` returned, and the caller
 /// decides again without grouping. With `grouping.bulk`, the other events are decided per
 /// (chain root, lever) in one hold of the root's quota lock
-/// ([`crate::quota::state::QuotaBook::reserve_bulk`]), in input order within a root;
+/// ([`crate::quota::book::QuotaBook::reserve_bulk`]), in input order within a root;
 /// roots share no rows, so this decides exactly as input order would.
 fn decide(
     state: &State,
