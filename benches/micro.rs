@@ -28,7 +28,7 @@ use meterd::counters::Counters;
 use meterd::decimal::{Amount, MAX_INPUT, UNIT};
 use meterd::event::{amount_field, parse_event, raw_str, split_body, BodyFormat, Event};
 use meterd::flush::flush_once;
-use meterd::quota::state::{QuotaBook, Reserved};
+use meterd::quota::book::{QuotaBook, Reserved};
 use meterd::registry::{Aggregation, Contract, Lever, Tenant};
 use meterd::store::keys::{dedupe_key, id_hash, window_key};
 use meterd::store::records::EventRecord;

@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 use crate::config::{WebhookConfig, WebhookSettings};
-use crate::quota::state::Crossing;
+use crate::quota::book::Crossing;
 use crate::store::writes::Writes;
 use crate::store::{Store, StoreError};
 use crate::telemetry::names;

@@ -32,7 +32,7 @@ pub struct State {
     /// Asks the flusher for a flush now (a retraction waits for its id's record).
     pub flush_wake: crossbeam_channel::Sender<()>,
     /// Quota usage and decisions.
-    pub quotas: crate::quota::state::QuotaBook,
+    pub quotas: crate::quota::book::QuotaBook,
     /// Undelivered threshold notifications.
     pub outbox: Arc<crate::notify::Outbox>,
     /// Revisions; its lock serialises writes to stored usage rows.

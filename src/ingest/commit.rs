@@ -17,7 +17,7 @@ use crate::dedupe::ClaimKey;
 use crate::hash::FastHashMap;
 use crate::journal::{Batch, EventsRecord, Journal};
 use crate::notify::{Entry, Outbox};
-use crate::quota::state::{GrantKey, Reserved};
+use crate::quota::book::{GrantKey, Reserved};
 use crate::registry::Tenant;
 use crate::store::agg::AggValue;
 use crate::store::records::EventRecord;

@@ -17,7 +17,7 @@ use super::Slot;
 use crate::decimal::Amount;
 use crate::dedupe::is_recorded;
 use crate::hash::{FastHashMap, FastHashSet};
-use crate::quota::state::{chain, chain_unlimited, QuotaBook, Reserved};
+use crate::quota::book::{chain, chain_unlimited, QuotaBook, Reserved};
 use crate::registry::{Contract, Lever, Tenant};
 use crate::store::records::EventRecord;
 use crate::telemetry::{hot, names};
@@ -37,7 +37,7 @@ pub(super) enum Verdict {
 }
 
 /// Events of one (contract, lever) without a finite quota in the contract's chain, whose
-/// usage is reserved together ([`crate::quota::state::QuotaBook::reserve_unlimited`]).
+/// usage is reserved together ([`crate::quota::book::QuotaBook::reserve_unlimited`]).
 struct UnlimitedGroup {
     contract: Arc<Contract>,
     lever: Arc<Lever>,
@@ -80,7 +80,7 @@ pub(super) struct Decided {
 /// meanwhile, everything reserved is rolled back and `None` returned, and the caller
 /// decides again without grouping. With `grouping.bulk`, the other events are decided per
 /// (chain root, lever) in one hold of the root's quota lock
-/// ([`crate::quota::state::QuotaBook::reserve_bulk`]), in input order within a root;
+/// ([`crate::quota::book::QuotaBook::reserve_bulk`]), in input order within a root;
 /// roots share no rows, so this decides exactly as input order would.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decide(

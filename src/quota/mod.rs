@@ -2,11 +2,11 @@
 //!
 //! - [`period`]: the quota periods (day, week, month, billing period, lifetime) that
 //!   contain an instant, computed in the contract's time zone.
-//! - [`state`]: usage per contract, lever and period; the atomic check-and-reserve of
-//!   every event against its contract chain's hard limits.
+//! - [`book`]: the quota book, usage per contract, lever and period; the atomic
+//!   check-and-reserve of every event against its contract chain's hard limits.
 
+pub mod book;
 pub mod period;
-pub mod state;
 
 /// Oldest period end still relevant at `now`: events older than the largest lateness are
 /// refused, so periods that ended before it can no longer change.

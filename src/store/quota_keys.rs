@@ -1,7 +1,7 @@
 //! Keys of the `quota` column family: a period's usage and its grant-covered part, a
 //! grant's consumption and a notified threshold, and their decoding (the retention
 //! filter of the store reads period ends from them). The quota book
-//! ([`crate::quota::state`]) builds and keeps these keys.
+//! ([`crate::quota::book`]) builds and keeps these keys.
 
 use std::sync::Arc;
 
@@ -259,5 +259,47 @@ impl NotifiedKey {
         k.extend_from_slice(&self.threshold.to_be_bytes());
         k.extend_from_slice(&self.limit.0.to_be_bytes());
         k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_keys_roundtrip() {
+        let k = UsageKey::new(
+            Arc::from("t"),
+            Arc::from("c"),
+            Arc::from("l"),
+            PeriodKind::BillingPeriod,
+            -5,
+            i64::MAX,
+        );
+        assert_eq!(
+            StoredKey::decode(&k.encode()),
+            Some(StoredKey::Usage(k.clone()))
+        );
+        assert_eq!(
+            StoredKey::decode(&k.encode_granted()),
+            Some(StoredKey::Granted(k.clone()))
+        );
+        let g = GrantKey {
+            tenant: Arc::from("t"),
+            contract: Arc::from("c"),
+            lever: Arc::from("l"),
+            id: Arc::from("pack-1"),
+        };
+        assert_eq!(
+            StoredKey::decode(&g.encode()),
+            Some(StoredKey::GrantUsed(g))
+        );
+        assert_eq!(StoredKey::decode(b"\x01t\x01c\x01l?"), None);
+        let n = NotifiedKey {
+            row: k.clone(),
+            threshold: 80,
+            limit: Amount::parse_input("12.5").unwrap(),
+        };
+        assert_eq!(StoredKey::decode(&n.encode()), Some(StoredKey::Notified(n)));
     }
 }

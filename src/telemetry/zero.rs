@@ -247,7 +247,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::quota::state::Decision;
+    use crate::quota::book::Decision;
 
     fn source(rel: &str) -> String {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);

@@ -18,7 +18,7 @@ use crate::http::util::{
     decode_cursor, empty, encode_cursor, json, page_limit, parse_json, query_map, read_body,
     require_json, Body,
 };
-use crate::quota::state::chain;
+use crate::quota::book::chain;
 use crate::registry::{
     normalize_quotas, valid_external_id, Contract, ContractBody, ContractStatus, Lever, LeverBody,
     Plan, PlanBody, Tenant, MAX_PARENT_DEPTH,

@@ -10,8 +10,8 @@ use crate::decimal::Amount;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, query_map, Body};
+use crate::quota::book::{chain, contract_anchor, contract_tz, effective_quotas, UsageKey};
 use crate::quota::period::period_containing;
-use crate::quota::state::{chain, contract_anchor, contract_tz, effective_quotas, UsageKey};
 use crate::window::{now_ms, rfc3339};
 
 /// One lever and period of a balance.

@@ -15,7 +15,7 @@ use super::admin::{body, invalid, not_found, page_under, persist};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, parse_json, query_map, Body};
-use crate::quota::state::chain;
+use crate::quota::book::chain;
 use crate::registry::{Grant, GrantBody, Grants, Tenant, MAX_OPEN_GRANTS};
 use crate::store::keys::{admin_prefix, grant_name, AdminKind};
 use crate::window::now_ms;
