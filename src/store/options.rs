@@ -1,7 +1,7 @@
 //! RocksDB tuning: the options of the database, of each column family (merge operators,
 //! table formats and filters, memtables, compaction, the retention filters of
 //! [`super::retention`]), and those set once the store is open. The comments give the
-//! facts each setting rests on; the measurements that led to them are in BENCHMARKS.md
+//! facts each setting rests on; the measurements that led to them are in docs/benchmarks.md
 //! ("RocksDB settings: history").
 
 use std::time::Duration;
