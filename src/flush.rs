@@ -92,6 +92,9 @@ pub fn flush_once(
     // increasing across restarts after the journal has been emptied.
     batch.put_meta(SEQ_HWM_KEY, &hwm.to_be_bytes());
     drop(sets);
+    // Held until the write below is done (lock order: docs/design.md): revisions must be
+    // committed in the order they are issued, or a changes-feed reader could see
+    // revision n + 1 before n, skip n, and never apply it.
     let mut stamp = revisions.begin();
     if let Err(e) = stamp.stamp(store, &mut batch, &keys) {
         counters.abort_flush();
@@ -100,6 +103,8 @@ pub fn flush_once(
     }
     drop(keys);
     let result = {
+        // Held across the write: a query must not read the stored rows after the write
+        // and the swapped-out deltas before `end_flush`, or it counts them twice.
         let _gate = counters.gate_write();
         let r = store.apply(batch, false);
         match &r {

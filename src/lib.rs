@@ -34,6 +34,10 @@
 //! - [`state`]: the shared state handed to handlers.
 //! - [`sched`]: the short scheduler slice of the reads thread.
 //!
+//! How an event travels, the journal seam and the daemon-wide lock order are in
+//! `docs/design.md` ("How an event travels", "The journal seam", "Lock order"); every
+//! place that holds a lock across a storage write says why there.
+//!
 //! # Layers
 //!
 //! Imports go one way, from upper to lower layers (rank in brackets):
