@@ -169,9 +169,13 @@ pub async fn backup(state: &std::sync::Arc<State>) -> Response<Body> {
         std::fs::create_dir_all(&dir).map_err(|e| fs_error(format!("cannot create {dir:?}"), e))?;
         let tmp = dir.join(format!(".tmp-{name}"));
         let fin = dir.join(&name);
-        let (bytes, files) = st.store.checkpoint(&tmp).inspect_err(|_| {
-            let _ = std::fs::remove_dir_all(&tmp);
-        })?;
+        let (bytes, files) = st
+            .store
+            .checkpoint(&tmp)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(&tmp);
+            })
+            .map_err(crate::error::Error::from)?;
         std::fs::rename(&tmp, &fin).map_err(|e| fs_error(format!("cannot rename {tmp:?}"), e))?;
         prune_backups(&dir, keep);
         Ok((fin, bytes, files))
