@@ -20,6 +20,7 @@
 //! - [`query`]: usage queries over stored rows plus in-memory deltas, the changes feed.
 //! - [`corrections`]: adjustments and retractions of stored usage, and their audit log.
 //! - [`admin`]: lever, plan, contract and grant writes and listings.
+//! - [`ops`]: online backups and the store gauges of `/metrics`.
 //! - [`error`]: the domain error ([`error::Error`], a stable [`error::ErrorCode`] and a
 //!   detail) that `http::error` maps to responses.
 //! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
@@ -41,7 +42,7 @@
 //! - [9] [`http`]: router and handlers (ingest, admin, corrections, balance, queries):
 //!   each parses, authorizes, calls one domain function and maps its error.
 //! - [8] domain services: [`ingest`], [`query`], [`flush`] (flush and journal replay),
-//!   [`corrections`], [`admin`].
+//!   [`corrections`], [`admin`], [`ops`].
 //! - [7] [`state`]: the shared handles the services and handlers use.
 //! - [6] [`notify`]: the outbox and webhook delivery (handed the store and a webhook
 //!   lookup, not the whole state).
@@ -76,6 +77,7 @@ pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod notify;
+pub mod ops;
 pub mod query;
 pub mod quota;
 pub mod registry;
