@@ -451,7 +451,7 @@ fn bench_flush(c: &mut Criterion) {
     let cfg = meterd::config::Config::from_toml("bench.toml", "[[tenants]]\nname = \"default\"\n")
         .expect("config");
     let registry = meterd::registry::Registry::new(&cfg);
-    let recent = meterd::dedupe::Recent::new();
+    let recent = meterd::dedupe::Unflushed::new();
     let (journal, _writer) = meterd::journal::WalJournal::start(
         store.clone(),
         meterd::config::Durability::Buffered,

@@ -248,7 +248,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         counters: Counters::new(cfg.shards),
         quotas,
         claims: Claims::new(),
-        recent: crate::dedupe::Recent::new(),
+        unflushed: crate::dedupe::Unflushed::new(),
         flush_wake,
         inflight: Arc::new(Semaphore::new(cfg.max_in_flight)),
         backup_lock: tokio::sync::Mutex::new(()),
@@ -321,7 +321,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
                 &st.store,
                 &*st.journal,
                 &st.counters,
-                &st.recent,
+                &st.unflushed,
                 &st.registry,
             )
         })
@@ -378,7 +378,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
             &*st.journal,
             &st.counters,
             &st.revisions,
-            &st.recent,
+            &st.unflushed,
             &st.registry,
             false,
         ) {

@@ -131,11 +131,6 @@ impl Amount {
     pub fn saturating_sub(self, other: Amount) -> Amount {
         Amount(self.0.saturating_sub(other.0))
     }
-
-    /// True for a value below zero.
-    pub fn is_negative(self) -> bool {
-        self.0 < 0
-    }
 }
 
 impl fmt::Display for Amount {

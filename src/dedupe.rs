@@ -2,10 +2,10 @@
 //!
 //! An id is first *claimed* in an in-memory table (atomic insert; a concurrent request
 //! with the same id finds the claim and waits for the owner's outcome), then looked up
-//! in [`Recent`] and, if absent there, in the `dedupe` column family. The owner commits
+//! in [`Unflushed`] and, if absent there, in the `dedupe` column family. The owner commits
 //! its events' dedupe records inside the journal records that count them (one atomic
-//! write), records the ids in [`Recent`], and only then releases its claims. So at every
-//! instant an accepted id is claimed, in [`Recent`] (its record durable in the journal),
+//! write), records the ids in [`Unflushed`], and only then releases its claims. So at every
+//! instant an accepted id is claimed, in [`Unflushed`] (its record durable in the journal),
 //! or in `dedupe`; a failed write releases the claim with nothing recorded: an id can
 //! never be claimed but uncounted. Memory holds the in-flight claims and the ids of one
 //! flush interval, never the retention window.
@@ -169,17 +169,17 @@ impl Claims {
 /// from the journal records a stop left behind. Its size is bounded by the events of
 /// one flush interval (about 40 bytes each).
 #[derive(Debug, Default)]
-pub struct Recent {
+pub struct Unflushed {
     table: DashMap<ClaimKey, u64, foldhash::fast::RandomState>,
     /// Entries in `table` (every ingest request reads it; `DashMap::len` locks every
     /// shard).
     len: AtomicUsize,
 }
 
-impl Recent {
+impl Unflushed {
     /// Creates an empty table.
-    pub fn new() -> Recent {
-        Recent::default()
+    pub fn new() -> Unflushed {
+        Unflushed::default()
     }
 
     /// Records that `key` was accepted in journal record `seq`.
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn recent_ids_are_counted_and_dropped_only_for_their_journal_record() {
-        let r = Recent::new();
+        let r = Unflushed::new();
         r.insert((0, 1), 7);
         r.insert((0, 2), 7);
         r.insert((1, 1), 8);

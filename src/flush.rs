@@ -15,7 +15,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::Durability;
 use crate::counters::Counters;
-use crate::dedupe::{ClaimKey, Recent};
+use crate::dedupe::{ClaimKey, Unflushed};
 use crate::journal::record::{decode_events, dedupe_records};
 use crate::journal::Journal;
 use crate::registry::Registry;
@@ -37,7 +37,7 @@ pub fn flush_once(
     journal: &dyn Journal,
     counters: &Counters,
     revisions: &Revisions,
-    recent: &Recent,
+    recent: &Unflushed,
     registry: &Registry,
     pace: bool,
 ) -> Result<usize, StoreError> {
@@ -300,11 +300,11 @@ pub fn start(state: Arc<State>, stop: Receiver<()>, wake: Receiver<()>) -> JoinH
                     &*state.journal,
                     &state.counters,
                     &state.revisions,
-                    &state.recent,
+                    &state.unflushed,
                     &state.registry,
                     // Paced unless the unflushed ids are past a quarter of their limit:
                     // then requests are about to wait for the flusher.
-                    state.recent.len() <= state.cfg.unflushed_ids_limit() / 4,
+                    state.unflushed.len() <= state.cfg.unflushed_ids_limit() / 4,
                 ) {
                     Ok(rows) => {
                         state.last_flush_ms.store(crate::window::now_ms(), Ordering::Relaxed);
@@ -340,7 +340,7 @@ pub fn start(state: Arc<State>, stop: Receiver<()>, wake: Receiver<()>) -> JoinH
                 metrics::gauge!(names::COUNTERS_PENDING)
                     .set(state.counters.pending_entries() as f64);
                 metrics::gauge!(names::DEDUPE_INFLIGHT).set(state.claims.len() as f64);
-                metrics::gauge!(names::DEDUPE_UNFLUSHED).set(state.recent.len() as f64);
+                metrics::gauge!(names::DEDUPE_UNFLUSHED).set(state.unflushed.len() as f64);
                 if rounds.is_multiple_of(60) {
                     let horizon = crate::quota::quota_horizon(&state.cfg, crate::window::now_ms());
                     state.quotas.prune(horizon);
@@ -360,7 +360,7 @@ pub fn recover(
     store: &Store,
     journal: &dyn Journal,
     counters: &Counters,
-    recent: &Recent,
+    recent: &Unflushed,
     registry: &Registry,
 ) -> Result<(u64, usize), StoreError> {
     let started = Instant::now();
@@ -471,7 +471,7 @@ mod tests {
         let counters = Counters::new(2);
         let revisions = Revisions::load(&store).unwrap();
         let registry = registry();
-        let recent = Recent::new();
+        let recent = Unflushed::new();
         let t = registry.tenant("t").unwrap().clone();
         let ids: [&[&str]; 3] = [&["a", "b"], &["c"], &["d", "e", "f"]];
         let mut dedupe = Vec::new();
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(recent.len(), 1);
         // A restart finds the unflushed ids in the journal again (and numbers new records
         // after the highest flushed one).
-        let (counters, recent) = (Counters::new(2), Recent::new());
+        let (counters, recent) = (Counters::new(2), Unflushed::new());
         let (next, events) = recover(&store, &journal, &counters, &recent, &registry).unwrap();
         assert_eq!((next, events, recent.len()), (4, 1, 1));
         assert_eq!(recent.get(&(t.index, id_hash("c"))), Some(2));
@@ -534,7 +534,7 @@ mod tests {
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let counters = Counters::new(4);
         let revisions = Revisions::load(&store).unwrap();
-        let (recent, registry) = (Recent::new(), registry());
+        let (recent, registry) = (Unflushed::new(), registry());
         let journal = wal(&store);
         let flush = |c: &Counters| {
             flush_once(&store, &journal, c, &revisions, &recent, &registry, false).unwrap();

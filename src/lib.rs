@@ -22,7 +22,12 @@
 //!   ([`store::writes`]) and reads ([`store::tables`]) everything outside `store/` and
 //!   `journal/` goes through (no column family name appears elsewhere:
 //!   `tests/layers.rs` checks).
-//! - [`query`]: usage queries over stored rows plus in-memory deltas.
+//! - [`query`]: usage queries over stored rows plus in-memory deltas, the changes feed.
+//! - [`corrections`]: adjustments and retractions of stored usage, and their audit log.
+//! - [`admin`]: lever, plan, contract and grant writes and listings.
+//! - [`ops`]: online backups and the store gauges of `/metrics`.
+//! - [`error`]: the domain error ([`error::Error`], a stable [`error::ErrorCode`] and a
+//!   detail) that `http::error` maps to responses.
 //! - [`quota`]: quota periods (day, week, month, billing period, lifetime) in the
 //!   contract's time zone, period usage, grants and the atomic quota decision.
 //! - [`revision`]: per-tenant revisions of stored usage rows, the changes feed index.
@@ -43,8 +48,10 @@
 //! Imports go one way, from upper to lower layers (rank in brackets):
 //!
 //! - [10] `lib.rs`, [`app`] (wiring); `main.rs` is a separate crate above it.
-//! - [9] [`http`]: router and handlers (ingest, admin, corrections, balance, queries).
-//! - [8] domain services: [`ingest`], [`query`], [`flush`] (flush and journal replay).
+//! - [9] [`http`]: router and handlers (ingest, admin, corrections, balance, queries):
+//!   each parses, authorizes, calls one domain function and maps its error.
+//! - [8] domain services: [`ingest`], [`query`], [`flush`] (flush and journal replay),
+//!   [`corrections`], [`admin`], [`ops`].
 //! - [7] [`state`]: the shared handles the services and handlers use.
 //! - [6] [`notify`]: the outbox and webhook delivery (handed the store and a webhook
 //!   lookup, not the whole state).
@@ -56,18 +63,22 @@
 //!   merge operator).
 //! - [1] [`config`], with the aggregation and role enums it parses.
 //! - [0] leaf utilities: [`decimal`], [`hash`], [`window`], [`sched`], [`telemetry`],
-//!   [`quota::period`].
+//!   [`quota::period`], [`error`] (its `From` impls for store and journal errors sit at
+//!   [4]).
 //!
 //! Modules of one layer may use each other as long as no file-level cycle results. The
 //! table is `src/layers.txt` (with an allow-list for known upward edges, empty now);
 //! `tests/layers.rs` reads every `crate::` path in `src/**/*.rs` and fails on an upward
 //! import that is not allow-listed and on any import cycle between files.
 
+pub mod admin;
 pub mod app;
 pub mod config;
+pub mod corrections;
 pub mod counters;
 pub mod decimal;
 pub mod dedupe;
+pub mod error;
 pub mod event;
 pub mod flush;
 pub mod hash;
@@ -75,6 +86,7 @@ pub mod http;
 pub mod ingest;
 pub mod journal;
 pub mod notify;
+pub mod ops;
 pub mod query;
 pub mod quota;
 pub mod registry;

@@ -28,7 +28,7 @@ pub struct State {
     /// In-flight dedupe claims.
     pub claims: Claims,
     /// Accepted ids whose dedupe records the flusher has not yet moved to the store.
-    pub recent: crate::dedupe::Recent,
+    pub unflushed: crate::dedupe::Unflushed,
     /// Asks the flusher for a flush now (a retraction waits for its id's record).
     pub flush_wake: crossbeam_channel::Sender<()>,
     /// Quota usage and decisions.

@@ -297,15 +297,6 @@ impl Config {
     pub fn from_toml(label: &str, text: &str) -> Result<Config, ConfigError> {
         validate(label, parse_toml(label, text)?)
     }
-
-    /// Lateness in force for `tenant`.
-    pub fn lateness_for(&self, tenant: &str) -> Duration {
-        self.tenants
-            .iter()
-            .find(|t| t.name == tenant)
-            .map(|t| t.lateness)
-            .unwrap_or(self.lateness)
-    }
 }
 
 fn parse_toml(label: &str, text: &str) -> Result<RawConfig, ConfigError> {

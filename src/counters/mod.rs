@@ -94,11 +94,6 @@ impl Counters {
         }
     }
 
-    /// Number of shards.
-    pub fn shard_count(&self) -> usize {
-        self.shards.len()
-    }
-
     /// The shard owning `contract` of `tenant`: a pure function of the two ids and the
     /// shard count.
     pub fn shard_of(&self, tenant: &str, contract: &str) -> usize {

@@ -1,77 +1,22 @@
-//! The one place where errors become HTTP responses: a closed set of stable codes, each
-//! with its status, rendered as `application/problem+json` (RFC 9457) with a `code`.
+//! The one place where errors become HTTP responses: the stable codes of
+//! [`crate::error::ErrorCode`], each with its status, rendered as
+//! `application/problem+json` (RFC 9457) with a `code`. Domain errors
+//! ([`crate::error::Error`]) become [`ApiError`]s through `From`, the one mapping.
 
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
 
-/// Stable error codes of whole-request failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Body is not valid JSON/NDJSON or has the wrong shape.
-    MalformedBody,
-    /// A request body field is invalid.
-    InvalidRequest,
-    /// A query parameter is invalid.
-    InvalidQuery,
-    /// No or unknown API key.
-    Unauthorized,
-    /// The key's role may not do this.
-    Forbidden,
-    /// No such resource (or route).
-    NotFound,
-    /// Method not supported on this route.
-    MethodNotAllowed,
-    /// The change conflicts with stored state.
-    Conflict,
-    /// A per-resource count limit is reached (e.g. open grants of a contract).
-    LimitReached,
-    /// Body exceeds `max_body_bytes`.
-    PayloadTooLarge,
-    /// More events than `max_batch_events`.
-    BatchTooLarge,
-    /// Wrong `Content-Type`.
-    UnsupportedMediaType,
-    /// Body not received within `body_read_timeout`.
-    RequestTimeout,
-    /// In-flight limit reached.
-    Overloaded,
-    /// Recovery not done or shutting down.
-    NotReady,
-    /// The store failed to persist.
-    StorageUnavailable,
-    /// The disk is full.
-    StorageFull,
-    /// A bug.
-    Internal,
+pub use crate::error::ErrorCode;
+
+/// HTTP status and problem title of each code.
+trait Http {
+    fn status(self) -> StatusCode;
+    fn title(self) -> &'static str;
 }
 
-impl ErrorCode {
-    /// The code string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::MalformedBody => "malformed_body",
-            ErrorCode::InvalidRequest => "invalid_request",
-            ErrorCode::InvalidQuery => "invalid_query",
-            ErrorCode::Unauthorized => "unauthorized",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::MethodNotAllowed => "method_not_allowed",
-            ErrorCode::Conflict => "conflict",
-            ErrorCode::LimitReached => "limit_reached",
-            ErrorCode::PayloadTooLarge => "payload_too_large",
-            ErrorCode::BatchTooLarge => "batch_too_large",
-            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-            ErrorCode::RequestTimeout => "request_timeout",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::NotReady => "not_ready",
-            ErrorCode::StorageUnavailable => "storage_unavailable",
-            ErrorCode::StorageFull => "storage_full",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
+impl Http for ErrorCode {
     /// The HTTP status.
-    pub fn status(self) -> StatusCode {
+    fn status(self) -> StatusCode {
         match self {
             ErrorCode::MalformedBody | ErrorCode::InvalidRequest | ErrorCode::InvalidQuery => {
                 StatusCode::BAD_REQUEST
@@ -174,44 +119,15 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> ApiError {
-        match e {
-            crate::store::StoreError::Full(d) => ApiError::new(ErrorCode::StorageFull, d),
-            other => {
-                tracing::error!(error = %other, "store error");
-                ApiError::new(ErrorCode::StorageUnavailable, other.to_string())
-            }
-        }
-    }
-}
-
-impl From<crate::journal::CommitError> for ApiError {
-    fn from(e: crate::journal::CommitError) -> ApiError {
-        if e.is_full() {
-            ApiError::new(ErrorCode::StorageFull, e.to_string())
-        } else {
-            tracing::error!(error = %e, "journal commit failed");
-            ApiError::new(ErrorCode::StorageUnavailable, e.to_string())
-        }
+impl From<crate::error::Error> for ApiError {
+    fn from(e: crate::error::Error) -> ApiError {
+        let (code, detail) = e.into_parts();
+        ApiError { code, detail }
     }
 }
 
 impl From<crate::ingest::IngestError> for ApiError {
     fn from(e: crate::ingest::IngestError) -> ApiError {
-        match e {
-            crate::ingest::IngestError::Commit(c) if c.is_full() => {
-                ApiError::new(ErrorCode::StorageFull, format!("{c}; nothing was counted"))
-            }
-            crate::ingest::IngestError::Commit(c) => ApiError::new(
-                ErrorCode::StorageUnavailable,
-                format!("{c}; nothing was counted"),
-            ),
-            crate::ingest::IngestError::Store(s) => ApiError::from(s),
-            crate::ingest::IngestError::Backlog(_) => ApiError::new(
-                ErrorCode::Overloaded,
-                format!("{e}; nothing was counted, retry later"),
-            ),
-        }
+        ApiError::from(crate::error::Error::from(e))
     }
 }

@@ -38,7 +38,18 @@ impl Ctx {
             .cloned()
             .ok_or_else(|| ApiError::new(ErrorCode::Internal, "key tenant is not configured"))
     }
+
+    /// The JSON body of an admin or correction request (at most [`MAX_ADMIN_BODY`]
+    /// bytes, within `body_read_timeout`).
+    pub async fn admin_body(&self, req: Request<ReqBody>) -> Result<bytes::Bytes, ApiError> {
+        super::util::require_json(req.headers())?;
+        let (parts, b) = req.into_parts();
+        super::util::read_body(&parts, b, MAX_ADMIN_BODY, self.state.cfg.body_read_timeout).await
+    }
 }
+
+/// Largest admin request body.
+pub const MAX_ADMIN_BODY: usize = 256 * 1024;
 
 /// A routed `/v1/*` (or `/api/v1/*`) path, with its percent-decoded resource id.
 pub enum Route {

@@ -402,27 +402,17 @@ pub fn media_type(headers: &HeaderMap) -> Option<(String, &str)> {
 
 /// Encodes a page cursor (opaque to clients).
 pub fn encode_cursor(last: &str) -> String {
-    hex::encode(last.as_bytes())
+    crate::registry::persist::encode_cursor(last)
 }
 
 /// Decodes a page cursor.
 pub fn decode_cursor(c: &str) -> Result<String, ApiError> {
-    hex::decode(c)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| ApiError::new(ErrorCode::InvalidQuery, "invalid cursor"))
+    Ok(crate::registry::persist::decode_cursor(c)?)
 }
 
 /// Reads `limit` (default 100, 1..=1000).
 pub fn page_limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
-    match q.get("limit") {
-        None => Ok(100),
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => Ok(n),
-            _ => Err(ApiError::new(
-                ErrorCode::InvalidQuery,
-                "`limit` must be an integer between 1 and 1000",
-            )),
-        },
-    }
+    Ok(crate::registry::persist::page_limit(
+        q.get("limit").map(String::as_str),
+    )?)
 }

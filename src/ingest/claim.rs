@@ -18,13 +18,13 @@ use crate::store::keys::id_hash;
 /// Longest a request waits for the unflushed ids to fall under their limit.
 pub const BACKLOG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Wakes the flusher when the accepted ids not yet flushed ([`crate::dedupe::Recent`])
+/// Wakes the flusher when the accepted ids not yet flushed ([`crate::dedupe::Unflushed`])
 /// pass half of [`crate::config::Config::unflushed_ids_limit`], and waits while they are
 /// over it: when requests come faster than the flusher moves their dedupe records, the
 /// ids' memory stays bounded and requests slow to the flusher's pace.
 pub(super) async fn wait_for_backlog(state: &State) -> Result<(), IngestError> {
     let limit = state.cfg.unflushed_ids_limit();
-    let mut n = state.recent.len();
+    let mut n = state.unflushed.len();
     // The wait is for a slow flusher, not a failing store: while flushes fail (a full
     // disk), requests go on to their commit, which answers with the store's own error.
     if n <= limit / 2 || !state.storage_ok.load(Ordering::SeqCst) {
@@ -38,7 +38,7 @@ pub(super) async fn wait_for_backlog(state: &State) -> Result<(), IngestError> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         let _ = state.flush_wake.try_send(());
-        n = state.recent.len();
+        n = state.unflushed.len();
     }
     Ok(())
 }

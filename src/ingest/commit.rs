@@ -2,7 +2,7 @@
 //!
 //! Accepted events go into one events record per counter shard, each event carrying its
 //! dedupe record (the flusher moves those into the store when it truncates the record;
-//! until then the ids are found through [`crate::dedupe::Recent`]). The quota usage the
+//! until then the ids are found through [`crate::dedupe::Unflushed`]). The quota usage the
 //! decisions reserved goes in as quota operands (one per row), and threshold
 //! notifications as outbox rows, so the events, their quota usage and their
 //! notifications are durable together or not at all.
@@ -28,7 +28,7 @@ pub(super) struct Staged<'j> {
     pub(super) batch: Batch<'j>,
     /// Per shard: its events record's sequence number and its events.
     pub(super) groups: Vec<(usize, u64, Vec<EventRecord>)>,
-    /// Accepted ids and their events records, for [`crate::dedupe::Recent`].
+    /// Accepted ids and their events records, for [`crate::dedupe::Unflushed`].
     pub(super) recent: Vec<(ClaimKey, u64)>,
     /// The quota usage reserved (rolled back if the commit fails).
     pub(super) reserved: Reserved,

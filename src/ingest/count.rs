@@ -1,13 +1,13 @@
 //! Phase "count": what a committed request changes in memory. The accepted ids go into
-//! [`Recent`] before the claims are released (by the caller) and before the counters,
+//! [`Unflushed`] before the claims are released (by the caller) and before the counters,
 //! whose flush truncates the events records: an accepted id is always claimed, in
-//! `Recent` or in the store. Then the notifications go to the outbox's delivery and the
+//! `Unflushed` or in the store. Then the notifications go to the outbox's delivery and the
 //! events into their shards' counters.
 
 use std::sync::Arc;
 
 use crate::counters::Counters;
-use crate::dedupe::{ClaimKey, Recent};
+use crate::dedupe::{ClaimKey, Unflushed};
 use crate::notify::{Entry, Outbox};
 use crate::registry::Tenant;
 use crate::store::records::EventRecord;
@@ -15,7 +15,7 @@ use crate::store::records::EventRecord;
 /// Records the committed request: `recent` (id, events record) pairs, the `outbox`
 /// entries staged in its batch, and per shard its events record's number and events.
 pub(super) fn count(
-    unflushed: &Recent,
+    unflushed: &Unflushed,
     outbox: &Outbox,
     counters: &Counters,
     tenant: &Arc<Tenant>,
@@ -44,7 +44,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
         let outbox = Outbox::load(&store).unwrap();
-        let (unflushed, counters, t) = (Recent::new(), Counters::new(4), tenant(None));
+        let (unflushed, counters, t) = (Unflushed::new(), Counters::new(4), tenant(None));
         let ev = EventRecord::sample();
         count(
             &unflushed,

@@ -1,13 +1,13 @@
 //! Phase "look up": the stored dedupe record of every claimed id, if any.
 //!
-//! Ids accepted since the last flush are in [`Recent`], their dedupe records inside the
+//! Ids accepted since the last flush are in [`Unflushed`], their dedupe records inside the
 //! journal's events records; the others are looked up in the store (one multi-get, in
-//! key order). `Recent` is read first: an id leaves it only after its record is in the
+//! key order). `Unflushed` is read first: an id leaves it only after its record is in the
 //! store, and an events record is truncated only after its dedupe records are written
 //! there, so no id falls between the two.
 
 use super::Slot;
-use crate::dedupe::Recent;
+use crate::dedupe::Unflushed;
 use crate::hash::FastHashMap;
 use crate::journal::record::dedupe_records;
 use crate::journal::Journal;
@@ -26,7 +26,7 @@ pub(super) struct Found {
 
 /// Looks up the dedupe records of the ids of `slots[claimed]`.
 pub(super) fn lookup(
-    recent: &Recent,
+    recent: &Unflushed,
     journal: &dyn Journal,
     store: &Store,
     tenant: &Tenant,
@@ -128,7 +128,7 @@ mod tests {
             WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
         let journal: &dyn Journal = &journal;
         let t = tenant(None);
-        let recent = Recent::new();
+        let recent = Unflushed::new();
         let ev = EventRecord::sample();
         // "in-journal" was accepted since the last flush: in `recent`, its record in
         // events record 5. "flushed" is in the store. "gone" is in `recent` but its

@@ -14,7 +14,7 @@
 //! 5. [`commit`]: one journal batch (per counter shard one events record carrying its
 //!    events' dedupe records, the quota operands, the notifications), committed durably;
 //!    on failure the reservations are rolled back and nothing is acknowledged.
-//! 6. [`count`]: the ids into [`crate::dedupe::Recent`], the notifications to the
+//! 6. [`count`]: the ids into [`crate::dedupe::Unflushed`], the notifications to the
 //!    outbox, the events into the shard counters; then the claims are released.
 //! 7. [`outcome`]: the answer, with per-event rejections ([`RejectCode`]) in input order.
 //!
@@ -67,6 +67,26 @@ pub enum IngestError {
     /// counted.
     #[error("the flusher is behind ({0} accepted ids not yet flushed)")]
     Backlog(usize),
+}
+
+impl From<IngestError> for crate::error::Error {
+    fn from(e: IngestError) -> crate::error::Error {
+        use crate::error::{Error, ErrorCode};
+        match e {
+            IngestError::Commit(c) if c.is_full() => {
+                Error::new(ErrorCode::StorageFull, format!("{c}; nothing was counted"))
+            }
+            IngestError::Commit(c) => Error::new(
+                ErrorCode::StorageUnavailable,
+                format!("{c}; nothing was counted"),
+            ),
+            IngestError::Store(s) => Error::from(s),
+            IngestError::Backlog(_) => Error::new(
+                ErrorCode::Overloaded,
+                format!("{e}; nothing was counted, retry later"),
+            ),
+        }
+    }
 }
 
 /// Where one element of the request stands.
@@ -159,7 +179,7 @@ async fn run_claimed<'a>(
     state.storage_ok.store(true, Ordering::SeqCst);
     maybe_blocking(big, || {
         count::count(
-            &state.recent,
+            &state.unflushed,
             &state.outbox,
             &state.counters,
             tenant,
@@ -191,7 +211,7 @@ fn look_up_and_decide<'s>(
         return Ok(None);
     }
     let found = lookup::lookup(
-        &state.recent,
+        &state.unflushed,
         &*state.journal,
         &state.store,
         tenant,

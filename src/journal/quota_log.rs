@@ -11,10 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use rocksdb::WriteBatch;
-
 use crate::hash::FastHashMap;
 use crate::store::agg::AggValue;
+use crate::store::writes::Writes;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
 
@@ -89,7 +88,7 @@ impl QuotaLog {
         }
         let t = Instant::now();
         let batch = fold_batch(store, &self.pending, self.first, self.next);
-        match store.write(batch, false) {
+        match store.apply(batch, false) {
             Ok(()) => {
                 self.pending.clear();
                 self.pending.shrink_to(1024);
@@ -108,27 +107,19 @@ impl QuotaLog {
 
 /// One merge per row of `sums` into `quota` (in key order) and the deletion of quota log
 /// records `first..next`.
-fn fold_batch(
-    store: &Store,
+fn fold_batch<'s>(
+    store: &'s Store,
     sums: &FastHashMap<Vec<u8>, AggValue>,
     first: u64,
     next: u64,
-) -> WriteBatch {
+) -> Writes<'s> {
     let mut sorted: Vec<(&Vec<u8>, &AggValue)> = sums.iter().collect();
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    let quota_cf = store.cf(cf::QUOTA);
-    let mut batch = WriteBatch::with_capacity_bytes(sorted.len() * 96 + 64);
-    let mut value = Vec::with_capacity(33);
+    let mut batch = store.writes(sorted.len() * 96 + 64);
     for (key, v) in sorted {
-        value.clear();
-        v.encode_into(&mut value);
-        batch.merge_cf(quota_cf, key, &value);
+        batch.merge_quota(key, *v);
     }
-    batch.delete_range_cf(
-        store.cf(cf::QUOTA_LOG),
-        first.to_be_bytes(),
-        next.to_be_bytes(),
-    );
+    batch.delete_quota_log(first, next);
     batch
 }
 
@@ -148,7 +139,7 @@ pub fn fold_quota_log(store: &Store) -> Result<u64, StoreError> {
         .ok_or(StoreError::Corrupt("quota_log"))
     })?;
     if let Some(first) = first {
-        store.write(fold_batch(store, &sums, first, next), true)?;
+        store.apply(fold_batch(store, &sums, first, next), true)?;
         tracing::info!(
             records = next - first,
             rows = sums.len(),

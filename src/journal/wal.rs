@@ -267,9 +267,9 @@ fn writer(
             if !ops.is_empty() {
                 record.clear();
                 encode_log_record(&ops, &mut record);
-                let mut b = WriteBatch::with_capacity_bytes(record.len() + 32);
-                b.put_cf(store.cf(cf::QUOTA_LOG), log.next.to_be_bytes(), &record);
-                batches.push(b);
+                let mut b = store.writes(record.len() + 32);
+                b.put_quota_log(log.next, &record);
+                batches.push(b.into_batch());
             }
             let r = store.write_all(batches, false).map_err(Arc::new);
             if r.is_ok() {

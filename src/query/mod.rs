@@ -5,6 +5,12 @@
 //! the fewest stored rows (whole UTC days, whole hours, minutes at the edges). Stored rows
 //! and in-memory deltas are combined under the flush gate, so each delta is counted once
 //! whether or not it has been flushed yet: a read after a 2xx sees the event.
+//!
+//! [`changes`] answers the changes feed; [`contracts`] pages the contracts of a
+//! tenant-wide query.
+
+pub mod changes;
+pub mod contracts;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

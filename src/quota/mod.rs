@@ -2,9 +2,12 @@
 //!
 //! - [`period`]: the quota periods (day, week, month, billing period, lifetime) that
 //!   contain an instant, computed in the contract's time zone.
+//! - [`balance`]: a contract's balance per lever and period (limit, grants, usage,
+//!   what is left), answered from the quota book.
 //! - [`book`]: the quota book, usage per contract, lever and period; the atomic
 //!   check-and-reserve of every event against its contract chain's hard limits.
 
+pub mod balance;
 pub mod book;
 pub mod period;
 

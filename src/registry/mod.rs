@@ -8,6 +8,7 @@ mod auth;
 mod contract;
 mod grant;
 mod lever;
+pub mod persist;
 mod plan;
 
 use std::collections::HashMap;

@@ -104,7 +104,8 @@ pub fn dedupe_id(b: &[u8]) -> Option<&str> {
 }
 
 /// Encodes a dedupe record: acceptance time, the id itself (to rule out hash
-/// collisions) and the event.
+/// collisions) and the event (tests; the journal's events records encode them in place).
+#[cfg(test)]
 pub fn encode_dedupe(accepted_ms: i64, id: &str, event: &EventRecord) -> Vec<u8> {
     encode_dedupe_with::<&str>(accepted_ms, id, event, &[])
 }

@@ -3,20 +3,9 @@
 //! usage windows, quota rows, notifications, revisions); the column family behind it
 //! stays the store's business.
 
-use super::keys::{admin_key, AdminKind};
 use super::{cf, Store, StoreError};
 
 impl Store {
-    /// A registry or audit row: `kind`'s record `name` of `tenant`.
-    pub fn admin_get(
-        &self,
-        kind: AdminKind,
-        tenant: &str,
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.get(cf::ADMIN, &admin_key(kind, tenant, name))
-    }
-
     /// The registry row under a full key ([`super::keys::admin_key`]).
     pub fn admin_get_key(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(cf::ADMIN, key)

@@ -152,6 +152,19 @@ impl<'s> Writes<'s> {
         self.batch.put_cf(cf, journal_key(seq), record);
     }
 
+    /// A quota log record (the journal's combined quota operands of one write).
+    pub fn put_quota_log(&mut self, n: u64, record: &[u8]) {
+        let cf = self.cf(Family::QuotaLog);
+        self.batch.put_cf(cf, n.to_be_bytes(), record);
+    }
+
+    /// Deletes quota log records `first..next`.
+    pub fn delete_quota_log(&mut self, first: u64, next: u64) {
+        let cf = self.cf(Family::QuotaLog);
+        self.batch
+            .delete_range_cf(cf, first.to_be_bytes(), next.to_be_bytes());
+    }
+
     /// Deletes journal records `first..=last` (a range deletion when there are several).
     pub fn delete_journal(&mut self, first: u64, last: u64) {
         let cf = self.cf(Family::Journal);
@@ -166,19 +179,6 @@ impl<'s> Writes<'s> {
                 }
             }
         }
-    }
-
-    /// A quota log record (the journal's combined quota operands of one write).
-    pub fn put_quota_log(&mut self, n: u64, record: &[u8]) {
-        let cf = self.cf(Family::QuotaLog);
-        self.batch.put_cf(cf, n.to_be_bytes(), record);
-    }
-
-    /// Deletes quota log records `first..next`.
-    pub fn delete_quota_log(&mut self, first: u64, next: u64) {
-        let cf = self.cf(Family::QuotaLog);
-        self.batch
-            .delete_range_cf(cf, first.to_be_bytes(), next.to_be_bytes());
     }
 }
 

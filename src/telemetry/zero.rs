@@ -454,8 +454,8 @@ mod tests {
                 by_key.entry(key).or_default().extend(vals);
             }
         }
-        let ops = source("src/http/handlers/ops.rs");
-        let jobs = body(&ops, "pub fn metrics(");
+        let ops = source("src/ops.rs");
+        let jobs = body(&ops, "pub fn set_gauges(");
         by_key
             .entry("kind")
             .or_default()

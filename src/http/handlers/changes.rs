@@ -1,17 +1,14 @@
-//! `GET /v1/changes?after=REV&limit=&window=` (SPEC 4.2): window rows whose value changed
-//! after a revision, in revision order, read in one snapshot (see [`crate::revision`]).
+//! `GET /v1/changes?after=REV&limit=&window=` (SPEC 4.2), answered by
+//! [`crate::query::changes`].
 
 use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
 
-use crate::counters::agg::AggValue;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, only_params, query_map, Body};
-use crate::store::keys::decode_window_key;
-use crate::store::StoreError;
-use crate::window::{rfc3339, Granularity};
+use crate::query::changes::changes;
+use crate::window::Granularity;
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 1000;
@@ -50,38 +47,8 @@ pub fn get(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError
         Some(_) => return Err(bad("`window` must be minute, hour or day")),
     };
     let tenant = ctx.tenant()?;
-    let entries = tokio::task::block_in_place(|| {
-        ctx.state
-            .store
-            .changes_after(&tenant.name, after, limit, |k| match only {
-                None => true,
-                Some(g) => decode_window_key(k).is_some_and(|w| w.gran == g),
-            })
+    let page = tokio::task::block_in_place(|| {
+        changes(&ctx.state.store, &tenant.name, after, limit, only)
     })?;
-    let mut next_after = after;
-    let mut items = Vec::with_capacity(entries.len());
-    for (rev, key, value) in &entries {
-        next_after = next_after.max(*rev);
-        // A row removed by retention is no change to report.
-        let Some(value) = value else { continue };
-        let w = decode_window_key(key).ok_or(StoreError::Corrupt("changes"))?;
-        let v = AggValue::decode(value).ok_or(StoreError::Corrupt("windows"))?;
-        let mut item = json!({
-            "revision": rev,
-            "contract": w.contract,
-            "lever": w.lever,
-            "window": w.gran.as_str(),
-            "start": rfc3339(w.start),
-            "end": rfc3339(w.start + w.gran.len_ms()),
-            "value": v.amount(),
-        });
-        if let (Some(b), Some(obj)) = (w.bucket, item.as_object_mut()) {
-            obj.insert("bucket".into(), b.into());
-        }
-        items.push(item);
-    }
-    Ok(json(
-        StatusCode::OK,
-        &json!({"items": items, "next_after": next_after}),
-    ))
+    Ok(json(StatusCode::OK, &page))
 }

@@ -19,14 +19,14 @@ use http_body_util::BodyExt;
 use hyper::{header, Request, Response, StatusCode};
 use serde_json::json;
 
-use super::admin::page_under;
+use crate::error::Error;
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{decode_cursor, json, query_map, Body, ChannelBody};
+use crate::query::contracts::contract_page;
 use crate::query::{usage, UsageQuery, UsageRow, WindowSpec};
 use crate::registry::{Contract, Lever, Tenant};
 use crate::state::State;
-use crate::store::keys::{admin_prefix, AdminKind};
 use crate::window::{now_ms, parse_rfc3339, Granularity, DAY_MS};
 
 /// Longest range per window size, so a response stays bounded.
@@ -108,9 +108,7 @@ fn parse_params(
         Some(l) => vec![tenant
             .lever(l)
             .or_else(|| tenant.levers.get(l.as_str()).map(|x| Arc::clone(&x)))
-            .ok_or_else(|| {
-                ApiError::new(ErrorCode::NotFound, format!("lever {l:?} does not exist"))
-            })?],
+            .ok_or_else(|| Error::not_found("lever", l))?],
         None => {
             let mut all: Vec<_> = tenant.levers.iter().map(|l| Arc::clone(&l)).collect();
             all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -150,7 +148,8 @@ fn contract_rows(
         lateness_ms: tenant.lateness.as_millis() as i64,
         now_ms: p.now,
     };
-    Ok((tz, usage(&state.store, &state.counters, &query)?))
+    let rows = usage(&state.store, &state.counters, &query).map_err(Error::from)?;
+    Ok((tz, rows))
 }
 
 /// Answers a usage query for one contract.
@@ -158,10 +157,7 @@ pub fn get(ctx: &Ctx, contract: &str, req: &Request<ReqBody>) -> Result<Response
     let q = query_map(req.uri().query())?;
     let tenant = ctx.tenant()?;
     let Some(c) = tenant.contract(contract) else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("contract {contract:?} does not exist"),
-        ));
+        return Err(Error::not_found("contract", contract).into());
     };
     let p = parse_params(&tenant, &q, &[])?;
     let (tz, rows) = tokio::task::block_in_place(|| contract_rows(&ctx.state, &tenant, &c, &p))?;
@@ -204,51 +200,6 @@ fn format_of(req: &Request<ReqBody>) -> Format {
         Format::Csv
     } else {
         Format::Json
-    }
-}
-
-/// The contract ids of one page after `cursor` (`limit` of them, or all), and the
-/// cursor of the next page.
-fn contract_page(
-    state: &State,
-    tenant: &Tenant,
-    q: &HashMap<String, String>,
-    limit: Option<usize>,
-) -> Result<(Vec<Arc<Contract>>, Option<String>), ApiError> {
-    let mut q = q.clone();
-    match limit {
-        Some(l) => {
-            q.insert("limit".into(), l.to_string());
-        }
-        None => {
-            q.remove("limit");
-        }
-    }
-    if limit.is_some() {
-        return page_under(
-            state,
-            admin_prefix(AdminKind::Contract, &tenant.name),
-            &q,
-            |id, _| tenant.contract(id),
-        );
-    }
-    // All of them: walk pages of 1000.
-    let mut all = Vec::new();
-    loop {
-        q.insert("limit".into(), "1000".into());
-        let (items, next) = page_under(
-            state,
-            admin_prefix(AdminKind::Contract, &tenant.name),
-            &q,
-            |id, _| tenant.contract(id),
-        )?;
-        all.extend(items);
-        match next {
-            Some(n) => {
-                q.insert("cursor".into(), n);
-            }
-            None => return Ok((all, None)),
-        }
     }
 }
 
@@ -347,7 +298,13 @@ pub fn list(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiErro
     let format = format_of(req);
     if format == Format::Json {
         let limit = limit.unwrap_or(100);
-        let (contracts, next) = contract_page(&ctx.state, &tenant, &q, Some(limit))?;
+        let page = contract_page(
+            &ctx.state.store,
+            &tenant,
+            q.get("cursor").map(String::as_str),
+            Some(limit),
+        )?;
+        let (contracts, next) = (page.items, page.next_cursor);
         let mut items = Vec::new();
         tokio::task::block_in_place(|| -> Result<(), ApiError> {
             for c in &contracts {
@@ -373,7 +330,13 @@ pub fn list(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiErro
     // The producer waits for the client as an async task, holding no thread: a blocking
     // thread per export would let a few slow readers take the whole blocking pool, and
     // with it every `block_in_place` of other requests.
-    let (contracts, next) = contract_page(&ctx.state, &tenant, &q, limit)?;
+    let page = contract_page(
+        &ctx.state.store,
+        &tenant,
+        q.get("cursor").map(String::as_str),
+        limit,
+    )?;
+    let (contracts, next) = (page.items, page.next_cursor);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let state = ctx.state.clone();
     let is_csv = format == Format::Csv;
