@@ -11,6 +11,8 @@ mod sources;
 
 use std::fmt;
 
+use serde::Serialize;
+
 /// Stable error codes of whole-request failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -75,6 +77,58 @@ impl ErrorCode {
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
         }
+    }
+}
+
+/// Why one event of a request was refused: the stable per-event codes of the
+/// `errors[].code` field (whole-request failures use `ErrorCode` instead).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    /// The element is not a valid event (a field is missing or malformed).
+    InvalidEvent,
+    /// The event names a lever the tenant does not have.
+    UnknownLever,
+    /// The event names a contract the tenant does not have.
+    UnknownContract,
+    /// The event time is older than the tenant's accepted lateness.
+    TooLate,
+    /// The event time is more than 5 minutes in the future.
+    TooEarly,
+    /// The event time is at or after the contract's end.
+    ContractEnded,
+    /// A hard quota of the contract or an ancestor pool would be exceeded.
+    QuotaExceeded,
+}
+
+impl RejectCode {
+    /// Every code, in the order the API documents them.
+    pub const ALL: [RejectCode; 7] = [
+        RejectCode::InvalidEvent,
+        RejectCode::UnknownLever,
+        RejectCode::UnknownContract,
+        RejectCode::TooLate,
+        RejectCode::TooEarly,
+        RejectCode::ContractEnded,
+        RejectCode::QuotaExceeded,
+    ];
+
+    /// The code string.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::InvalidEvent => "invalid_event",
+            RejectCode::UnknownLever => "unknown_lever",
+            RejectCode::UnknownContract => "unknown_contract",
+            RejectCode::TooLate => "too_late",
+            RejectCode::TooEarly => "too_early",
+            RejectCode::ContractEnded => "contract_ended",
+            RejectCode::QuotaExceeded => "quota_exceeded",
+        }
+    }
+}
+
+impl Serialize for RejectCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 

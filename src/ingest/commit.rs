@@ -114,6 +114,8 @@ pub(super) fn stage<'j>(
     }
     // Quota usage rows (one reservation per row: see `Reserved`) commit with the events,
     // as operands the journal combines with those of the requests written alongside.
+    let granted = reserved.rows().iter().filter(|r| r.granted.0 != 0).count();
+    batch.reserve_quota(reserved.rows().len() + granted + reserved.takes.len());
     for r in reserved.rows() {
         batch.quota(r.key.encode(), r.delta);
         if r.granted.0 != 0 {

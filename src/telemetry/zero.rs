@@ -19,6 +19,8 @@ use super::names;
 
 /// The closed sets of label values.
 pub mod labels {
+    use crate::error::RejectCode;
+
     /// `route` of the HTTP metrics: the API routes (`Route::label` in
     /// `src/http/router.rs`), then the fixed labels `dispatch` gives the other requests.
     pub const ROUTES: &[&str] = &[
@@ -54,16 +56,17 @@ pub mod labels {
     ];
     /// `outcome` of `meterd_ingest_events_total`.
     pub const INGEST_OUTCOMES: &[&str] = &["accepted", "duplicate", "rejected"];
-    /// `code` of `meterd_ingest_rejected_events_total`: the per-event rejection codes.
-    pub const REJECTION_CODES: &[&str] = &[
-        "invalid_event",
-        "unknown_lever",
-        "unknown_contract",
-        "too_late",
-        "too_early",
-        "contract_ended",
-        "quota_exceeded",
-    ];
+    /// `code` of `meterd_ingest_rejected_events_total`: the per-event rejection codes
+    /// ([`RejectCode`], in its order).
+    pub const REJECTION_CODES: &[&str] = &{
+        let mut out = [""; RejectCode::ALL.len()];
+        let mut i = 0;
+        while i < out.len() {
+            out[i] = RejectCode::ALL[i].as_str();
+            i += 1;
+        }
+        out
+    };
     /// `(outcome, mode)` of `meterd_quota_decisions_total`: the pairs that occur
     /// (`Decision::labels`, and `rejected` by a hard quota).
     pub const QUOTA_DECISIONS: &[(&str, &str)] = &[
