@@ -47,6 +47,7 @@ pub(super) async fn wait_for_backlog(state: &State) -> Result<(), IngestError> {
 /// others claimed by `owner` (their keys pushed to `held`), or waiting for the request
 /// that holds them. A repeat within the request is claimed again (decided after
 /// validation, so a rejected first occurrence cannot swallow a valid repeat).
+#[inline]
 pub(super) fn claim_all<'a>(
     claims: &Claims,
     tenant_index: u32,

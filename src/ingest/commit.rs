@@ -46,6 +46,7 @@ type ShardGroup<'a> = (
 /// Settles `slots` by `verdicts` (duplicates and rejections now, accepted events once
 /// committed) and stages the accepted events; `None` when none was accepted.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(super) fn stage<'j>(
     journal: &'j dyn Journal,
     outbox: &Outbox,

@@ -14,6 +14,7 @@ use crate::store::records::EventRecord;
 
 /// Records the committed request: `recent` (id, events record) pairs, the `outbox`
 /// entries staged in its batch, and per shard its events record's number and events.
+#[inline]
 pub(super) fn count(
     unflushed: &Unflushed,
     outbox: &Outbox,

@@ -25,6 +25,7 @@ pub(super) struct Found {
 }
 
 /// Looks up the dedupe records of the ids of `slots[claimed]`.
+#[inline]
 pub(super) fn lookup(
     recent: &Unflushed,
     journal: &dyn Journal,

@@ -40,6 +40,7 @@ pub struct Outcome {
 }
 
 /// The answer for `slots`, every one of them decided, in input order.
+#[inline]
 pub(super) fn outcome(slots: Vec<Slot<'_>>) -> Outcome {
     let mut out = Outcome::default();
     for s in slots {

@@ -26,6 +26,7 @@ pub(super) struct Valid {
 
 /// Checks `ev` for `tenant` at receive time `now_ms` (an event without a time happens
 /// now); the rejection code and message when it fails.
+#[inline]
 pub(super) fn validate(
     tenant: &Tenant,
     ev: &Event<'_>,

@@ -201,7 +201,11 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
 impl dyn Journal + '_ {
     /// Submits `batch` and waits until it is durable.
     pub async fn commit(&self, batch: Batch<'_>) -> Result<(), CommitError> {
-        self.submit(batch).wait().await
+        // The ticket's receiver is awaited here directly (one future, not two nested).
+        match self.submit(batch).0 {
+            Ok(rx) => Ticket::answer(rx.await),
+            Err(e) => Err(e),
+        }
     }
 
     /// Same as [`commit`](Self::commit), for blocking callers.

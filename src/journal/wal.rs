@@ -627,6 +627,28 @@ mod tests {
     }
 
     #[test]
+    fn a_durable_batch_is_fsynced_in_buffered_mode_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
+        let (journal, thread) =
+            WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
+        commit(&journal, 1, vec![]).unwrap();
+        assert_eq!(
+            journal.fsyncs(),
+            0,
+            "an ordinary buffered commit is not fsynced"
+        );
+        // A registry or correction write: marked durable, fsynced before its answer.
+        let mut b = journal.batch(64);
+        b.rows().put_meta(b"registry", b"v");
+        b.durable();
+        (&journal as &dyn Journal).commit_blocking(b).unwrap();
+        assert_eq!(journal.fsyncs(), 1);
+        drop(journal);
+        thread.join().unwrap();
+    }
+
+    #[test]
     fn unpaced_fsyncs_follow_each_other() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
