@@ -156,18 +156,30 @@ pub fn load_quotas(
     })
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGTERM and SIGINT, listened for from the start of [`run`]: a signal that arrives
+/// while meterd is still starting (after it printed its addresses, during recovery) is
+/// kept and stops it gracefully once it is up, instead of killing it with the signal's
+/// default action.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for the first of them.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 
@@ -202,6 +214,7 @@ impl Stopped {
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
+    let mut signals = StopSignals::install().context("installing the signal handlers")?;
     let prom = telemetry::install_metrics().context("installing the metrics recorder")?;
     if cfg.uses_development_keys {
         let banner = "!".repeat(78);
@@ -352,7 +365,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         ))
     };
 
-    shutdown_signal().await;
+    signals.recv().await;
     state.ready.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     let deadline = tokio::time::sleep(grace);

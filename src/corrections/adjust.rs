@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{audit_name, window_keys, Actor, AuditEntry, Corrected, Corrections};
+use super::{window_keys, Actor, AuditEntry, Corrected, Corrections};
 use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::error::Error;
@@ -109,7 +109,6 @@ impl Corrections<'_> {
         };
         let index_id = index_name(contract, &b.id);
         let index = admin_key(AdminKind::AdjustmentId, &t.name, &index_id);
-        let store = self.store;
         tokio::task::block_in_place(|| {
             let mut stamp = self.revisions.begin();
             if let Some(existing) = self.stored_entry(t, &index)? {
@@ -135,17 +134,14 @@ impl Corrections<'_> {
             for k in &keys {
                 batch.rows().merge_window(k, &delta);
             }
-            entry.revision = stamp.stamp(store, batch.rows(), &keys)?;
-            let name = audit_name(contract, entry.revision);
-            let audit = serde_json::to_vec(&entry).map_err(Error::internal)?;
-            batch
-                .rows()
-                .put_admin(AdminKind::Audit, &t.name, &name, &audit);
-            batch
-                .rows()
-                .put_admin(AdminKind::AdjustmentId, &t.name, &index_id, name.as_bytes());
-            batch.durable();
-            self.journal.commit_blocking(batch)?;
+            self.commit_audited(
+                &mut stamp,
+                t,
+                batch,
+                &keys,
+                &mut entry,
+                (AdminKind::AdjustmentId, &index_id),
+            )?;
             Ok(Corrected {
                 entry,
                 created: true,

@@ -34,11 +34,11 @@ pub use adjust::AdjustmentBody;
 use crate::decimal::Amount;
 use crate::dedupe::Unflushed;
 use crate::error::Error;
-use crate::journal::Journal;
+use crate::journal::{Batch, Journal};
 use crate::quota::book::QuotaBook;
 use crate::registry::persist::{page, Page, PageRequest};
 use crate::registry::Tenant;
-use crate::revision::Revisions;
+use crate::revision::{Revisions, Stamp};
 use crate::state::State;
 use crate::store::keys::{admin_key, admin_prefix, window_key, AdminKind};
 use crate::store::Store;
@@ -177,6 +177,35 @@ impl<'a> Corrections<'a> {
 }
 
 /// Audit record name: contract, NUL, zero-padded revision (chronological order).
+impl Corrections<'_> {
+    /// Stamps the window rows `keys` with new revisions (the entry keeps the highest),
+    /// adds the audit entry and its idempotency index `index` (kind and name) to `batch`,
+    /// and commits the batch durably. The caller holds `stamp` until this returns (see
+    /// the module note).
+    fn commit_audited(
+        &self,
+        stamp: &mut Stamp<'_>,
+        t: &Tenant,
+        mut batch: Batch<'_>,
+        keys: &[Vec<u8>],
+        entry: &mut AuditEntry,
+        index: (AdminKind, &str),
+    ) -> Result<(), Error> {
+        entry.revision = stamp.stamp(self.store, batch.rows(), keys)?;
+        let name = audit_name(&entry.contract, entry.revision);
+        let audit = serde_json::to_vec(&*entry).map_err(Error::internal)?;
+        batch
+            .rows()
+            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
+        batch
+            .rows()
+            .put_admin(index.0, &t.name, index.1, name.as_bytes());
+        batch.durable();
+        self.journal.commit_blocking(batch)?;
+        Ok(())
+    }
+}
+
 fn audit_name(contract: &str, revision: u64) -> String {
     format!("{contract}\0{revision:020}")
 }

@@ -1,7 +1,7 @@
 //! Retractions: an accepted event's contribution taken back out of its window rows and
 //! quota periods.
 
-use super::{audit_name, window_keys, Actor, AuditEntry, Corrected, Corrections};
+use super::{window_keys, Actor, AuditEntry, Corrected, Corrections};
 use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::error::Error;
@@ -117,17 +117,14 @@ impl Corrections<'_> {
             at: rfc3339(now),
             revision: 0,
         };
-        entry.revision = stamp.stamp(store, batch.rows(), &keys)?;
-        let name = audit_name(&ev.contract, entry.revision);
-        let audit = serde_json::to_vec(&entry).map_err(Error::internal)?;
-        batch
-            .rows()
-            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
-        batch
-            .rows()
-            .put_admin(AdminKind::RetractionId, &t.name, id, name.as_bytes());
-        batch.durable();
-        self.journal.commit_blocking(batch)?;
+        self.commit_audited(
+            &mut stamp,
+            t,
+            batch,
+            &keys,
+            &mut entry,
+            (AdminKind::RetractionId, id),
+        )?;
         self.quotas.subtract(t, &quota_rows, value);
         Ok(Corrected {
             entry,

@@ -148,23 +148,10 @@ pub fn decode_events(b: &[u8]) -> Option<(String, Vec<EventRecord>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Aggregation;
     use crate::store::records::{decode_dedupe_full, dedupe_id, encode_dedupe_with};
 
     fn ev(i: u64) -> EventRecord {
-        EventRecord {
-            contract: "ctr".into(),
-            lever: "api".into(),
-            aggregation: Aggregation::Latest,
-            bucket: if i.is_multiple_of(2) {
-                Some("eu".into())
-            } else {
-                None
-            },
-            time_ms: 1_700_000_000_000 + i as i64,
-            value: -(i as i128) * 7,
-            ordinal: i,
-        }
+        EventRecord::varied(i)
     }
 
     #[test]

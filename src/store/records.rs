@@ -41,6 +41,24 @@ impl EventRecord {
             ordinal: 0,
         }
     }
+
+    /// The `i`-th of a varied series of `latest` events (bucket on even `i`, negative
+    /// values), for encoding round trips.
+    pub(crate) fn varied(i: u64) -> EventRecord {
+        EventRecord {
+            contract: "ctr".into(),
+            lever: "api".into(),
+            aggregation: Aggregation::Latest,
+            bucket: if i.is_multiple_of(2) {
+                Some("eu".into())
+            } else {
+                None
+            },
+            time_ms: 1_700_000_000_000 + i as i64,
+            value: -(i as i128) * 7,
+            ordinal: i,
+        }
+    }
 }
 
 impl EventRecord {
@@ -220,19 +238,7 @@ mod tests {
     use super::*;
 
     fn ev(i: u64) -> EventRecord {
-        EventRecord {
-            contract: "ctr".into(),
-            lever: "api".into(),
-            aggregation: Aggregation::Latest,
-            bucket: if i.is_multiple_of(2) {
-                Some("eu".into())
-            } else {
-                None
-            },
-            time_ms: 1_700_000_000_000 + i as i64,
-            value: -(i as i128) * 7,
-            ordinal: i,
-        }
+        EventRecord::varied(i)
     }
 
     #[test]
