@@ -1,0 +1,242 @@
+//! The JetStream behaviours meterd's cluster mode is to rely on, pinned against the
+//! server version the project ships (scripts/nats.sh: NATS 2.15.1, three servers, R=3 file
+//! streams, `sync_interval: always`). If an upgrade changes one of them, this fails before
+//! any meterd code does.
+//!
+//! - A conditional append (`Nats-Expected-Last-Sequence`) fences a writer whose view of
+//!   the stream is stale: a new owner's epoch append makes every later append of the old
+//!   owner fail, and the old owner learns it (WrongLastSequence) instead of being acked.
+//! - A re-sent append with the same `Nats-Msg-Id` (an ambiguous timeout, retried) is not
+//!   stored twice: the server answers `duplicate` with the original sequence.
+//! - `kill -9` of the stream's Raft leader loses no acknowledged append: writers retry
+//!   with the same ids until a new leader acks, and the stream then holds every
+//!   acknowledged id exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage, stream};
+
+/// A NATS cluster started by scripts/nats.sh, stopped on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    servers: Vec<serde_json::Value>,
+}
+
+impl Cluster {
+    fn up(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new("bash")
+            .arg(root.join("scripts/nats.sh"))
+            .arg("up")
+            .arg(dir.path())
+            .arg(n.to_string())
+            .output()
+            .expect("run scripts/nats.sh");
+        assert!(
+            out.status.success(),
+            "scripts/nats.sh up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(dir.path().join("nats.json")).unwrap();
+        let servers: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(servers.len(), n);
+        Cluster { dir, servers }
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .map(|s| s["client_url"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn pid_of(&self, name: &str) -> i32 {
+        let s = self
+            .servers
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no server {name}"));
+        s["pid"].as_i64().unwrap() as i32
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new("bash")
+            .arg(root.join("scripts/nats.sh"))
+            .arg("down")
+            .arg(self.path())
+            .status();
+    }
+}
+
+async fn connect(c: &Cluster) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(c.urls())
+        .await
+        .expect("connect to NATS");
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(5));
+    js
+}
+
+/// The per-partition journal stream as cluster mode is to create it.
+async fn journal_stream(js: &jetstream::Context, name: &str, subject: &str) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject.to_string()],
+        num_replicas: 3,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(300),
+        ..Default::default()
+    })
+    .await
+    .expect("create the stream")
+}
+
+fn append(id: &str, expected_last: u64, payload: &'static [u8]) -> PublishMessage {
+    PublishMessage::build()
+        .payload(payload.into())
+        .message_id(id)
+        .expected_last_sequence(expected_last)
+}
+
+#[test]
+fn conditional_appends_fence_a_stale_writer_and_retries_are_not_stored_twice() {
+    let cluster = Cluster::up(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let old = connect(&cluster).await;
+        let new = connect(&cluster).await;
+        let mut s = journal_stream(&old, "MJ_0", "mj.0").await;
+        // The old owner appends two group commits, each fenced on the one before.
+        let a1 = old
+            .send_publish("mj.0", append("p0/e1/1", 0, b"g1"))
+            .await
+            .unwrap();
+        assert_eq!(a1.await.unwrap().sequence, 1);
+        let a2 = old
+            .send_publish("mj.0", append("p0/e1/2", 1, b"g2"))
+            .await
+            .unwrap();
+        assert_eq!(a2.await.unwrap().sequence, 2);
+        // Its ack timed out, say, and it re-sends the same message: not stored again.
+        let again = old
+            .send_publish("mj.0", append("p0/e1/2", 1, b"g2"))
+            .await
+            .unwrap();
+        let again = again.await.unwrap();
+        assert!(again.duplicate, "a re-sent id is reported as a duplicate");
+        assert_eq!(again.sequence, 2, "with the original sequence");
+        // A new owner read the stream to its end (sequence 2) and appends its epoch.
+        let epoch = new
+            .send_publish("mj.0", append("p0/e2/epoch", 2, b"epoch 2"))
+            .await
+            .unwrap();
+        assert_eq!(epoch.await.unwrap().sequence, 3);
+        // The old owner, unaware, appends on its stale view: refused, never acked.
+        let stale = old
+            .send_publish("mj.0", append("p0/e1/3", 2, b"g3"))
+            .await
+            .unwrap();
+        let err = stale.await.expect_err("a stale append must not be acked");
+        assert_eq!(err.kind(), PublishErrorKind::WrongLastSequence, "{err}");
+        // The stream holds exactly the three accepted appends.
+        let info = s.info().await.unwrap();
+        assert_eq!(info.state.messages, 3);
+        assert_eq!(info.state.last_sequence, 3);
+        let third = s.get_raw_message(3).await.unwrap();
+        assert_eq!(&third.payload[..], b"epoch 2");
+    });
+}
+
+#[test]
+fn kill_9_of_the_stream_leader_loses_no_acknowledged_append() {
+    let cluster = Cluster::up(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let js = connect(&cluster).await;
+        let mut s = journal_stream(&js, "MJ_1", "mj.1").await;
+        let leader = s
+            .info()
+            .await
+            .unwrap()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("the stream has a leader");
+        // One writer appends ids in order; each is retried with the same id until acked
+        // (an ack timeout is ambiguous), and its ack's sequence recorded.
+        let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+        let total = 400;
+        let kill_at = 100;
+        let started = Instant::now();
+        for i in 0..total {
+            if i == kill_at {
+                let pid = cluster.pid_of(&leader);
+                let killed = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status()
+                    .unwrap();
+                assert!(killed.success(), "kill -9 {leader}");
+            }
+            let id = format!("w/{i}");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let msg = PublishMessage::build()
+                    .payload(format!("event {i}").into_bytes().into())
+                    .message_id(&id);
+                let ack = match js.send_publish("mj.1", msg).await {
+                    Ok(f) => f.await,
+                    Err(e) => Err(e),
+                };
+                match ack {
+                    Ok(a) => {
+                        acked.insert(id.clone(), a.sequence);
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "append {i} not acked within 60 s of retries: {e}"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+        assert_eq!(acked.len(), total);
+        // Every acknowledged id is in the stream exactly once, at its acked sequence.
+        let info = s.info().await.unwrap();
+        assert_eq!(
+            info.state.messages, total as u64,
+            "the stream holds each acknowledged append once"
+        );
+        let mut seen = BTreeSet::new();
+        for seq in 1..=info.state.last_sequence {
+            let m = s.get_raw_message(seq).await.unwrap();
+            let id = m
+                .headers
+                .get("Nats-Msg-Id")
+                .map(|v| v.as_str().to_string())
+                .expect("every append carries its id");
+            assert_eq!(acked.get(&id), Some(&seq), "{id} at {seq}");
+            assert!(seen.insert(id), "an id stored twice");
+        }
+        eprintln!(
+            "{total} appends with the leader {leader} killed at {kill_at}: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    });
+}
