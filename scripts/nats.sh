@@ -51,6 +51,23 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# True when the server monitored on port $1 has JetStream up and, in a cluster of $2 > 1
+# servers, knows the meta leader (python3 rather than curl: one dependency less).
+js_ready() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys, urllib.request
+port, n = sys.argv[1], int(sys.argv[2])
+try:
+    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz?js-enabled-only=true", timeout=2).read()
+    if n > 1:
+        jsz = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/jsz", timeout=2))
+        if not (jsz.get("meta_cluster") or {}).get("leader"):
+            sys.exit(1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
 up() {
   local dir=$1 n=${2:-3}
   [ -n "$dir" ] || die "usage: nats.sh up DIR [N]"
@@ -101,8 +118,7 @@ EOF
   # Ready when every server's JetStream is up and (clustered) has a meta leader.
   local deadline=$((SECONDS + 60))
   for i in $(seq 0 $((n - 1))); do
-    until curl -fsS "http://127.0.0.1:${monitors[$i]}/healthz?js-enabled-only=true" >/dev/null 2>&1 &&
-      { [ "$n" -eq 1 ] || curl -fsS "http://127.0.0.1:${monitors[$i]}/jsz" 2>/dev/null | grep -q '"leader"'; }; do
+    until js_ready "${monitors[$i]}" "$n"; do
       if [ $SECONDS -ge $deadline ]; then
         down "$dir" || true
         die "nats server n$((i + 1)) not ready within 60 s (log: $dir/nats-n$((i + 1))/log)"
