@@ -46,9 +46,20 @@ install() {
   echo "$BIN"
 }
 
-# A free TCP port on 127.0.0.1 (the kernel's choice, released at once).
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# $1 distinct free TCP ports on 127.0.0.1, one per line: all sockets are held open until
+# every port is chosen, so the kernel cannot hand out one port twice.
+free_ports() {
+  python3 - "$1" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print("\n".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+PY
 }
 
 # True when the server monitored on port $1 has JetStream up and, in a cluster of $2 > 1
@@ -77,12 +88,9 @@ up() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   [ -e "$dir/nats.json" ] && die "$dir/nats.json exists: run 'nats.sh down $dir' first"
-  local i clients=() clusters=() monitors=() routes=""
-  for i in $(seq 1 "$n"); do
-    clients+=("$(free_port)")
-    clusters+=("$(free_port)")
-    monitors+=("$(free_port)")
-  done
+  local i routes="" ports=()
+  mapfile -t ports < <(free_ports $((3 * n)))
+  local clients=("${ports[@]:0:n}") clusters=("${ports[@]:n:n}") monitors=("${ports[@]:2*n:n}")
   for i in $(seq 0 $((n - 1))); do
     routes+="    nats-route://127.0.0.1:${clusters[$i]}"$'\n'
   done
@@ -120,8 +128,9 @@ EOF
   for i in $(seq 0 $((n - 1))); do
     until js_ready "${monitors[$i]}" "$n"; do
       if [ $SECONDS -ge $deadline ]; then
+        tail -n 20 "$dir/nats-n$((i + 1))/log" >&2 || true
         down "$dir" || true
-        die "nats server n$((i + 1)) not ready within 60 s (log: $dir/nats-n$((i + 1))/log)"
+        die "nats server n$((i + 1)) not ready within 60 s (log above, $dir/nats-n$((i + 1))/log)"
       fi
       sleep 0.2
     done

@@ -11,6 +11,9 @@
 //! - `kill -9` of the stream's Raft leader loses no acknowledged append: writers retry
 //!   with the same ids until a new leader acks, and the stream then holds every
 //!   acknowledged id exactly once.
+//! - A lease in a KV bucket is won by exactly one of two racing nodes, renewed only by
+//!   compare-and-set on the revision its holder got, and free again once the holder
+//!   stops renewing (the bucket's max age is the lease TTL).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -238,5 +241,83 @@ fn kill_9_of_the_stream_leader_loses_no_acknowledged_append() {
             "{total} appends with the leader {leader} killed at {kill_at}: {:.1} s",
             started.elapsed().as_secs_f64()
         );
+    });
+}
+
+#[test]
+fn a_lease_is_won_by_one_node_kept_by_revision_and_free_again_after_its_ttl() {
+    use async_nats::jetstream::kv;
+    let cluster = Cluster::up(3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = connect(&cluster).await;
+        let b = connect(&cluster).await;
+        let leases = a
+            .create_key_value(kv::Config {
+                bucket: "leases".into(),
+                history: 1,
+                num_replicas: 3,
+                storage: stream::StorageType::File,
+                // The lease TTL. async-nats 0.52's `update` cannot carry a per-key TTL
+                // (only `create_with_ttl` can), so a renewal would make a per-key TTL
+                // lease permanent: the bucket's max age expires a lease instead, counted
+                // from its last renewal.
+                max_age: Duration::from_secs(3),
+                ..Default::default()
+            })
+            .await
+            .expect("create the lease bucket");
+        let leases_b = b.get_key_value("leases").await.unwrap();
+        // Two nodes race for partition 0: exactly one creates the lease.
+        let (ra, rb) = tokio::join!(
+            leases.create("p0", "node-a".into()),
+            leases_b.create("p0", "node-b".into()),
+        );
+        // (The loser's error kind depends on where the race is lost: `AlreadyExists`, or
+        // the server's wrong-last-sequence answer to the conditional create, which the
+        // client reports as `Other`. Only the compare-and-set outcome counts.)
+        let (winner, loser, rev) = match (ra, rb) {
+            (Ok(rev), Err(_)) => (&leases, &leases_b, rev),
+            (Err(_), Ok(rev)) => (&leases_b, &leases, rev),
+            other => panic!("exactly one node must win the lease: {other:?}"),
+        };
+        // The holder renews by compare-and-set on its revision; the other node cannot
+        // renew (or steal) with a revision it does not hold.
+        let renewed = winner.update("p0", "renewed".into(), rev).await.unwrap();
+        assert!(renewed > rev);
+        let stale = loser
+            .update("p0", "stolen".into(), rev)
+            .await
+            .expect_err("an update on a stale revision must fail");
+        assert_eq!(
+            stale.kind(),
+            kv::UpdateErrorKind::WrongLastRevision,
+            "{stale}"
+        );
+        // A holder that stops renewing loses the lease once the bucket's max age passed.
+        let renewed = winner
+            .update("p0", "renewed".into(), renewed)
+            .await
+            .unwrap();
+        let _ = renewed;
+        assert!(
+            loser.create("p0", "early".into()).await.is_err(),
+            "a freshly renewed lease is held"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match loser.create("p0", "node-next".into()).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the lease never expired after its holder stopped renewing: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+        let entry = winner.entry("p0").await.unwrap().expect("the new lease");
+        assert_eq!(&entry.value[..], b"node-next");
     });
 }
