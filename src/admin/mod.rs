@@ -79,7 +79,7 @@ impl<'a> Admin<'a> {
     ) -> Result<(), Error> {
         let enc = serde_json::to_vec(value).map_err(Error::internal)?;
         let mut batch = self.journal.batch(enc.len() + 64);
-        crate::registry::persist::put(batch.rows(), kind, tenant, name, &enc);
+        batch.rows().put_admin(kind, tenant, name, &enc);
         batch.durable();
         tokio::task::block_in_place(|| self.journal.commit_blocking(batch))?;
         Ok(())

@@ -1,6 +1,6 @@
 //! The registry's records in the store: levers, contracts, plans, grants and the
 //! corrections audit log are admin records (keyed by kind, tenant and name). A record is
-//! added to a journal batch ([`put`]) that the writer commits durably before the
+//! added to a journal batch (`Writes::put_admin`) that the writer commits durably before the
 //! in-memory registry changes; listings page through the records of one kind in name
 //! order with an opaque cursor.
 
@@ -9,18 +9,11 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::store::keys::AdminKind;
-use crate::store::writes::Writes;
 use crate::store::{Store, StoreError};
 
 /// Largest and default page size of admin listings.
 pub const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
-
-/// Adds the admin record `kind`/`tenant`/`name` (JSON) to the rows of a write.
-pub fn put(rows: &mut Writes<'_>, kind: AdminKind, tenant: &str, name: &str, value: &[u8]) {
-    rows.put_admin(kind, tenant, name, value);
-}
 
 /// Encodes a page cursor (opaque to clients): the last name of the page.
 pub fn encode_cursor(last: &str) -> String {

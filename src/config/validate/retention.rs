@@ -36,17 +36,17 @@ pub(super) fn windows(
     tenants: &[TenantConfig],
     lateness: Duration,
 ) -> Result<WindowRetention, ConfigError> {
+    let max_lateness = tenants
+        .iter()
+        .map(|t| t.lateness)
+        .chain(std::iter::once(lateness))
+        .max()
+        .unwrap_or_default();
     let retention = |key: &str, v: &str| -> Result<Option<Duration>, ConfigError> {
         if v == "forever" {
             return Ok(None);
         }
         let d = dur(file, key, v)?;
-        let max_lateness = tenants
-            .iter()
-            .map(|t| t.lateness)
-            .chain(std::iter::once(lateness))
-            .max()
-            .unwrap_or_default();
         if d < Duration::from_secs(86400) || d < max_lateness {
             return Err(err(
                 file,
@@ -56,12 +56,6 @@ pub(super) fn windows(
         }
         Ok(Some(d))
     };
-    let max_lateness = tenants
-        .iter()
-        .map(|t| t.lateness)
-        .chain(std::iter::once(lateness))
-        .max()
-        .unwrap_or_default();
     let window_retention = WindowRetention {
         minute: retention("retention_minute", &raw.retention_minute)?,
         hour: retention("retention_hour", &raw.retention_hour)?,
