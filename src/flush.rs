@@ -419,11 +419,8 @@ mod tests {
     use crate::store::records::{encode_dedupe_with, EventRecord};
     use std::time::Duration;
 
-    /// A journal on `store` (its writer thread stops when the journal is dropped).
     fn wal(store: &Store) -> WalJournal {
-        WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1)
-            .unwrap()
-            .0
+        crate::testkit::journal(store, Durability::Buffered)
     }
 
     /// Writes events records straight into the journal's column family.
@@ -446,10 +443,7 @@ mod tests {
         seqs
     }
 
-    fn registry() -> Registry {
-        let cfg = crate::config::Config::from_toml("f.toml", "[[tenants]]\nname = \"t\"\n");
-        Registry::new(&cfg.unwrap())
-    }
+    use crate::testkit::registry;
 
     /// A journal record of tenant `t` carrying the dedupe records of `ids`.
     fn record_with_ids(seq: u64, ids: &[&str]) -> (Vec<u8>, Vec<Vec<u8>>) {

@@ -96,4 +96,6 @@ pub mod state;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+#[cfg(test)]
+mod testkit;
 pub mod window;

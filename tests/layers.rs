@@ -4,8 +4,9 @@
 //!
 //! The layer table and the allow-list of known upward edges are in `src/layers.txt`;
 //! the format is described at the top of that file. The test reads the sources as
-//! text: comments are skipped, items behind `#[cfg(test)]` are skipped (test code
-//! is not part of the daemon's dependency graph), and both `use crate::{a, b::c}`
+//! text: comments are skipped, items behind `#[cfg(test)]` and files marked
+//! `#![cfg(test)]` are skipped (test code is not part of the daemon's dependency
+//! graph), and both `use crate::{a, b::c}`
 //! groups and inline paths such as `crate::store::Store` count. `super::` and
 //! `self::` paths stay inside one module and are not followed; `src/main.rs` is a
 //! separate crate (it uses `meterd::`) at the top and is not read.
@@ -455,6 +456,10 @@ fn imports_go_one_way_and_files_form_no_cycle() {
         };
         graph.entry(module.clone()).or_default();
         let cleaned = strip_test_items(&strip_comments(text));
+        // A file compiled for tests only (`#![cfg(test)]`) is test code as a whole.
+        if cleaned.contains("#![cfg(test)]") {
+            continue;
+        }
         let mut seen = BTreeSet::new();
         for path in crate_paths(&cleaned) {
             // The longest prefix of the path that is a file of the crate.

@@ -104,8 +104,9 @@ pub(crate) mod test_support {
     use std::time::Duration;
 
     use crate::quota::book::QuotaBook;
-    use crate::registry::{Registry, Tenant};
+    use crate::registry::Tenant;
     use crate::store::Store;
+    use crate::testkit;
 
     /// A store in a temporary directory, a quota book and a registry with tenant `t`.
     pub struct Fixture {
@@ -120,24 +121,14 @@ pub(crate) mod test_support {
     pub fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let cfg =
-            crate::config::Config::from_toml("f.toml", "[[tenants]]\nname = \"t\"\n").unwrap();
-        let registry = Registry::new(&cfg);
-        let tenant = registry.tenant("t").unwrap().clone();
-        let (journal, _writer) = crate::journal::WalJournal::start(
-            store.clone(),
-            crate::config::Durability::Fsync,
-            Duration::ZERO,
-            1,
-        )
-        .unwrap();
+        let journal = testkit::journal(&store, crate::config::Durability::Fsync);
         Fixture {
             _dir: dir,
             store,
             journal,
             quotas: QuotaBook::new(2),
             lock: tokio::sync::Mutex::new(()),
-            tenant,
+            tenant: testkit::tenant(),
         }
     }
 }

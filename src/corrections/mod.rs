@@ -231,9 +231,10 @@ pub(crate) mod test_support {
 
     use crate::dedupe::Unflushed;
     use crate::quota::book::QuotaBook;
-    use crate::registry::{Aggregation, Contract, Lever, LeverBody, Registry, Tenant};
+    use crate::registry::Tenant;
     use crate::revision::Revisions;
     use crate::store::Store;
+    use crate::testkit;
 
     use super::{Actor, Corrections};
 
@@ -276,35 +277,12 @@ pub(crate) mod test_support {
     pub fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let cfg =
-            crate::config::Config::from_toml("f.toml", "[[tenants]]\nname = \"t\"\n").unwrap();
-        let registry = Registry::new(&cfg);
-        let tenant = registry.tenant("t").unwrap().clone();
-        for (name, agg) in [("tokens", Aggregation::Sum), ("peak", Aggregation::Max)] {
-            let body: LeverBody =
-                serde_json::from_value(serde_json::json!({"aggregation": agg.as_str()})).unwrap();
-            let lever = Lever::from_body(name, &body, "x".into(), "x".into());
-            tenant.levers.insert(name.into(), Arc::new(lever));
-        }
-        let contract: Contract = serde_json::from_value(serde_json::json!({
-            "id": "c",
-            "body": {"customer": "acme"},
-            "status": "active",
-            "created_at": "2026-01-01T00:00:00Z",
-            "updated_at": "2026-01-01T00:00:00Z",
-        }))
-        .unwrap();
-        tenant
-            .contracts
-            .insert("c".into(), Arc::new(contract.finish()));
+        let tenant = testkit::tenant();
+        testkit::add_lever(&tenant, "tokens", "sum");
+        testkit::add_lever(&tenant, "peak", "max");
+        testkit::add_contract(&tenant, "c", serde_json::json!({"customer": "acme"}), None);
         let (wake, wake_rx) = crossbeam_channel::bounded(1);
-        let (journal, _writer) = crate::journal::WalJournal::start(
-            store.clone(),
-            crate::config::Durability::Fsync,
-            Duration::ZERO,
-            1,
-        )
-        .unwrap();
+        let journal = testkit::journal(&store, crate::config::Durability::Fsync);
         Fixture {
             journal,
             revisions: Revisions::load(&store).unwrap(),

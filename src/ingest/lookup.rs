@@ -117,7 +117,7 @@ mod tests {
     use super::super::fixture::{event, tenant};
     use super::*;
     use crate::config::Durability;
-    use crate::journal::{EventsRecord, WalJournal};
+    use crate::journal::EventsRecord;
     use crate::store::records::{encode_dedupe, EventRecord};
     use std::time::Duration;
 
@@ -125,8 +125,7 @@ mod tests {
     fn records_are_found_in_the_journal_or_in_the_store_and_repeats_are_noticed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), Duration::from_secs(3600)).unwrap();
-        let (journal, _writer) =
-            WalJournal::start(store.clone(), Durability::Buffered, Duration::ZERO, 1).unwrap();
+        let journal = crate::testkit::journal(&store, Durability::Buffered);
         let journal: &dyn Journal = &journal;
         let t = tenant(None);
         let recent = Unflushed::new();
