@@ -108,6 +108,67 @@ async fn journal_stream(js: &jetstream::Context, name: &str, subject: &str) -> s
     .expect("create the stream")
 }
 
+/// Waits until the stream `name` has a Raft leader: a stream (or KV bucket) just created
+/// answers "no responders" to appends until its replicas elected one.
+async fn until_led(js: &jetstream::Context, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let led = match js.get_stream(name).await {
+            Ok(mut s) => s
+                .info()
+                .await
+                .ok()
+                .and_then(|i| i.cluster.as_ref().and_then(|c| c.leader.clone()))
+                .is_some(),
+            Err(_) => false,
+        };
+        if led {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {name} has no leader after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Tries to create the lease `key` for `node`, the way a node must: a transport failure
+/// (no responders during an election, a timeout) is retried, and an `AlreadyExists`
+/// after such a failure is resolved by reading who holds the lease, since the failed
+/// attempt may have been stored. Returns the revision when `node` holds the lease.
+async fn acquire(
+    kv: &async_nats::jetstream::kv::Store,
+    key: &str,
+    node: &str,
+) -> Result<u64, String> {
+    use async_nats::jetstream::kv::CreateErrorKind;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ambiguous = false;
+    loop {
+        match kv.create(key, node.to_string().into()).await {
+            Ok(rev) => return Ok(rev),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists && !ambiguous => {
+                return Err(e.to_string())
+            }
+            Err(e) => {
+                if let Ok(Some(entry)) = kv.entry(key).await {
+                    if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                        return if &entry.value[..] == node.as_bytes() {
+                            Ok(entry.revision)
+                        } else {
+                            Err(format!("held by another node ({e})"))
+                        };
+                    }
+                }
+                assert!(Instant::now() < deadline, "lease {key}: {e}");
+                ambiguous = true;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 fn append(id: &str, expected_last: u64, payload: &'static [u8]) -> PublishMessage {
     PublishMessage::build()
         .payload(payload.into())
@@ -123,6 +184,7 @@ fn conditional_appends_fence_a_stale_writer_and_retries_are_not_stored_twice() {
         let old = connect(&cluster).await;
         let new = connect(&cluster).await;
         let mut s = journal_stream(&old, "MJ_0", "mj.0").await;
+        until_led(&old, "MJ_0").await;
         // The old owner appends two group commits, each fenced on the one before.
         let a1 = old
             .send_publish("mj.0", append("p0/e1/1", 0, b"g1"))
@@ -171,6 +233,7 @@ fn kill_9_of_the_stream_leader_loses_no_acknowledged_append() {
     rt.block_on(async {
         let js = connect(&cluster).await;
         let mut s = journal_stream(&js, "MJ_1", "mj.1").await;
+        until_led(&js, "MJ_1").await;
         let leader = s
             .info()
             .await
@@ -267,15 +330,17 @@ fn a_lease_is_won_by_one_node_kept_by_revision_and_free_again_after_its_ttl() {
             })
             .await
             .expect("create the lease bucket");
+        until_led(&a, "KV_leases").await;
         let leases_b = b.get_key_value("leases").await.unwrap();
         // Two nodes race for partition 0: exactly one creates the lease.
         let (ra, rb) = tokio::join!(
-            leases.create("p0", "node-a".into()),
-            leases_b.create("p0", "node-b".into()),
+            acquire(&leases, "p0", "node-a"),
+            acquire(&leases_b, "p0", "node-b"),
         );
         // (The loser's error kind depends on where the race is lost: `AlreadyExists`, or
         // the server's wrong-last-sequence answer to the conditional create, which the
-        // client reports as `Other`. Only the compare-and-set outcome counts.)
+        // client reports as `Other`; `acquire` then reads who holds it. Only the
+        // compare-and-set outcome counts.)
         let (winner, loser, rev) = match (ra, rb) {
             (Ok(rev), Err(_)) => (&leases, &leases_b, rev),
             (Err(_), Ok(rev)) => (&leases_b, &leases, rev),
