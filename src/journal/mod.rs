@@ -33,8 +33,10 @@
 //!   into the counters ([`Journal::scan_events`]) and nothing else is: a record is counted
 //!   in windows or replayed, never both, never neither.
 
+mod group;
 mod quota_log;
 pub mod record;
+pub mod stream;
 mod wal;
 
 use std::sync::Arc;
@@ -45,12 +47,12 @@ use crate::store::agg::AggValue;
 use crate::store::writes::Writes;
 use crate::store::StoreError;
 
-pub use quota_log::{fold_quota_log, QuotaOperands, QUOTA_FOLD_INTERVAL};
+pub use quota_log::{fold_quota_log, fold_quota_log_range, QuotaOperands, QUOTA_FOLD_INTERVAL};
 pub use record::EventsRecord;
 pub use wal::WalJournal;
 
 /// Why a commit failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     /// The store refused the write or the fsync (shared by every commit of the group
     /// that failed with it).
@@ -59,6 +61,20 @@ pub enum CommitError {
     /// The writer has stopped (shutdown).
     #[error("journal writer stopped")]
     Stopped,
+    /// Cluster mode: another node took the partition over (its epoch record is in the
+    /// stream), so this writer's append was refused and nothing of the batch is stored.
+    #[error("partition {0} is owned by another node now")]
+    Fenced(u32),
+    /// Cluster mode: the append could not be confirmed or refused before the writer gave
+    /// up (the stream had no leader or did not answer). The batch may or may not be in
+    /// the stream; the writer steps down, and a retry with the same event ids is
+    /// answered exactly once by whichever node owns the partition next.
+    #[error("partition {0}: the replicated journal did not confirm the append: {1}")]
+    InDoubt(u32, String),
+    /// Cluster mode: the replicated journal refused the append for good (too large, no
+    /// such stream); nothing of the batch is stored and the writer keeps its partition.
+    #[error("partition {0}: the replicated journal refused the append: {1}")]
+    Rejected(u32, String),
 }
 
 impl CommitError {
@@ -121,11 +137,11 @@ pub type EventsVisitor<'a> = dyn FnMut(u64, &[u8]) -> Result<(), StoreError> + '
 
 /// The pending result of a submitted batch.
 #[derive(Debug)]
-pub struct Ticket(Result<oneshot::Receiver<Result<(), Arc<StoreError>>>, CommitError>);
+pub struct Ticket(Result<oneshot::Receiver<Result<(), CommitError>>, CommitError>);
 
 impl Ticket {
     /// A ticket whose answer comes through `rx`.
-    fn pending(rx: oneshot::Receiver<Result<(), Arc<StoreError>>>) -> Ticket {
+    fn pending(rx: oneshot::Receiver<Result<(), CommitError>>) -> Ticket {
         Ticket(Ok(rx))
     }
 
@@ -135,11 +151,10 @@ impl Ticket {
     }
 
     fn answer(
-        r: Result<Result<(), Arc<StoreError>>, oneshot::error::RecvError>,
+        r: Result<Result<(), CommitError>, oneshot::error::RecvError>,
     ) -> Result<(), CommitError> {
         match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(CommitError::Store(e)),
+            Ok(r) => r,
             Err(_) => Err(CommitError::Stopped),
         }
     }

@@ -126,18 +126,42 @@ fn fold_batch<'s>(
 /// Folds every record in the quota log into `quota` (start-up: what a killed process
 /// left). Returns the number for the next record.
 pub fn fold_quota_log(store: &Store) -> Result<u64, StoreError> {
+    fold_quota_log_range(store, 0, u64::MAX)
+}
+
+/// Folds the quota log records numbered `lo..hi` into `quota` and returns the number for
+/// the next record in that range (`lo` when there were none). Cluster mode gives each
+/// partition's writer its own range of record numbers ([`super::stream`]), so a node
+/// that applies several partitions' journals keeps their records apart.
+pub fn fold_quota_log_range(store: &Store, lo: u64, hi: u64) -> Result<u64, StoreError> {
     let mut sums: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
     let mut first: Option<u64> = None;
-    let mut next = 0u64;
-    store.scan_all(cf::QUOTA_LOG, |k, v| {
-        let n = u64::from_be_bytes(k.try_into().map_err(|_| StoreError::Corrupt("quota_log"))?);
-        first.get_or_insert(n);
-        next = n + 1;
-        decode_log_record(v, |key, delta| {
-            add_to(&mut sums, key.to_vec(), delta);
-        })
-        .ok_or(StoreError::Corrupt("quota_log"))
-    })?;
+    let mut next = lo;
+    let mut corrupt = false;
+    store.scan_range(
+        cf::QUOTA_LOG,
+        &lo.to_be_bytes(),
+        &hi.to_be_bytes(),
+        true,
+        |k, v| {
+            if corrupt {
+                return;
+            }
+            let Ok(n) = <[u8; 8]>::try_from(k).map(u64::from_be_bytes) else {
+                corrupt = true;
+                return;
+            };
+            first.get_or_insert(n);
+            next = n + 1;
+            corrupt = decode_log_record(v, |key, delta| {
+                add_to(&mut sums, key.to_vec(), delta);
+            })
+            .is_none();
+        },
+    )?;
+    if corrupt {
+        return Err(StoreError::Corrupt("quota_log"));
+    }
     if let Some(first) = first {
         store.apply(fold_batch(store, &sums, first, next), true)?;
         tracing::info!(

@@ -39,7 +39,8 @@ use crossbeam_channel::{Receiver, Sender};
 use rocksdb::WriteBatch;
 use tokio::sync::oneshot;
 
-use super::quota_log::{add_to, encode_log_record, fold_quota_log, QuotaLog, QuotaOperands};
+use super::group::{combined_quota, segment_end, Commit, MAX_GROUP};
+use super::quota_log::{encode_log_record, fold_quota_log, QuotaLog};
 use super::{Batch, Journal, Ticket};
 use crate::config::Durability;
 use crate::hash::FastHashMap;
@@ -48,27 +49,6 @@ use crate::store::keys::journal_key;
 use crate::store::writes::Writes;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
-
-/// Largest number of requests committed as one group.
-const MAX_GROUP: usize = 4096;
-
-/// Largest RocksDB write the writer makes of several requests' batches (RocksDB's own
-/// write groups stop at 1 MiB too). A larger batch is written alone.
-const MAX_MERGED_BYTES: usize = 1 << 20;
-
-pub(super) struct Commit {
-    pub(super) batch: WriteBatch,
-    pub(super) quota: QuotaOperands,
-    durable: bool,
-    done: oneshot::Sender<Result<(), Arc<StoreError>>>,
-}
-
-impl Commit {
-    /// Approximate bytes this commit adds to a merged write.
-    fn size(&self) -> usize {
-        self.batch.size_in_bytes() + self.quota.iter().map(|(k, _)| k.len() + 48).sum::<usize>()
-    }
-}
 
 /// The journal as group commit into RocksDB's WAL (see the module note).
 #[derive(Debug)]
@@ -131,12 +111,7 @@ impl Journal for WalJournal {
 
     fn submit(&self, batch: Batch<'_>) -> Ticket {
         let (done, wait) = oneshot::channel();
-        let commit = Commit {
-            batch: batch.rows.into_batch(),
-            quota: batch.quota,
-            durable: batch.durable,
-            done,
-        };
+        let commit = Commit::new(batch, done);
         match self.tx.send(commit) {
             Ok(()) => Ticket::pending(wait),
             Err(_) => Ticket::failed(super::CommitError::Stopped),
@@ -152,7 +127,7 @@ impl Journal for WalJournal {
     }
 
     fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.get(cf::JOURNAL, &journal_key(seq))
+        events_record(&self.store, seq)
     }
 
     fn scan_events(
@@ -162,26 +137,7 @@ impl Journal for WalJournal {
         one_time: bool,
         f: &mut super::EventsVisitor<'_>,
     ) -> Result<(), StoreError> {
-        // Journal keys are 8 bytes: the 9-byte key sorts after `u64::MAX`.
-        let end = match last.checked_add(1) {
-            Some(n) => journal_key(n).to_vec(),
-            None => vec![0xff; 9],
-        };
-        let mut failed: Option<StoreError> = None;
-        self.store
-            .scan_range(cf::JOURNAL, &journal_key(first), &end, !one_time, |k, v| {
-                if failed.is_some() {
-                    return;
-                }
-                let r = match <[u8; 8]>::try_from(k) {
-                    Ok(seq) => f(u64::from_be_bytes(seq), v),
-                    Err(_) => Err(StoreError::Corrupt("journal")),
-                };
-                if let Err(e) = r {
-                    failed = Some(e);
-                }
-            })?;
-        failed.map_or(Ok(()), Err)
+        scan_events(&self.store, first, last, one_time, f)
     }
 
     fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
@@ -191,6 +147,41 @@ impl Journal for WalJournal {
     fn fsyncs(&self) -> u64 {
         self.fsyncs.load(Ordering::Relaxed)
     }
+}
+
+/// The events record `seq` in the local `journal` column family.
+pub(super) fn events_record(store: &Store, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    store.get(cf::JOURNAL, &journal_key(seq))
+}
+
+/// Calls `f` with every events record numbered `first..=last` in the local `journal`
+/// column family, in order.
+pub(super) fn scan_events(
+    store: &Store,
+    first: u64,
+    last: u64,
+    one_time: bool,
+    f: &mut super::EventsVisitor<'_>,
+) -> Result<(), StoreError> {
+    // Journal keys are 8 bytes: the 9-byte key sorts after `u64::MAX`.
+    let end = match last.checked_add(1) {
+        Some(n) => journal_key(n).to_vec(),
+        None => vec![0xff; 9],
+    };
+    let mut failed: Option<StoreError> = None;
+    store.scan_range(cf::JOURNAL, &journal_key(first), &end, !one_time, |k, v| {
+        if failed.is_some() {
+            return;
+        }
+        let r = match <[u8; 8]>::try_from(k) {
+            Ok(seq) => f(u64::from_be_bytes(seq), v),
+            Err(_) => Err(StoreError::Corrupt("journal")),
+        };
+        if let Err(e) = r {
+            failed = Some(e);
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
 }
 
 fn writer(
@@ -249,16 +240,7 @@ fn writer(
         // A merged write is atomic, so its requests share one result.
         let mut start = 0;
         while start < group.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while let Some(c) = group.get(end) {
-                let size = c.size();
-                if end > start && bytes + size > MAX_MERGED_BYTES {
-                    break;
-                }
-                bytes += size;
-                end += 1;
-            }
+            let end = segment_end(&group, start);
             let mut batches: Vec<WriteBatch> = group[start..end]
                 .iter_mut()
                 .map(|c| std::mem::take(&mut c.batch))
@@ -298,7 +280,7 @@ fn writer(
         }
         group_size.record(group.len() as f64);
         for (c, r) in group.drain(..).zip(results.drain(..)) {
-            let _ = c.done.send(r);
+            let _ = c.done.send(r.map_err(super::CommitError::Store));
         }
         // After the answers: a fold delays no request of this group.
         if log.due_in() == Some(Duration::ZERO) {
@@ -309,30 +291,12 @@ fn writer(
     log.fold(&store);
 }
 
-/// The quota operands of `commits`, combined per row (each request's own operands
-/// when it is alone). `rows` is scratch space, left empty.
-fn combined_quota(
-    commits: &mut [Commit],
-    rows: &mut FastHashMap<Vec<u8>, AggValue>,
-) -> QuotaOperands {
-    if let [one] = commits {
-        // Alone in its write: nothing to combine with (a request reserves each row once).
-        return std::mem::take(&mut one.quota);
-    }
-    for c in commits.iter_mut() {
-        for (key, delta) in c.quota.drain(..) {
-            add_to(rows, key, delta);
-        }
-    }
-    rows.drain().collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::cf;
 
-    use super::super::quota_log::{decode_log_record, QUOTA_FOLD_INTERVAL};
+    use super::super::quota_log::{decode_log_record, QuotaOperands, QUOTA_FOLD_INTERVAL};
     use crate::journal::CommitError;
 
     /// Commits a `meta` row under `key` with `quota` operands, waiting for the answer.

@@ -35,6 +35,7 @@ pub mod records;
 mod retention;
 pub mod tables;
 mod write;
+pub use write::concat_batches;
 pub mod writes;
 
 use std::path::Path;

@@ -51,7 +51,9 @@ const BATCH_HEADER: usize = 12;
 
 /// Concatenates write batches into one: the records of each, in order, under one header
 /// whose count is the sum of theirs (what RocksDB's `WriteBatchInternal::Append` does).
-fn concat_batches(batches: &[WriteBatch]) -> WriteBatch {
+/// One write batch holding the records of `batches`, in order (applying it is applying
+/// them all, atomically).
+pub fn concat_batches(batches: &[WriteBatch]) -> WriteBatch {
     let bytes: usize = batches
         .iter()
         .map(|b| b.data().len().saturating_sub(BATCH_HEADER))

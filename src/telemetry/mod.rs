@@ -36,6 +36,12 @@ pub mod names {
     pub const JOURNAL_FSYNC_SECONDS: &str = "meterd_journal_fsync_duration_seconds";
     /// WAL write duration of one group.
     pub const JOURNAL_WRITE_SECONDS: &str = "meterd_journal_write_duration_seconds";
+    /// Cluster mode: time from a merged write's first append to its resolved ack.
+    pub const CLUSTER_PUBLISH_SECONDS: &str = "meterd_cluster_journal_publish_duration_seconds";
+    /// Cluster mode: appends re-sent because the stream did not answer.
+    pub const CLUSTER_APPEND_RETRIES_TOTAL: &str = "meterd_cluster_journal_append_retries_total";
+    /// Cluster mode: stream messages a standby applied into its store.
+    pub const CLUSTER_APPLIED_TOTAL: &str = "meterd_cluster_standby_applied_messages_total";
     /// Flush duration.
     pub const FLUSH_SECONDS: &str = "meterd_flush_duration_seconds";
     /// Window rows written by flushes.
@@ -141,6 +147,21 @@ pub fn describe() {
         JOURNAL_FSYNC_SECONDS,
         Unit::Seconds,
         "Duration of write-ahead-log fsyncs."
+    );
+    describe_histogram!(
+        CLUSTER_PUBLISH_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: time from a merged write's append to the stream's resolved acknowledgement (retries included)."
+    );
+    describe_counter!(
+        CLUSTER_APPEND_RETRIES_TOTAL,
+        Unit::Count,
+        "Cluster mode: journal appends re-sent with the same message id because the stream did not answer."
+    );
+    describe_counter!(
+        CLUSTER_APPLIED_TOTAL,
+        Unit::Count,
+        "Cluster mode: partition journal messages applied into this node's store as a standby."
     );
     describe_histogram!(
         JOURNAL_WRITE_SECONDS,
