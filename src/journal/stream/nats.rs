@@ -61,8 +61,14 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
     Some((it.next()??, it.next()??, it.next().flatten().unwrap_or(0)))
 }
 
-/// Checks the server `client` is connected to: version and JetStream.
-pub fn check_server(client: &async_nats::Client) -> Result<(), EngineError> {
+/// Checks the server `client` is connected to: version and JetStream. Waits (a round
+/// trip) until the client is connected, since the server's details come with the
+/// connection.
+pub async fn check_server(client: &async_nats::Client) -> Result<(), EngineError> {
+    client
+        .flush()
+        .await
+        .map_err(|e| EngineError::Nats(format!("connecting: {e}")))?;
     let info = client.server_info();
     match parse_version(&info.version) {
         Some(v) if v >= MIN_SERVER => {}
@@ -127,7 +133,6 @@ impl NatsLog {
     /// whose settings are unsafe.
     pub async fn open(
         js: &jetstream::Context,
-        client: &async_nats::Client,
         p: u32,
         replicas: usize,
     ) -> Result<NatsLog, EngineError> {
@@ -156,7 +161,7 @@ impl NatsLog {
             js: js.clone(),
             stream,
             subject,
-            max_payload: client.server_info().max_payload,
+            max_payload: js.client().server_info().max_payload,
         })
     }
 
