@@ -51,6 +51,138 @@ fn lever(tenant: &str, name: &str, aggregation: &str) -> String {
     )
 }
 
+/// A `[cluster]` table with `rest` after the required keys (or instead of one named in
+/// `rest`).
+fn cluster(rest: &str) -> String {
+    let mut s = String::from("[cluster]\n");
+    if !rest.contains("node =") {
+        s.push_str("node = \"n1\"\n");
+    }
+    if !rest.contains("nats_urls =") {
+        s.push_str("nats_urls = [\"nats://127.0.0.1:4222\"]\n");
+    }
+    s.push_str(rest);
+    s
+}
+
+/// The limits of `[cluster]`.
+fn cluster_limits() -> Vec<Limit> {
+    let c = |r: &str| cluster(r);
+    let long = "n".repeat(64);
+    let too_long = "n".repeat(65);
+    let urls32 = format!("nats_urls = [{}]", vec!["\"nats://h:4222\""; 32].join(", "));
+    let urls33 = format!("nats_urls = [{}]", vec!["\"nats://h:4222\""; 33].join(", "));
+    let creds = std::env::temp_dir().join("meterd-limits-test.creds");
+    std::fs::write(&creds, "creds").unwrap();
+    let creds_ok = format!("credentials = {:?}", creds.display().to_string());
+    vec![
+        lim(
+            "`[cluster]` `node`",
+            ("cluster", "node"),
+            "1 to 64 characters of A-Z a-z 0-9 - _",
+            &[&c(&format!("node = \"{long}\"")), &c("node = \"a-B_9\"")],
+            &[
+                (&c(&format!("node = \"{too_long}\"")), "cluster.node"),
+                (&c("node = \"a.b\""), "cluster.node"),
+                (&c("node = \"\""), "cluster.node"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `nats_urls`",
+            ("cluster", "nats_urls"),
+            "1 to 32 nats://host:port or tls://host:port URLs",
+            &[&c(&urls32), &c("nats_urls = [\"tls://u:p@h:1\"]")],
+            &[
+                (&c(&urls33), "cluster.nats_urls"),
+                (&c("nats_urls = []"), "cluster.nats_urls"),
+                (&c("nats_urls = [\"http://h:4222\"]"), "cluster.nats_urls"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `credentials`",
+            ("cluster", "credentials"),
+            "a NATS .creds file that can be read",
+            &[&c(&creds_ok)],
+            &[(
+                &c("credentials = \"/nonexistent/meterd.creds\""),
+                "cluster.credentials",
+            )],
+        ),
+        lim(
+            "`[cluster]` `partitions`",
+            ("cluster", "partitions"),
+            "1 to 4096",
+            &[&c("partitions = 1"), &c("partitions = 4096")],
+            &[
+                (&c("partitions = 0"), "cluster.partitions"),
+                (&c("partitions = 4097"), "cluster.partitions"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `replicas`",
+            ("cluster", "replicas"),
+            "3 or 5",
+            &[&c("replicas = 3"), &c("replicas = 5")],
+            &[
+                (&c("replicas = 1"), "cluster.replicas"),
+                (&c("replicas = 4"), "cluster.replicas"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `lease_ttl`",
+            ("cluster", "lease_ttl"),
+            "2s to 60s",
+            &[
+                &c("lease_ttl = \"2s\"\nlease_renew = \"600ms\""),
+                &c("lease_ttl = \"60s\""),
+            ],
+            &[
+                (
+                    &c("lease_ttl = \"1999ms\"\nlease_renew = \"600ms\""),
+                    "cluster.lease_ttl",
+                ),
+                (&c("lease_ttl = \"61s\""), "cluster.lease_ttl"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `lease_renew`",
+            ("cluster", "lease_renew"),
+            "greater than zero and at most a third of lease_ttl",
+            &[
+                &c("lease_ttl = \"6s\"\nlease_renew = \"2s\""),
+                &c("lease_renew = \"1ns\""),
+            ],
+            &[
+                (
+                    &c("lease_ttl = \"6s\"\nlease_renew = \"2001ms\""),
+                    "cluster.lease_renew",
+                ),
+                (&c("lease_renew = \"0s\""), "cluster.lease_renew"),
+            ],
+        ),
+        lim(
+            "`[cluster]` `append_retry`",
+            ("cluster", "append_retry"),
+            "1s to 120s",
+            &[&c("append_retry = \"1s\""), &c("append_retry = \"120s\"")],
+            &[
+                (&c("append_retry = \"999ms\""), "cluster.append_retry"),
+                (&c("append_retry = \"121s\""), "cluster.append_retry"),
+            ],
+        ),
+        lim(
+            "`durability`",
+            ("", "durability"),
+            "must be fsync in cluster mode",
+            &[&format!("durability = \"fsync\"\n{}", c(""))],
+            &[(
+                &format!("durability = \"buffered\"\n{}", c("")),
+                "durability",
+            )],
+        ),
+    ]
+}
+
 /// Every limit `validate` enforces.
 fn limits() -> Vec<Limit> {
     let top = "";
@@ -507,6 +639,7 @@ fn limits() -> Vec<Limit> {
             &[(&lever("t", "a", "avg"), "levers[0].aggregation")],
         ),
     ]);
+    v.extend(cluster_limits());
     for key in [
         "header_read_timeout",
         "body_read_timeout",
@@ -558,14 +691,23 @@ fn doc_row<'a>(page: &'a str, row: &str) -> &'a str {
 fn toml_comments(toml: &str, (section, key): (&str, &str)) -> String {
     let lines: Vec<&str> = toml.lines().collect();
     // The section: from its first header (or the top) to the next table of another kind.
+    // An array of tables (`[[levers]]`), or a table (`[cluster]`, shipped commented out).
     let header = format!("[[{section}]]");
+    let table = format!("[{section}]");
+    let is_header = |l: &str| {
+        let l = l.trim().trim_start_matches(['#', ' ']);
+        l == header || l == table
+    };
     let start = if section.is_empty() {
         0
     } else {
-        lines.iter().position(|l| l.trim() == header).unwrap() + 1
+        lines.iter().position(|l| is_header(l)).unwrap() + 1
     };
     let end = (start..lines.len())
-        .find(|&i| lines[i].starts_with("[[") && lines[i].trim() != header)
+        .find(|&i| {
+            let l = lines[i].trim().trim_start_matches(['#', ' ']);
+            l.starts_with('[') && !is_header(lines[i])
+        })
         .unwrap_or(lines.len());
     let at = (start..end)
         .find(|&i| {
@@ -649,7 +791,7 @@ fn every_key_has_a_documented_row() {
             continue;
         }
         let key = rest.split(':').next().unwrap();
-        if ["tenants", "api_keys", "levers"].contains(&key) {
+        if ["tenants", "api_keys", "levers", "cluster"].contains(&key) {
             continue;
         }
         doc_row(&page, &format!("`{key}`"));

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use raw::{RawApiKey, RawConfig, RawLever, RawTenant};
+pub use raw::{RawApiKey, RawCluster, RawConfig, RawLever, RawTenant};
 
 pub use kinds::{Aggregation, Role};
 use validate::validate;
@@ -167,6 +167,8 @@ pub struct Config {
     pub levers: Vec<LeverConfig>,
     /// True when a well-known development key is configured.
     pub uses_development_keys: bool,
+    /// Cluster mode (`[cluster]`); `None` runs a single node.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The development keys shipped in `config/meterd.toml`; the daemon warns when any is used.
@@ -196,6 +198,31 @@ pub struct Overrides {
     /// `--data-dir`.
     pub data_dir: Option<String>,
 }
+
+/// Validated `[cluster]` settings (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's name: 1 to 64 of `A-Z a-z 0-9 - _`, unique in the cluster.
+    pub node: String,
+    /// NATS server URLs.
+    pub nats_urls: Vec<String>,
+    /// NATS credentials file, when the servers require one.
+    pub credentials: Option<PathBuf>,
+    /// Number of partitions, 1 to [`MAX_PARTITIONS`].
+    pub partitions: u32,
+    /// Replicas of each journal stream: 3 or 5.
+    pub replicas: usize,
+    /// How long a partition lease lasts without renewal.
+    pub lease_ttl: Duration,
+    /// How often an owner renews its leases (at most a third of `lease_ttl`).
+    pub lease_renew: Duration,
+    /// How long an owner re-sends an unanswered journal append before it gives the
+    /// partition up.
+    pub append_retry: Duration,
+}
+
+/// Largest `[cluster] partitions`.
+pub const MAX_PARTITIONS: u32 = 4096;
 
 /// Smallest accepted `memory_limit`.
 pub const MIN_MEMORY_LIMIT: u64 = 256 << 20;

@@ -99,6 +99,53 @@ pub struct RawConfig {
     /// Levers declared in the file (created at start when absent from the store).
     #[serde(default)]
     pub levers: Vec<RawLever>,
+    /// Cluster mode on NATS JetStream (absent: a single node).
+    #[serde(default)]
+    pub cluster: Option<RawCluster>,
+}
+
+/// The `[cluster]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// NATS server URLs (`nats://host:port` or `tls://host:port`).
+    pub nats_urls: Vec<String>,
+    /// NATS credentials file (`.creds`), when the servers require one.
+    pub credentials: Option<String>,
+    /// Number of partitions (every node must use the same).
+    #[serde(default = "d_partitions")]
+    pub partitions: u32,
+    /// Replicas of each journal stream.
+    #[serde(default = "d_replicas")]
+    pub replicas: usize,
+    /// How long a partition lease lasts without renewal.
+    #[serde(default = "d_lease_ttl")]
+    pub lease_ttl: String,
+    /// How often an owner renews its leases.
+    #[serde(default = "d_lease_renew")]
+    pub lease_renew: String,
+    /// How long an owner re-sends an unanswered journal append before it gives the
+    /// partition up.
+    #[serde(default = "d_append_retry")]
+    pub append_retry: String,
+}
+
+fn d_partitions() -> u32 {
+    64
+}
+fn d_replicas() -> usize {
+    3
+}
+fn d_lease_ttl() -> String {
+    "6s".into()
+}
+fn d_lease_renew() -> String {
+    "2s".into()
+}
+fn d_append_retry() -> String {
+    "10s".into()
 }
 
 /// One `[[tenants]]` table.

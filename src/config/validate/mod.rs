@@ -2,11 +2,12 @@
 //! configuration table: [`server`] (listeners, connections), [`storage`] (data dir,
 //! durability, backups), [`retention`] (lateness, dedupe and window retention),
 //! [`capacity`] (shards, request limits, memory), [`webhooks`], [`tenants`], [`keys`]
-//! (`[[api_keys]]`) and [`levers`]. [`validate`] runs them in the order the checks
+//! (`[[api_keys]]`), [`levers`] and [`cluster`]. [`validate`] runs them in the order the checks
 //! have always run in, so a configuration with several problems is refused for the
 //! same one as before.
 
 mod capacity;
+mod cluster;
 mod keys;
 mod levers;
 mod retention;
@@ -37,6 +38,7 @@ pub(super) fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError
     let window_retention = retention::windows(file, &raw, &tenants, lateness)?;
     let (api_keys, uses_development_keys) = keys::api_keys(file, &raw, &mut tenants, lateness)?;
     let levers = levers::levers(file, &raw, &mut tenants, lateness)?;
+    let cluster = cluster::cluster(file, raw.cluster.as_ref(), storage.durability)?;
 
     Ok(Config {
         source: None,
@@ -66,6 +68,7 @@ pub(super) fn validate(file: &str, raw: RawConfig) -> Result<Config, ConfigError
         api_keys,
         levers,
         uses_development_keys,
+        cluster,
     })
 }
 
