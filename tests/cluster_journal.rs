@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use meterd::journal::stream::nats::{self, NatsLog};
-use meterd::journal::stream::{applied_seq, events_seq_range, Applier, StreamJournal, Term};
+use meterd::journal::stream::{applied_seq, Applier, StreamJournal, Term};
 use meterd::journal::{CommitError, Journal};
 use meterd::store::agg::AggValue;
 use meterd::store::Store;
@@ -39,7 +39,6 @@ fn start(n: &Node, log: NatsLog, rt: &tokio::runtime::Runtime, epoch: u64) -> St
             epoch,
             node: format!("node-{epoch}"),
         },
-        events_seq_range(0).0,
         Duration::from_secs(30),
     )
     .expect("start owning partition 0");

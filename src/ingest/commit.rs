@@ -22,6 +22,9 @@ use crate::registry::Tenant;
 use crate::store::agg::AggValue;
 use crate::store::records::EventRecord;
 
+/// The bits of an events record's sequence number that go into its events' ordinals.
+const ORDINAL_SEQ_MASK: u64 = (1 << 44) - 1;
+
 /// What a request hands the journal, and what it does once the journal answers.
 pub(super) struct Staged<'j> {
     /// Events records, quota operands and notifications, committed atomically.
@@ -105,7 +108,10 @@ pub(super) fn stage<'j>(
         let mut events = Vec::with_capacity(items.len());
         let mut record = EventsRecord::new(&tenant.name, items.len());
         for (pos, (mut rec, id, ancestors, key)) in items.into_iter().enumerate() {
-            rec.ordinal = (seq << 20) | pos as u64;
+            // The low 44 bits of the number: in cluster mode the bits above them name
+            // the partition (journal::stream::events_seq_range), and a contract's
+            // events are ordered within their partition only.
+            rec.ordinal = ((seq & ORDINAL_SEQ_MASK) << 20) | pos as u64;
             record.push(now_ms, &id, &rec, &ancestors);
             recent.push((key, seq));
             events.push(rec);

@@ -22,6 +22,7 @@ pub(super) struct Commit {
     pub(super) batch: WriteBatch,
     pub(super) quota: QuotaOperands,
     pub(super) durable: bool,
+    pub(super) events: Vec<u64>,
     pub(super) done: oneshot::Sender<Result<(), CommitError>>,
 }
 
@@ -32,6 +33,7 @@ impl Commit {
             batch: batch.rows.into_batch(),
             quota: batch.quota,
             durable: batch.durable,
+            events: batch.events,
             done,
         }
     }

@@ -71,6 +71,14 @@ pub enum CommitError {
     /// answered exactly once by whichever node owns the partition next.
     #[error("partition {0}: the replicated journal did not confirm the append: {1}")]
     InDoubt(u32, String),
+    /// Cluster mode: this node does not own the partition (any more); nothing of the
+    /// batch is stored, and the owner (if any) is the one to ask.
+    #[error("partition {0} is not owned by this node")]
+    NotOwner(u32),
+    /// Cluster mode: another node changed the registry since this node read it; nothing
+    /// was stored.
+    #[error("another node changed the registry at the same time")]
+    Conflict,
     /// Cluster mode: the replicated journal refused the append for good (too large, no
     /// such stream); nothing of the batch is stored and the writer keeps its partition.
     #[error("partition {0}: the replicated journal refused the append: {1}")]
@@ -91,6 +99,11 @@ pub struct Batch<'j> {
     rows: Writes<'j>,
     quota: QuotaOperands,
     durable: bool,
+    /// Cluster mode: the partition whose journal takes the batch (`None`: the registry
+    /// journal; single-node mode has one journal and ignores it).
+    partition: Option<u32>,
+    /// Sequence numbers of the events records added (cluster mode).
+    events: Vec<u64>,
 }
 
 impl<'j> Batch<'j> {
@@ -98,6 +111,27 @@ impl<'j> Batch<'j> {
     /// [`Journal::reserve`] handed out).
     pub fn events(&mut self, seq: u64, record: EventsRecord) {
         self.rows.put_journal(seq, &record.finish());
+        // Only a partition's journal sends them on (single-node mode skips the vector).
+        if self.partition.is_some() {
+            self.events.push(seq);
+        }
+    }
+
+    /// Cluster mode: sends the batch to partition `p`'s journal (every row of it must
+    /// belong to that partition's contracts). Set before adding events records.
+    pub fn set_partition(&mut self, p: u32) {
+        self.partition = Some(p);
+    }
+
+    /// An empty batch writing into `rows` (for journal implementations).
+    fn new(rows: Writes<'j>) -> Batch<'j> {
+        Batch {
+            rows,
+            quota: Vec::new(),
+            durable: false,
+            partition: None,
+            events: Vec::new(),
+        }
     }
 
     /// Adds a quota usage operand for the quota row `key`; the journal may combine it with
@@ -188,6 +222,13 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Reserves `n` consecutive sequence numbers for events records and returns the
     /// first.
     fn reserve(&self, n: u64) -> u64;
+
+    /// Same as [`Journal::reserve`], for a batch of partition `p` (cluster mode: from
+    /// that partition's range of numbers).
+    fn reserve_in(&self, p: Option<u32>, n: u64) -> u64 {
+        let _ = p;
+        self.reserve(n)
+    }
 
     /// Sets the next sequence number (after replay).
     fn set_next(&self, seq: u64);

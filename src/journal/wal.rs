@@ -102,11 +102,7 @@ impl WalJournal {
 
 impl Journal for WalJournal {
     fn batch(&self, bytes: usize) -> Batch<'_> {
-        Batch {
-            rows: self.store.writes(bytes),
-            quota: Vec::new(),
-            durable: false,
-        }
+        Batch::new(self.store.writes(bytes))
     }
 
     fn submit(&self, batch: Batch<'_>) -> Ticket {
@@ -150,13 +146,16 @@ impl Journal for WalJournal {
 }
 
 /// The events record `seq` in the local `journal` column family.
-pub(super) fn events_record(store: &Store, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+pub(in crate::journal) fn events_record(
+    store: &Store,
+    seq: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
     store.get(cf::JOURNAL, &journal_key(seq))
 }
 
 /// Calls `f` with every events record numbered `first..=last` in the local `journal`
 /// column family, in order.
-pub(super) fn scan_events(
+pub(in crate::journal) fn scan_events(
     store: &Store,
     first: u64,
     last: u64,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rocksdb::WriteBatch;
 
 use super::message::{self, DecodeError, Message};
-use super::{applied_seq, put_applied, quota_log_range};
+use super::{applied_seq, next_events_seq, put_applied, put_next_seq, quota_log_range};
 use crate::journal::quota_log::{fold_quota_log_range, QuotaLog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::names;
@@ -33,12 +33,31 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+/// What applying one message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Already applied earlier (a redelivery): nothing changed.
+    Skipped,
+    /// A group commit: its rows are in the store; these events records among them are
+    /// now in the store's journal, to be counted.
+    Group(Vec<u64>),
+    /// A new owner's epoch record.
+    Epoch {
+        /// Its epoch.
+        epoch: u64,
+        /// Its node.
+        node: String,
+    },
+}
+
 /// Applies one partition's stream messages into a store (see the module note).
 #[derive(Debug)]
 pub struct Applier {
     store: Store,
     partition: u32,
     applied: u64,
+    /// The largest next events sequence number recorded so far.
+    next_seq: u64,
     qlog: QuotaLog,
     /// The epoch and node of the last epoch record applied.
     owner: Option<(u64, String)>,
@@ -48,12 +67,14 @@ impl Applier {
     /// An applier for partition `p`, resuming after the last sequence `store` holds.
     pub fn open(store: Store, p: u32) -> Result<Applier, StoreError> {
         let applied = applied_seq(&store, p)?;
+        let next_seq = next_events_seq(&store, p)?;
         let (lo, hi) = quota_log_range(p);
         let qlog = QuotaLog::new(fold_quota_log_range(&store, lo, hi)?);
         Ok(Applier {
             store,
             partition: p,
             applied,
+            next_seq,
             qlog,
             owner: None,
         })
@@ -71,10 +92,10 @@ impl Applier {
 
     /// Applies the message stored at `seq`. A sequence already applied is skipped (a
     /// redelivery); one past the next is a [`ApplyError::Gap`].
-    pub fn apply(&mut self, seq: u64, payload: &[u8]) -> Result<(), ApplyError> {
+    pub fn apply(&mut self, seq: u64, payload: &[u8]) -> Result<Applied, ApplyError> {
         let p = self.partition;
         if seq <= self.applied {
-            return Ok(());
+            return Ok(Applied::Skipped);
         }
         if seq != self.applied + 1 {
             return Err(ApplyError::Gap {
@@ -84,17 +105,27 @@ impl Applier {
             });
         }
         let msg = message::decode(payload).map_err(|e| ApplyError::Decode(p, seq, e))?;
-        match msg {
-            Message::Group { rows, quota } => {
+        let applied = match msg {
+            Message::Group {
+                rows,
+                events,
+                next_seq,
+                quota,
+            } => {
                 let ops = message::quota_operands(quota);
-                let mut local = self.store.writes(quota.len() + 64);
+                let mut local = self.store.writes(quota.len() + 96);
                 if !ops.is_empty() {
                     local.put_quota_log(self.qlog.next, quota);
                 }
                 put_applied(&mut local, p, seq);
+                if next_seq > self.next_seq {
+                    put_next_seq(&mut local, p, next_seq);
+                    self.next_seq = next_seq;
+                }
                 self.store
                     .write_all(vec![WriteBatch::from_data(rows), local.into_batch()], false)?;
                 self.qlog.written(ops);
+                Applied::Group(events)
             }
             Message::Epoch { epoch, node } => {
                 let mut local = self.store.writes(64);
@@ -102,14 +133,18 @@ impl Applier {
                 self.store.apply(local, false)?;
                 tracing::info!(partition = p, epoch, node, seq, "partition has a new owner");
                 self.owner = Some((epoch, node.to_string()));
+                Applied::Epoch {
+                    epoch,
+                    node: node.to_string(),
+                }
             }
-        }
+        };
         self.applied = seq;
         metrics::counter!(names::CLUSTER_APPLIED_TOTAL).increment(1);
         if self.qlog.due_in() == Some(Duration::ZERO) {
             self.qlog.fold(&self.store);
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// Folds the quota log if it is due (call when idle).

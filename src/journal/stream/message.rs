@@ -7,7 +7,10 @@
 //! - **group** (1): one merged write of the owner's group commit. The length (u32 LE) of
 //!   the rows, the rows as the bytes of a RocksDB write batch (column families are
 //!   referred to by id, the same on every node because every node creates them in the
-//!   same order), then the combined quota operands as one quota log record.
+//!   same order); the number (u32 LE) and sequence numbers (u64 LE each) of the events
+//!   records among the rows, so a standby counts them without scanning the batch; the
+//!   writer's next unused events sequence number (u64 LE), so a new owner continues
+//!   after it; then the combined quota operands as one quota log record.
 //! - **epoch** (2): a new owner's first append: its epoch (u64 LE) and its node name.
 //!   Appended on the last sequence the new owner applied, so it proves that owner's view
 //!   is complete, and every later append of the previous owner is refused.
@@ -31,6 +34,10 @@ pub enum Message<'a> {
     Group {
         /// The bytes of a RocksDB write batch.
         rows: &'a [u8],
+        /// Sequence numbers of the events records among the rows.
+        events: Vec<u64>,
+        /// The writer's next unused events sequence number.
+        next_seq: u64,
         /// The combined quota operands, one quota log record (possibly empty).
         quota: &'a [u8],
     },
@@ -64,12 +71,24 @@ fn seal(kind: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The message of a merged write: its rows (a write batch's bytes) and quota operands.
-pub fn encode_group(rows: &[u8], quota: &[(Vec<u8>, AggValue)]) -> Vec<u8> {
+/// The message of a merged write: its rows (a write batch's bytes), the events records'
+/// sequence numbers among them, the writer's next events sequence number, and the
+/// quota operands.
+pub fn encode_group(
+    rows: &[u8],
+    events: &[u64],
+    next_seq: u64,
+    quota: &[(Vec<u8>, AggValue)],
+) -> Vec<u8> {
     let len = u32::try_from(rows.len()).expect("a merged write is far below 4 GiB");
-    let mut body = Vec::with_capacity(4 + rows.len() + quota.len() * 64);
+    let mut body = Vec::with_capacity(16 + rows.len() + events.len() * 8 + quota.len() * 64);
     body.extend_from_slice(&len.to_le_bytes());
     body.extend_from_slice(rows);
+    body.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    for seq in events {
+        body.extend_from_slice(&seq.to_le_bytes());
+    }
+    body.extend_from_slice(&next_seq.to_le_bytes());
     encode_log_record(quota, &mut body);
     seal(KIND_GROUP, &body)
 }
@@ -105,11 +124,32 @@ pub fn decode(b: &[u8]) -> Result<Message<'_>, DecodeError> {
             if rest.len() < len || len < 12 {
                 return Err(DecodeError::Corrupt("short rows"));
             }
-            let (rows, quota) = rest.split_at(len);
+            let (rows, rest) = rest.split_at(len);
+            let (n, mut rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or(DecodeError::Corrupt("short events"))?;
+            let n = u32::from_le_bytes(*n) as usize;
+            if rest.len() < n.saturating_mul(8) {
+                return Err(DecodeError::Corrupt("short events"));
+            }
+            let mut events = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (seq, r) = rest.split_first_chunk::<8>().expect("length checked");
+                events.push(u64::from_le_bytes(*seq));
+                rest = r;
+            }
+            let (next_seq, quota) = rest
+                .split_first_chunk::<8>()
+                .ok_or(DecodeError::Corrupt("short group"))?;
             if decode_log_record(quota, |_, _| {}).is_none() {
                 return Err(DecodeError::Corrupt("quota operands"));
             }
-            Ok(Message::Group { rows, quota })
+            Ok(Message::Group {
+                rows,
+                events,
+                next_seq: u64::from_le_bytes(*next_seq),
+                quota,
+            })
         }
         KIND_EPOCH => {
             let (epoch, node) = body
@@ -142,11 +182,19 @@ mod tests {
             (b"q1".to_vec(), AggValue::Sum(5)),
             (b"q2".to_vec(), AggValue::Max(-3)),
         ];
-        let m = encode_group(b"rows-bytes-of-a-batch", &ops);
-        let Message::Group { rows, quota } = decode(&m).unwrap() else {
+        let m = encode_group(b"rows-bytes-of-a-batch", &[7, 9], 12, &ops);
+        let Message::Group {
+            rows,
+            events,
+            next_seq,
+            quota,
+        } = decode(&m).unwrap()
+        else {
             panic!("a group")
         };
         assert_eq!(rows, b"rows-bytes-of-a-batch");
+        assert_eq!(events, vec![7, 9]);
+        assert_eq!(next_seq, 12);
         assert_eq!(quota_operands(quota), ops);
         let e = encode_epoch(7, "node-b");
         assert_eq!(

@@ -52,6 +52,8 @@
 mod apply;
 pub mod message;
 pub mod nats;
+mod partitions;
+mod registry;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,15 +75,19 @@ use crate::store::writes::Writes;
 use crate::store::{concat_batches, Store, StoreError};
 use crate::telemetry::names;
 
-pub use apply::{Applier, ApplyError};
+pub use apply::{Applied, Applier, ApplyError};
+pub use partitions::Partitions;
+pub use registry::{RegistryJournal, REGISTRY};
+
+/// Meta key prefix of the next unused events sequence number of a partition, as the
+/// last applied message says (u32 big-endian partition; u64 big-endian value).
+const NEXT_SEQ_PREFIX: &[u8] = b"stream_next_seq/";
 
 /// Meta key prefix of a partition's applied stream sequence (`applied/` + partition,
 /// u32 big-endian); the value is the sequence, u64 big-endian.
 const APPLIED_PREFIX: &[u8] = b"stream_applied/";
 
-/// Largest partition number plus one (a partition's quota log and events sequence
-/// ranges must fit in a u64).
-pub const MAX_PARTITIONS: u32 = 4096;
+use crate::config::MAX_PARTITIONS;
 
 /// How an append can fail.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,10 +134,13 @@ pub fn quota_log_range(p: u32) -> (u64, u64) {
 }
 
 /// The events sequence numbers of partition `p`: `lo..hi`, disjoint from every other
-/// partition's, so a node applying several partitions keeps their journal rows apart.
+/// partition's (and from single-node mode's, which start at 1), so a node applying
+/// several partitions keeps their journal rows apart. 2^50 numbers each; the ordering
+/// of an event within its partition uses the low 44 bits (see
+/// [`crate::store::records::EventRecord::ordinal`]).
 pub fn events_seq_range(p: u32) -> (u64, u64) {
-    let lo = (u64::from(p) + 1) << 48;
-    (lo, lo + (1 << 48))
+    let lo = (u64::from(p) + 1) << 50;
+    (lo, lo + (1 << 50))
 }
 
 fn applied_key(p: u32) -> Vec<u8> {
@@ -154,6 +163,29 @@ pub fn applied_seq(store: &Store, p: u32) -> Result<u64, StoreError> {
 /// Adds to `rows` the record that the store holds partition `p`'s stream up to `seq`.
 fn put_applied(rows: &mut Writes<'_>, p: u32, seq: u64) {
     rows.put_meta(&applied_key(p), &seq.to_be_bytes());
+}
+
+fn next_seq_key(p: u32) -> Vec<u8> {
+    let mut k = NEXT_SEQ_PREFIX.to_vec();
+    k.extend_from_slice(&p.to_be_bytes());
+    k
+}
+
+/// The events sequence number a new owner of partition `p` starts from: after every
+/// number an earlier owner used, as far as this node's store has applied the stream
+/// (the start of the partition's range when nothing was written yet).
+pub fn next_events_seq(store: &Store, p: u32) -> Result<u64, StoreError> {
+    let lo = events_seq_range(p).0;
+    match store.meta_get(&next_seq_key(p))? {
+        None => Ok(lo),
+        Some(v) => <[u8; 8]>::try_from(&v[..])
+            .map(|b| u64::from_be_bytes(b).max(lo))
+            .map_err(|_| StoreError::Corrupt("meta")),
+    }
+}
+
+fn put_next_seq(rows: &mut Writes<'_>, p: u32, next: u64) {
+    rows.put_meta(&next_seq_key(p), &next.to_be_bytes());
 }
 
 /// Who owns a partition, for one term.
@@ -188,6 +220,8 @@ pub enum StartError {
 struct Shared {
     partition: u32,
     applied: AtomicU64,
+    /// The next unused events sequence number.
+    next_seq: AtomicU64,
     stepped_down: AtomicBool,
     reason: Mutex<Option<CommitError>>,
 }
@@ -214,7 +248,6 @@ impl Shared {
 pub struct StreamJournal {
     store: Store,
     tx: Sender<Commit>,
-    next_seq: AtomicU64,
     shared: Arc<Shared>,
 }
 
@@ -268,19 +301,20 @@ impl StreamJournal {
     /// Starts owning `term.partition`: appends the epoch record on the last sequence
     /// this node applied (so the store must hold the whole stream: apply it with an
     /// [`Applier`] first, and drop the applier), folds the partition's quota log, and
-    /// starts the writer thread. `first_seq` is the next unused events sequence number
-    /// (within [`events_seq_range`]). Appends are retried for up to `retry_for`.
+    /// starts the writer thread. Events sequence numbers continue after the last one
+    /// the stream recorded ([`next_events_seq`]). Appends are retried for up to
+    /// `retry_for`.
     pub fn start<L: PartitionLog>(
         store: Store,
         log: L,
         rt: Handle,
         term: Term,
-        first_seq: u64,
         retry_for: Duration,
     ) -> Result<(StreamJournal, JoinHandle<()>), StartError> {
         let p = term.partition;
         assert!(p < MAX_PARTITIONS, "partition {p} out of range");
         let applied = applied_seq(&store, p)?;
+        let first_seq = next_events_seq(&store, p)?;
         let (lo, hi) = quota_log_range(p);
         let qlog = QuotaLog::new(fold_quota_log_range(&store, lo, hi)?);
         let id = format!("{p}.{}.epoch", term.epoch);
@@ -302,6 +336,7 @@ impl StreamJournal {
         let shared = Arc::new(Shared {
             partition: p,
             applied: AtomicU64::new(seq),
+            next_seq: AtomicU64::new(first_seq),
             stepped_down: AtomicBool::new(false),
             reason: Mutex::new(None),
         });
@@ -321,15 +356,7 @@ impl StreamJournal {
             .name(format!("meterd-journal-{p}"))
             .spawn(move || writer.run(rx))
             .expect("spawn journal writer");
-        Ok((
-            StreamJournal {
-                store,
-                tx,
-                next_seq: AtomicU64::new(first_seq),
-                shared,
-            },
-            handle,
-        ))
+        Ok((StreamJournal { store, tx, shared }, handle))
     }
 
     /// The last stream sequence this writer appended and applied.
@@ -349,16 +376,18 @@ impl StreamJournal {
 
 impl Journal for StreamJournal {
     fn batch(&self, bytes: usize) -> Batch<'_> {
-        Batch {
-            rows: self.store.writes(bytes),
-            quota: Vec::new(),
-            durable: false,
-        }
+        Batch::new(self.store.writes(bytes))
     }
 
     fn submit(&self, batch: Batch<'_>) -> Ticket {
         if self.shared.stepped_down.load(Ordering::SeqCst) {
             return Ticket::failed(self.shared.reason());
+        }
+        // Numbers reserved while this node did not own the partition yet are not in its
+        // range: such a batch is refused whole.
+        let (lo, hi) = events_seq_range(self.shared.partition);
+        if batch.events.iter().any(|s| !(lo..hi).contains(s)) {
+            return Ticket::failed(CommitError::NotOwner(self.shared.partition));
         }
         let (done, wait) = oneshot::channel();
         match self.tx.send(Commit::new(batch, done)) {
@@ -368,11 +397,11 @@ impl Journal for StreamJournal {
     }
 
     fn reserve(&self, n: u64) -> u64 {
-        self.next_seq.fetch_add(n, Ordering::Relaxed)
+        self.shared.next_seq.fetch_add(n, Ordering::SeqCst)
     }
 
     fn set_next(&self, seq: u64) {
-        self.next_seq.store(seq, Ordering::SeqCst);
+        self.shared.next_seq.fetch_max(seq, Ordering::SeqCst);
     }
 
     fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
@@ -477,7 +506,14 @@ impl<L: PartitionLog> Writer<L> {
         let rows = concat_batches(&batches);
         drop(batches);
         let ops = combined_quota(commits, scratch);
-        let payload = message::encode_group(rows.data(), &ops);
+        let events: Vec<u64> = commits
+            .iter()
+            .flat_map(|c| c.events.iter().copied())
+            .collect();
+        // Every number a commit of this write holds was reserved before it was
+        // submitted, so it is below this.
+        let next_seq = self.shared.next_seq.load(Ordering::SeqCst);
+        let payload = message::encode_group(rows.data(), &events, next_seq, &ops);
         if payload.len() > self.log.max_payload() {
             return Err(CommitError::Rejected(
                 p,
@@ -517,6 +553,7 @@ impl<L: PartitionLog> Writer<L> {
             local.put_quota_log(self.qlog.next, &record);
         }
         put_applied(&mut local, p, seq);
+        put_next_seq(&mut local, p, next_seq);
         match self.store.write_all(vec![rows, local.into_batch()], false) {
             Ok(()) => self.qlog.written(ops),
             Err(e) => {

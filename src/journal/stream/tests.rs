@@ -103,13 +103,11 @@ fn start(
     rt: &tokio::runtime::Runtime,
     t: Term,
 ) -> Result<(StreamJournal, JoinHandle<()>), StartError> {
-    let (lo, _) = events_seq_range(t.partition);
     StreamJournal::start(
         n.store.clone(),
         log.clone(),
         rt.handle().clone(),
         t,
-        lo,
         Duration::from_millis(300),
     )
 }
@@ -263,6 +261,8 @@ fn a_standby_refuses_a_gap_and_a_damaged_message_without_applying_them() {
     let mut a = Applier::open(standby.store.clone(), 3).unwrap();
     let m = message::encode_group(
         WriteBatch::default().data(),
+        &[],
+        0,
         &[(b"q".to_vec(), AggValue::Sum(1))],
     );
     assert!(matches!(
