@@ -18,14 +18,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
-use crate::counters::agg::AggValue;
 use crate::counters::Counters;
 use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
 use crate::journal::WalJournal;
 use crate::notify::Outbox;
-use crate::quota::book::{chain as quota_chain, QuotaBook, StoredKey};
+use crate::quota::book::QuotaBook;
 use crate::quota::quota_horizon;
 use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry};
 use crate::revision::Revisions;
@@ -123,37 +122,7 @@ pub fn load_quotas(
     book: &QuotaBook,
     horizon_ms: i64,
 ) -> Result<(), StoreError> {
-    store.scan_all_quota(|k, v| {
-        let key = StoredKey::decode(k).ok_or(StoreError::Corrupt("quota"))?;
-        let value = AggValue::decode(v).ok_or(StoreError::Corrupt("quota"))?;
-        let (tenant, contract) = match &key {
-            StoredKey::Usage(u) | StoredKey::Granted(u) => {
-                if u.end < horizon_ms {
-                    return Ok(());
-                }
-                (&u.tenant, &u.contract)
-            }
-            StoredKey::GrantUsed(g) => (&g.tenant, &g.contract),
-            StoredKey::Notified(n) => {
-                if n.row.end < horizon_ms {
-                    return Ok(());
-                }
-                (&n.row.tenant, &n.row.contract)
-            }
-        };
-        let Some(t) = registry.tenant(tenant) else {
-            return Ok(());
-        };
-        let Some(c) = t.contract(contract) else {
-            return Ok(());
-        };
-        let root = quota_chain(t, &c)
-            .last()
-            .map(|r| r.id.clone())
-            .unwrap_or_default();
-        book.load(key, value, &root);
-        Ok(())
-    })
+    book.load_stored(store, registry, horizon_ms, |_, _| true)
 }
 
 /// SIGTERM and SIGINT, listened for from the start of [`run`]: a signal that arrives

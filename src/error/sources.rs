@@ -23,10 +23,19 @@ impl From<StoreError> for Error {
 
 impl From<CommitError> for Error {
     fn from(c: CommitError) -> Error {
-        if c.is_full() {
-            Error::new(ErrorCode::StorageFull, c.to_string())
-        } else {
-            Error::new(ErrorCode::StorageUnavailable, c.to_string())
+        match c {
+            c if c.is_full() => Error::new(ErrorCode::StorageFull, c.to_string()),
+            // Cluster mode: another node wrote the registry first; nothing was stored.
+            CommitError::Conflict => Error::new(
+                ErrorCode::Conflict,
+                format!("{c}; nothing was changed, read the current state and retry"),
+            ),
+            // Cluster mode: the partition is moving between nodes, or its stream did
+            // not answer in time.
+            CommitError::NotOwner(_) | CommitError::Fenced(_) | CommitError::InDoubt(..) => {
+                Error::new(ErrorCode::NotReady, format!("{c}; retry shortly"))
+            }
+            c => Error::new(ErrorCode::StorageUnavailable, c.to_string()),
         }
     }
 }

@@ -60,6 +60,7 @@ pub(super) fn stage<'j>(
     reserved: Reserved,
     notifications: Vec<Entry>,
     now_ms: i64,
+    partition: Option<u32>,
 ) -> Option<Staged<'j>> {
     // Accepted events per shard, in input order.
     let mut by_shard: Vec<ShardGroup<'_>> = Vec::new();
@@ -96,11 +97,14 @@ pub(super) fn stage<'j>(
         return None;
     }
 
-    let first_seq = journal.reserve(by_shard.len() as u64);
+    let first_seq = journal.reserve_in(partition, by_shard.len() as u64);
     // Sized up front (per event its dedupe record inside the events record, about 160
     // bytes), so the batch's buffer is not regrown and copied.
     let accepted: usize = by_shard.iter().map(|(_, v)| v.len()).sum();
     let mut batch = journal.batch(512 + 192 * accepted);
+    if let Some(p) = partition {
+        batch.set_partition(p);
+    }
     let mut groups = Vec::with_capacity(by_shard.len());
     let mut recent = Vec::with_capacity(accepted);
     for (g, (shard, items)) in by_shard.into_iter().enumerate() {
@@ -205,6 +209,7 @@ mod tests {
             Reserved::default(),
             vec![],
             7,
+            None,
         )
         .expect("two accepted");
         assert!(matches!(slots[2], Slot::Duplicate));

@@ -76,6 +76,15 @@ impl From<IngestError> for crate::error::Error {
             IngestError::Commit(c) if c.is_full() => {
                 Error::new(ErrorCode::StorageFull, format!("{c}; nothing was counted"))
             }
+            IngestError::Commit(
+                c @ (CommitError::NotOwner(_)
+                | CommitError::Fenced(_)
+                | CommitError::InDoubt(..)
+                | CommitError::Conflict),
+            ) => Error::new(
+                ErrorCode::NotReady,
+                format!("{c}; retry with the same event ids"),
+            ),
             IngestError::Commit(c) => Error::new(
                 ErrorCode::StorageUnavailable,
                 format!("{c}; nothing was counted"),
@@ -128,6 +137,18 @@ pub async fn ingest_parsed<'a>(
     parsed: Vec<Parsed<'a>>,
     now_ms: i64,
 ) -> Result<Outcome, IngestError> {
+    ingest_in(state, tenant, parsed, now_ms, None).await
+}
+
+/// Same as [`ingest_parsed`], for events of one partition (cluster mode: this node owns
+/// `partition`, and the batch goes to its journal).
+pub async fn ingest_in<'a>(
+    state: &State,
+    tenant: &Arc<Tenant>,
+    parsed: Vec<Parsed<'a>>,
+    now_ms: i64,
+    partition: Option<u32>,
+) -> Result<Outcome, IngestError> {
     claim::wait_for_backlog(state).await?;
     let big = parsed.len() > BLOCKING_BATCH;
     let owner = Owner::new();
@@ -135,7 +156,10 @@ pub async fn ingest_parsed<'a>(
     let mut slots: Vec<Slot<'a>> = maybe_blocking(big, || {
         claim::claim_all(&state.claims, tenant.index, &owner, parsed, &mut held)
     });
-    let result = run_claimed(state, tenant, &owner, &mut slots, &mut held, now_ms, big).await;
+    let result = run_claimed(
+        state, tenant, &owner, &mut slots, &mut held, now_ms, big, partition,
+    )
+    .await;
     let fate = if result.is_ok() {
         Fate::Committed
     } else {
@@ -149,6 +173,7 @@ pub async fn ingest_parsed<'a>(
 }
 
 /// Phases 2-6 for the claimed slots.
+#[allow(clippy::too_many_arguments)]
 async fn run_claimed<'a>(
     state: &State,
     tenant: &Arc<Tenant>,
@@ -157,9 +182,12 @@ async fn run_claimed<'a>(
     held: &mut Vec<ClaimKey>,
     now_ms: i64,
     big: bool,
+    partition: Option<u32>,
 ) -> Result<(), IngestError> {
     claim::claim_waiting(&state.claims, owner, slots, held).await;
-    let staged = maybe_blocking(big, || look_up_and_decide(state, tenant, slots, now_ms))?;
+    let staged = maybe_blocking(big, || {
+        look_up_and_decide(state, tenant, slots, now_ms, partition)
+    })?;
     let Some(staged) = staged else {
         return Ok(());
     };
@@ -172,8 +200,14 @@ async fn run_claimed<'a>(
     } = staged;
     if let Err(e) = state.journal.commit(batch).await {
         state.quotas.rollback(tenant, &reserved);
-        state.storage_ok.store(false, Ordering::SeqCst);
-        tracing::error!(error = %e, "journal commit failed; events not acknowledged");
+        if matches!(e, CommitError::Store(_) | CommitError::Stopped) {
+            state.storage_ok.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "journal commit failed; events not acknowledged");
+        } else {
+            // Cluster mode: the partition moved or its stream did not answer; this
+            // node's storage is fine.
+            tracing::warn!(error = %e, "journal commit refused; events not acknowledged");
+        }
         return Err(e.into());
     }
     state.storage_ok.store(true, Ordering::SeqCst);
@@ -203,6 +237,7 @@ fn look_up_and_decide<'s>(
     tenant: &Arc<Tenant>,
     slots: &mut [Slot<'_>],
     now_ms: i64,
+    partition: Option<u32>,
 ) -> Result<Option<commit::Staged<'s>>, IngestError> {
     let claimed: Vec<usize> = (0..slots.len())
         .filter(|i| matches!(slots[*i], Slot::Claimed(..)))
@@ -260,5 +295,6 @@ fn look_up_and_decide<'s>(
         reserved,
         notifications,
         now_ms,
+        partition,
     ))
 }

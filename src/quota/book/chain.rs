@@ -67,6 +67,33 @@ pub fn chain(tenant: &Tenant, contract: &Arc<Contract>) -> Vec<Arc<Contract>> {
     out
 }
 
+/// Cluster mode: the partition of an event of `tenant` for contract `contract`, out of
+/// `partitions`. A pure function of the tenant and the root of the contract's parent
+/// chain (the contract itself when it has no parent, or is unknown), so a reseller pool
+/// and all its children share a partition and every quota decision stays in one place.
+pub fn partition(tenant: &Tenant, contract: &str, partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let root = match tenant.contract(contract) {
+        Some(c) => chain(tenant, &c)
+            .last()
+            .map(|r| r.id.clone())
+            .unwrap_or_else(|| contract.to_string()),
+        None => contract.to_string(),
+    };
+    partition_of_root(&tenant.name, &root, partitions)
+}
+
+/// The partition of the chain rooted at `root` in `tenant` (see [`partition`]).
+pub fn partition_of_root(tenant: &str, root: &str, partitions: u32) -> u32 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(tenant.as_bytes());
+    h.update(&[0]);
+    h.update(root.as_bytes());
+    (h.digest() % u64::from(partitions.max(1))) as u32
+}
+
 /// Whether no member of `chain` has a finite quota on `lever`: its events then only add
 /// to their period rows (see [`QuotaBook::reserve_unlimited`]).
 pub fn chain_unlimited(tenant: &Tenant, chain: &[Arc<Contract>], lever: &str) -> bool {

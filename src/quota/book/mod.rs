@@ -69,7 +69,8 @@ use crate::decimal::Amount;
 
 pub use crate::store::quota_keys::{GrantKey, NotifiedKey, StoredKey, UsageKey};
 pub use chain::{
-    chain, chain_unlimited, effective_quotas, thresholds_of, EffectiveQuota, MAX_CHAIN,
+    chain, chain_unlimited, effective_quotas, partition, partition_of_root, thresholds_of,
+    EffectiveQuota, MAX_CHAIN,
 };
 pub use periods::{contract_anchor, contract_tz, periods_at};
 pub use reserved::{Crossing, Decision, GrantTake, QuotaExceeded, Reservation, Reserved};
