@@ -26,10 +26,10 @@ use crate::journal::WalJournal;
 use crate::notify::Outbox;
 use crate::quota::book::QuotaBook;
 use crate::quota::quota_horizon;
-use crate::registry::{ApiKeys, Contract, Grant, Lever, LeverBody, Plan, Registry};
+use crate::registry::{ApiKeys, Lever, LeverBody, Registry};
 use crate::revision::Revisions;
 use crate::state::State;
-use crate::store::keys::{get_str, AdminKind};
+use crate::store::keys::AdminKind;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
 use crate::window::{now_ms, rfc3339};
@@ -37,48 +37,7 @@ use crate::window::{now_ms, rfc3339};
 /// Loads stored levers and contracts into the registry, then creates the levers the
 /// configuration declares but the store lacks.
 pub fn load_registry(store: &Store, registry: &Registry, cfg: &Config) -> Result<(), StoreError> {
-    store.scan_all_admin(|k, v| {
-        let Some((&kind, rest)) = k.split_first() else {
-            return Ok(());
-        };
-        let Some((tenant, rest)) = get_str(rest) else {
-            return Err(StoreError::Corrupt("admin"));
-        };
-        let Ok(name) = std::str::from_utf8(rest) else {
-            return Err(StoreError::Corrupt("admin"));
-        };
-        let Some(t) = registry.tenant(tenant) else {
-            tracing::warn!(
-                tenant,
-                name,
-                "stored definition of an unconfigured tenant ignored"
-            );
-            return Ok(());
-        };
-        if kind == AdminKind::Lever as u8 {
-            let mut l: Lever =
-                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
-            l.deleted = l.status == "deleted";
-            t.levers.insert(name.to_string(), Arc::new(l));
-        } else if kind == AdminKind::Plan as u8 {
-            let p: Plan = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
-            t.plans.insert(name.to_string(), Arc::new(p.finish()));
-        } else if kind == AdminKind::Contract as u8 {
-            let c: Contract =
-                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
-            t.contracts.insert(name.to_string(), Arc::new(c.finish()));
-        } else if kind == AdminKind::Grant as u8 {
-            let g: Grant = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
-            let current = t
-                .grants
-                .get(&g.contract)
-                .map(|gs| Arc::clone(&gs))
-                .unwrap_or_default();
-            t.grants
-                .insert(g.contract.clone(), Arc::new(current.with(g)));
-        }
-        Ok(())
-    })?;
+    crate::registry::persist::load_stored(store, registry)?;
     for l in &cfg.levers {
         let Some(t) = registry.tenant(&l.tenant) else {
             continue;
@@ -240,6 +199,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         ready: AtomicBool::new(false),
         storage_ok: AtomicBool::new(true),
         admin_lock: tokio::sync::Mutex::new(()),
+        peers: std::sync::OnceLock::new(),
         last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         registry,
         journal: Box::new(journal),

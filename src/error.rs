@@ -98,11 +98,14 @@ pub enum RejectCode {
     ContractEnded,
     /// A hard quota of the contract or an ancestor pool would be exceeded.
     QuotaExceeded,
+    /// Cluster mode: the event's partition had no reachable owner (it is moving between
+    /// nodes); nothing about it was decided here. Retry it with the same id.
+    Unavailable,
 }
 
 impl RejectCode {
     /// Every code, in the order the API documents them.
-    pub const ALL: [RejectCode; 7] = [
+    pub const ALL: [RejectCode; 8] = [
         RejectCode::InvalidEvent,
         RejectCode::UnknownLever,
         RejectCode::UnknownContract,
@@ -110,6 +113,7 @@ impl RejectCode {
         RejectCode::TooEarly,
         RejectCode::ContractEnded,
         RejectCode::QuotaExceeded,
+        RejectCode::Unavailable,
     ];
 
     /// The code string.
@@ -122,7 +126,13 @@ impl RejectCode {
             RejectCode::TooEarly => "too_early",
             RejectCode::ContractEnded => "contract_ended",
             RejectCode::QuotaExceeded => "quota_exceeded",
+            RejectCode::Unavailable => "unavailable",
         }
+    }
+
+    /// The code named `s`.
+    pub fn parse(s: &str) -> Option<RejectCode> {
+        RejectCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
 

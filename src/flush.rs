@@ -375,30 +375,7 @@ pub fn recover(
     let mut next = hwm + 1;
     let mut events = 0usize;
     journal.scan_events(0, u64::MAX, false, &mut |seq, v| {
-        let (tenant, evs) = decode_events(v).ok_or(StoreError::Corrupt("journal"))?;
-        // Ids whose dedupe records are still in the journal are found in `recent` until
-        // the first flush moves them.
-        if let Some(t) = registry.tenant(&tenant) {
-            let (_, recs) = dedupe_records(v).ok_or(StoreError::Corrupt("journal"))?;
-            for r in recs {
-                let id = dedupe_id(r).ok_or(StoreError::Corrupt("journal"))?;
-                recent.insert((t.index, id_hash(id)), seq);
-            }
-        }
-        let tenant: Arc<str> = Arc::from(tenant.as_str());
-        // Group by the current shard function (the shard count may have changed).
-        let mut by_shard: Vec<(usize, Vec<_>)> = Vec::new();
-        for e in evs {
-            let s = counters.shard_of(&tenant, &e.contract);
-            match by_shard.iter_mut().find(|(x, _)| *x == s) {
-                Some((_, v)) => v.push(e),
-                None => by_shard.push((s, vec![e])),
-            }
-        }
-        for (s, evs) in by_shard {
-            events += evs.len();
-            counters.apply(s, seq, &tenant, &evs);
-        }
+        events += replay_record(counters, recent, registry, seq, v)?;
         next = next.max(seq + 1);
         Ok(())
     })?;
@@ -408,6 +385,45 @@ pub fn recover(
         "journal replayed"
     );
     Ok((next, events))
+}
+
+/// Counts the events record `seq` (bytes `v`) into `counters`, and its ids into `recent`
+/// (their dedupe records are in the journal until a flush moves them). Returns the
+/// number of events. Used by start-up replay and, in cluster mode, by a standby for
+/// every events record it applies from a partition's stream.
+pub fn replay_record(
+    counters: &Counters,
+    recent: &Unflushed,
+    registry: &Registry,
+    seq: u64,
+    v: &[u8],
+) -> Result<usize, StoreError> {
+    let (tenant, evs) = decode_events(v).ok_or(StoreError::Corrupt("journal"))?;
+    // Ids whose dedupe records are still in the journal are found in `recent` until the
+    // first flush moves them.
+    if let Some(t) = registry.tenant(&tenant) {
+        let (_, recs) = dedupe_records(v).ok_or(StoreError::Corrupt("journal"))?;
+        for r in recs {
+            let id = dedupe_id(r).ok_or(StoreError::Corrupt("journal"))?;
+            recent.insert((t.index, id_hash(id)), seq);
+        }
+    }
+    let tenant: Arc<str> = Arc::from(tenant.as_str());
+    // Group by the current shard function (the shard count may have changed).
+    let mut by_shard: Vec<(usize, Vec<_>)> = Vec::new();
+    for e in evs {
+        let s = counters.shard_of(&tenant, &e.contract);
+        match by_shard.iter_mut().find(|(x, _)| *x == s) {
+            Some((_, v)) => v.push(e),
+            None => by_shard.push((s, vec![e])),
+        }
+    }
+    let mut events = 0;
+    for (s, evs) in by_shard {
+        events += evs.len();
+        counters.apply(s, seq, &tenant, &evs);
+    }
+    Ok(events)
 }
 
 #[cfg(test)]

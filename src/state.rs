@@ -12,6 +12,35 @@ use crate::journal::Journal;
 use crate::registry::{ApiKeys, Registry};
 use crate::store::Store;
 
+/// Why a request to a partition's owner failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PeerError {
+    /// No node answers for the partition (none owns it at the moment).
+    #[error("partition {0} has no owner at the moment")]
+    NoOwner(u32),
+    /// The owner did not answer in time; the request may or may not have been applied.
+    #[error("partition {0}: no answer from its owner in time")]
+    Timeout(u32),
+    /// Anything else on the way (connection, encoding).
+    #[error("partition {0}: {1}")]
+    Other(u32, String),
+}
+
+/// Cluster mode as the domain services see it: the partitions, which of them this node
+/// owns, and a way to ask the owner of another.
+pub trait Peers: Send + Sync + std::fmt::Debug {
+    /// The number of partitions.
+    fn partitions(&self) -> u32;
+    /// True while this node owns partition `p`.
+    fn owns(&self, p: u32) -> bool;
+    /// Sends `request` to the owner of partition `p` and returns its reply.
+    fn request(
+        &self,
+        p: u32,
+        request: Vec<u8>,
+    ) -> futures_util::future::BoxFuture<'_, Result<bytes::Bytes, PeerError>>;
+}
+
 /// Everything a request needs.
 #[derive(Debug)]
 pub struct State {
@@ -54,6 +83,8 @@ pub struct State {
     pub last_flush_ms: std::sync::atomic::AtomicI64,
     /// Serialises admin writes (levers, contracts).
     pub admin_lock: tokio::sync::Mutex<()>,
+    /// Cluster mode: the other nodes (set once at start; empty on a single node).
+    pub peers: std::sync::OnceLock<Arc<dyn Peers>>,
 }
 
 impl State {

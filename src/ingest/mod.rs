@@ -30,6 +30,7 @@ mod decide;
 mod fixture;
 mod lookup;
 mod outcome;
+mod route;
 mod validate;
 
 use std::sync::atomic::Ordering;
@@ -46,6 +47,7 @@ use crate::store::StoreError;
 
 pub use claim::BACKLOG_WAIT;
 pub use outcome::{Outcome, RejectCode, Rejection};
+pub use route::{ingest_routed, serve_forwarded};
 pub use validate::MAX_EARLY_MS;
 
 use decide::{decide, Decided, Grouping};

@@ -254,6 +254,44 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     fn fsyncs(&self) -> u64;
 }
 
+/// A shared journal is a journal (cluster mode: the node's [`stream::Partitions`] is
+/// both the state's journal and the cluster runtime's).
+impl<J: Journal + ?Sized> Journal for Arc<J> {
+    fn batch(&self, bytes: usize) -> Batch<'_> {
+        (**self).batch(bytes)
+    }
+    fn submit(&self, batch: Batch<'_>) -> Ticket {
+        (**self).submit(batch)
+    }
+    fn reserve(&self, n: u64) -> u64 {
+        (**self).reserve(n)
+    }
+    fn reserve_in(&self, p: Option<u32>, n: u64) -> u64 {
+        (**self).reserve_in(p, n)
+    }
+    fn set_next(&self, seq: u64) {
+        (**self).set_next(seq)
+    }
+    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        (**self).events_record(seq)
+    }
+    fn scan_events(
+        &self,
+        first: u64,
+        last: u64,
+        one_time: bool,
+        f: &mut EventsVisitor<'_>,
+    ) -> Result<(), StoreError> {
+        (**self).scan_events(first, last, one_time, f)
+    }
+    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
+        (**self).truncate(rows, first, last)
+    }
+    fn fsyncs(&self) -> u64 {
+        (**self).fsyncs()
+    }
+}
+
 impl dyn Journal + '_ {
     /// Submits `batch` and waits until it is durable.
     pub async fn commit(&self, batch: Batch<'_>) -> Result<(), CommitError> {

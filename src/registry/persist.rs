@@ -5,11 +5,66 @@
 //! order with an opaque cursor.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::registry::{Contract, Grant, Grants, Lever, Plan, Registry};
+use crate::store::keys::{get_str, AdminKind};
 use crate::store::{Store, StoreError};
+
+/// Loads every stored lever, plan, contract and grant into `registry` (at start, and in
+/// cluster mode after each registry change another node made). Levers, plans and
+/// contracts replace their in-memory versions; each contract's grants are rebuilt from
+/// the store, so loading twice changes nothing.
+pub fn load_stored(store: &Store, registry: &Registry) -> Result<(), StoreError> {
+    let mut grants: HashMap<(String, String), Grants> = HashMap::new();
+    store.scan_all_admin(|k, v| {
+        let Some((&kind, rest)) = k.split_first() else {
+            return Ok(());
+        };
+        let Some((tenant, rest)) = get_str(rest) else {
+            return Err(StoreError::Corrupt("admin"));
+        };
+        let Ok(name) = std::str::from_utf8(rest) else {
+            return Err(StoreError::Corrupt("admin"));
+        };
+        let Some(t) = registry.tenant(tenant) else {
+            tracing::warn!(
+                tenant,
+                name,
+                "stored definition of an unconfigured tenant ignored"
+            );
+            return Ok(());
+        };
+        if kind == AdminKind::Lever as u8 {
+            let mut l: Lever =
+                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            l.deleted = l.status == "deleted";
+            t.levers.insert(name.to_string(), Arc::new(l));
+        } else if kind == AdminKind::Plan as u8 {
+            let p: Plan = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            t.plans.insert(name.to_string(), Arc::new(p.finish()));
+        } else if kind == AdminKind::Contract as u8 {
+            let c: Contract =
+                serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            t.contracts.insert(name.to_string(), Arc::new(c.finish()));
+        } else if kind == AdminKind::Grant as u8 {
+            let g: Grant = serde_json::from_slice(v).map_err(|_| StoreError::Corrupt("admin"))?;
+            let key = (tenant.to_string(), g.contract.clone());
+            let current = grants.remove(&key).unwrap_or_default();
+            grants.insert(key, current.with(g));
+        }
+        Ok(())
+    })?;
+    for ((tenant, contract), gs) in grants {
+        if let Some(t) = registry.tenant(&tenant) {
+            t.grants.insert(contract, Arc::new(gs));
+        }
+    }
+    Ok(())
+}
 
 /// Largest and default page size of admin listings.
 pub const MAX_PAGE: usize = 1000;

@@ -1,7 +1,7 @@
 //! `POST /api/v1/events` (SPEC 2.3): CloudEvents ingest compatible with OpenMeter's API,
 //! so OpenMeter and CloudEvents SDKs work unchanged with their base URL pointed at
 //! meterd. It shares the native path's dedupe, quotas and durability
-//! ([`crate::ingest::ingest_parsed`]).
+//! ([`crate::ingest::ingest_routed`]).
 //!
 //! Structured mode: `application/cloudevents+json` (one event),
 //! `application/cloudevents-batch+json` (an array) and `application/json` (one or an
@@ -24,7 +24,7 @@ use crate::event::{split_body, BodyError, BodyFormat, Parsed};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{empty, full, media_type, read_body, Body};
-use crate::ingest::ingest_parsed;
+use crate::ingest::ingest_routed;
 use crate::window::now_ms;
 
 /// How a request carries its events.
@@ -131,7 +131,7 @@ pub async fn post(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<Body>, Ap
                 .collect()
         }
     };
-    let out = ingest_parsed(&ctx.state, &tenant, parsed, now).await?;
+    let out = ingest_routed(&ctx.state, &tenant, parsed, now).await?;
     if out.rejected == 0 {
         return Ok(empty(StatusCode::NO_CONTENT));
     }

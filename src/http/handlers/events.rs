@@ -7,7 +7,7 @@ use crate::event::{parse_body, BodyError, BodyFormat};
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
 use crate::http::util::{json, media_type, read_body, Body};
-use crate::ingest::ingest_parsed;
+use crate::ingest::ingest_routed;
 
 /// Bodies above this size are parsed with `block_in_place`.
 const PARSE_BLOCKING_BYTES: usize = 16 * 1024;
@@ -52,6 +52,6 @@ pub async fn post(ctx: &Ctx, req: Request<ReqBody>) -> Result<Response<Body>, Ap
             format!("{e}; nothing was accepted"),
         ),
     })?;
-    let outcome = ingest_parsed(&ctx.state, &tenant, parsed, now).await?;
+    let outcome = ingest_routed(&ctx.state, &tenant, parsed, now).await?;
     Ok(json(StatusCode::OK, &outcome))
 }
