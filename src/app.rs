@@ -22,7 +22,8 @@ use crate::counters::Counters;
 use crate::dedupe::Claims;
 use crate::flush;
 use crate::http::{self, Surface};
-use crate::journal::WalJournal;
+use crate::journal::stream::Partitions;
+use crate::journal::{Journal, WalJournal};
 use crate::notify::Outbox;
 use crate::quota::book::QuotaBook;
 use crate::quota::quota_horizon;
@@ -173,12 +174,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
     load_registry(&store, &registry, &cfg).context("loading levers and contracts")?;
     // Starting the journal folds the quota usage a killed process left in the quota
     // log into the stored rows, which the quota book is loaded from next.
-    let (journal, journal_thread) =
-        WalJournal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1)
-            .context("folding the quota log")?;
     let quotas = QuotaBook::new(cfg.shards);
-    load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
-        .context("loading quota usage")?;
+    let (journal, journal_thread, partitions): (Box<dyn Journal>, _, _) = if cfg.cluster.is_some() {
+        // Cluster mode: each partition's journal is its stream, owned by one node at
+        // a time; the quota book is loaded per partition when this node takes one
+        // over (crate::cluster).
+        crate::journal::fold_quota_log(&store).context("folding the quota log")?;
+        let partitions = Arc::new(Partitions::new(store.clone()));
+        (Box::new(partitions.clone()), None, Some(partitions))
+    } else {
+        let (journal, thread) =
+            WalJournal::start(store.clone(), cfg.durability, cfg.group_commit_interval, 1)
+                .context("folding the quota log")?;
+        load_quotas(&store, &registry, &quotas, quota_horizon(&cfg, now_ms()))
+            .context("loading quota usage")?;
+        (Box::new(journal), Some(thread), None)
+    };
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
     let revisions = Revisions::load(&store).context("loading revisions")?;
     let (flush_wake, flush_wake_rx) = crossbeam_channel::bounded::<()>(1);
@@ -202,7 +213,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         peers: std::sync::OnceLock::new(),
         last_flush_ms: std::sync::atomic::AtomicI64::new(now_ms()),
         registry,
-        journal: Box::new(journal),
+        journal,
         store,
         cfg,
     });
@@ -271,6 +282,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         .context("replaying the journal")?
     };
     state.journal.set_next(next_seq);
+    let node = match (&state.cfg.cluster, partitions) {
+        (Some(cc), Some(partitions)) => Some(
+            crate::cluster::Node::start(state.clone(), partitions, cc.clone())
+                .await
+                .context("joining the cluster")?,
+        ),
+        _ => None,
+    };
     state.ready.store(true, Ordering::SeqCst);
     tracing::info!(
         replayed,
@@ -296,6 +315,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
 
     signals.recv().await;
     state.ready.store(false, Ordering::SeqCst);
+    if let Some(node) = node {
+        // Hand the partitions over before draining: requests still arriving are
+        // answered by their new owners.
+        node.stop().await;
+    }
     let _ = stop_tx.send(true);
     let deadline = tokio::time::sleep(grace);
     tokio::pin!(deadline);
@@ -338,12 +362,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
             // caller joins the journal thread after shutting the runtime down.
             tracing::info!("stopped");
             return Ok(Stopped {
-                journal: Some(journal_thread),
+                journal: journal_thread,
             });
         }
     };
     drop(state);
-    let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+    if let Some(journal_thread) = journal_thread {
+        let _ = tokio::task::spawn_blocking(move || journal_thread.join()).await;
+    }
     tracing::info!("stopped");
     Ok(Stopped { journal: None })
 }

@@ -73,6 +73,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod corrections;
 pub mod counters;

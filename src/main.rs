@@ -101,16 +101,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG as u8);
                 }
             };
-            if let Some(c) = &cfg.cluster {
-                // The journal, leases and engine checks of cluster mode exist
-                // (meterd::journal::stream); routing and takeover do not yet.
-                eprintln!(
-                    "invalid configuration: [cluster] (node {:?}): cluster mode cannot serve \
-                     requests in this version yet; remove [cluster] to run a single node",
-                    c.node
-                );
-                return ExitCode::from(EXIT_CONFIG as u8);
-            }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("meterd-worker")

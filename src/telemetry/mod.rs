@@ -42,6 +42,12 @@ pub mod names {
     pub const CLUSTER_APPEND_RETRIES_TOTAL: &str = "meterd_cluster_journal_append_retries_total";
     /// Cluster mode: stream messages a standby applied into its store.
     pub const CLUSTER_APPLIED_TOTAL: &str = "meterd_cluster_standby_applied_messages_total";
+    /// Cluster mode: partitions this node took over.
+    pub const CLUSTER_TAKEOVERS_TOTAL: &str = "meterd_cluster_takeovers_total";
+    /// Cluster mode: partitions this node gave up (fenced, lease lost, handed over).
+    pub const CLUSTER_GIVE_UPS_TOTAL: &str = "meterd_cluster_give_ups_total";
+    /// Cluster mode: ingest parts forwarded to another node.
+    pub const CLUSTER_FORWARDS_TOTAL: &str = "meterd_cluster_forwards_total";
     /// Flush duration.
     pub const FLUSH_SECONDS: &str = "meterd_flush_duration_seconds";
     /// Window rows written by flushes.
@@ -162,6 +168,21 @@ pub fn describe() {
         CLUSTER_APPLIED_TOTAL,
         Unit::Count,
         "Cluster mode: partition journal messages applied into this node's store as a standby."
+    );
+    describe_counter!(
+        CLUSTER_TAKEOVERS_TOTAL,
+        Unit::Count,
+        "Cluster mode: partitions this node took over (epoch record appended)."
+    );
+    describe_counter!(
+        CLUSTER_GIVE_UPS_TOTAL,
+        Unit::Count,
+        "Cluster mode: partitions this node gave up (fenced, lease lost, handed over, stopping)."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDS_TOTAL,
+        Unit::Count,
+        "Cluster mode: ingest parts this node sent to their partition's owner."
     );
     describe_histogram!(
         JOURNAL_WRITE_SECONDS,

@@ -235,6 +235,9 @@ pub fn cluster_families() -> Vec<Family> {
         plain(CLUSTER_PUBLISH_SECONDS, Histogram),
         plain(CLUSTER_APPEND_RETRIES_TOTAL, Counter),
         plain(CLUSTER_APPLIED_TOTAL, Counter),
+        plain(CLUSTER_TAKEOVERS_TOTAL, Counter),
+        plain(CLUSTER_GIVE_UPS_TOTAL, Counter),
+        plain(CLUSTER_FORWARDS_TOTAL, Counter),
     ]
 }
 
