@@ -227,7 +227,7 @@ impl Node {
             journals,
             client,
         }));
-        crate::telemetry::zero::register_cluster();
+        crate::telemetry::zero::register_cluster(cfg.partitions);
         let leases = tokio::spawn(lease_rounds(shared.clone(), buckets.clone(), stop_rx));
         tracing::info!(node = %cfg.node, partitions = cfg.partitions, "joined the cluster");
         Ok(Node {

@@ -85,6 +85,8 @@ async fn follow(
     mut stop: watch::Receiver<bool>,
 ) -> Applier {
     let log = shared.logs[p as usize].clone();
+    let lag =
+        metrics::gauge!(crate::telemetry::names::CLUSTER_STANDBY_LAG, "partition" => p.to_string());
     loop {
         if *stop.borrow() {
             return applier;
@@ -104,7 +106,8 @@ async fn follow(
             tokio::select! {
                 _ = stop.changed() => return applier,
                 next = tail.next() => match next {
-                    Some(Ok((seq, payload))) => {
+                    Some(Ok((seq, pending, payload))) => {
+                        lag.set(pending as f64);
                         let r = tokio::task::block_in_place(|| apply_one(&shared, &mut applier, seq, &payload));
                         if let Err(e) = r {
                             tracing::error!(partition = p, seq, error = %e, "applying the partition's stream failed; retrying");
@@ -148,7 +151,7 @@ async fn catch_up(shared: &Arc<Shared>, p: u32, applier: &mut Applier) -> Result
     while applier.applied() < last {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, tail.next()).await {
-            Ok(Some(Ok((seq, payload)))) => {
+            Ok(Some(Ok((seq, _pending, payload)))) => {
                 tokio::task::block_in_place(|| apply_one(shared, applier, seq, &payload))?;
             }
             Ok(Some(Err(e))) => return Err(e.to_string()),
@@ -253,6 +256,8 @@ pub(super) async fn take_over(shared: &Arc<Shared>, p: u32, epoch: u64) -> bool 
                     "partition taken over"
                 );
                 metrics::counter!(crate::telemetry::names::CLUSTER_TAKEOVERS_TOTAL).increment(1);
+                metrics::gauge!(crate::telemetry::names::CLUSTER_PARTITION_EPOCH, "partition" => p.to_string())
+                    .set(epoch as f64);
                 return true;
             }
             Ok(Err(StartError::Behind(_))) => {
@@ -298,6 +303,8 @@ pub(super) async fn give_up(shared: &Arc<Shared>, p: u32, why: &str) {
     tracing::warn!(partition = p, reason = why, "giving the partition up");
     shared.journals.release(p);
     serving.abort();
+    metrics::gauge!(crate::telemetry::names::CLUSTER_PARTITION_EPOCH, "partition" => p.to_string())
+        .set(0.0);
     // Commits already handed to the writer are answered before it goes: wait until no
     // request holds the journal, then for the writer thread.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -42,6 +42,10 @@ pub mod names {
     pub const CLUSTER_APPEND_RETRIES_TOTAL: &str = "meterd_cluster_journal_append_retries_total";
     /// Cluster mode: stream messages a standby applied into its store.
     pub const CLUSTER_APPLIED_TOTAL: &str = "meterd_cluster_standby_applied_messages_total";
+    /// Cluster mode: per partition, the epoch this node owns it with (0: not owned).
+    pub const CLUSTER_PARTITION_EPOCH: &str = "meterd_cluster_partition_epoch";
+    /// Cluster mode: per partition, stream messages not yet applied by this node.
+    pub const CLUSTER_STANDBY_LAG: &str = "meterd_cluster_standby_lag_messages";
     /// Cluster mode: partitions this node took over.
     pub const CLUSTER_TAKEOVERS_TOTAL: &str = "meterd_cluster_takeovers_total";
     /// Cluster mode: partitions this node gave up (fenced, lease lost, handed over).
@@ -168,6 +172,16 @@ pub fn describe() {
         CLUSTER_APPLIED_TOTAL,
         Unit::Count,
         "Cluster mode: partition journal messages applied into this node's store as a standby."
+    );
+    describe_gauge!(
+        CLUSTER_PARTITION_EPOCH,
+        Unit::Count,
+        "Cluster mode: per partition, the epoch this node owns it with; 0 when another node owns it."
+    );
+    describe_gauge!(
+        CLUSTER_STANDBY_LAG,
+        Unit::Count,
+        "Cluster mode: per partition this node does not own, messages of its stream not yet applied here."
     );
     describe_counter!(
         CLUSTER_TAKEOVERS_TOTAL,

@@ -230,8 +230,11 @@ pub fn families() -> Vec<Family> {
 /// The families only cluster mode records (registered by [`register_cluster`]).
 pub fn cluster_families() -> Vec<Family> {
     use names::*;
-    use Kind::{Counter, Histogram};
+    use Kind::{Counter, Gauge, Histogram};
     vec![
+        // One series per partition, registered by `register_cluster`.
+        by(CLUSTER_PARTITION_EPOCH, Gauge, "partition", &[]),
+        by(CLUSTER_STANDBY_LAG, Gauge, "partition", &[]),
         plain(CLUSTER_PUBLISH_SECONDS, Histogram),
         plain(CLUSTER_APPEND_RETRIES_TOTAL, Counter),
         plain(CLUSTER_APPLIED_TOTAL, Counter),
@@ -241,10 +244,15 @@ pub fn cluster_families() -> Vec<Family> {
     ]
 }
 
-/// Registers the series of [`cluster_families`] at 0 (cluster mode only: a single node
-/// does not show them).
-pub fn register_cluster() {
+/// Registers the series of [`cluster_families`] at 0, with one series per partition of
+/// the per-partition gauges (cluster mode only: a single node does not show them).
+pub fn register_cluster(partitions: u32) {
     register(cluster_families());
+    for p in 0..partitions {
+        let p = p.to_string();
+        metrics::gauge!(names::CLUSTER_PARTITION_EPOCH, "partition" => p.clone()).set(0.0);
+        metrics::gauge!(names::CLUSTER_STANDBY_LAG, "partition" => p).set(0.0);
+    }
 }
 
 /// Registers every series of [`families`] with the installed recorder without changing

@@ -1,6 +1,7 @@
 //! Test harness: runs the real `meterd` binary on 127.0.0.1:0 with a temporary data dir.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod nats;
 pub mod pyenv;
 

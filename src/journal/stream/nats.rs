@@ -174,14 +174,15 @@ impl NatsLog {
             .map_err(|e| AppendError::Transient(e.to_string()))
     }
 
-    /// The stream's messages from `from` on, in order, as `(sequence, payload)`; the
+    /// The stream's messages from `from` on, in order, as `(sequence, pending,
+    /// payload)` where `pending` counts the messages after it already in the stream; the
     /// stream of them ends only on an error (an ordered consumer, recreated by the
     /// client after a hiccup).
     pub async fn tail(
         &self,
         from: u64,
     ) -> Result<
-        impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), AppendError>>,
+        impl futures_util::Stream<Item = Result<(u64, u64, bytes::Bytes), AppendError>>,
         AppendError,
     > {
         let consumer = self
@@ -201,11 +202,11 @@ impl NatsLog {
             .map_err(|e| AppendError::Transient(e.to_string()))?;
         Ok(messages.map(|m| {
             let m = m.map_err(|e| AppendError::Transient(e.to_string()))?;
-            let seq = m
+            let info = m
                 .info()
-                .map_err(|e| AppendError::Transient(e.to_string()))?
-                .stream_sequence;
-            Ok((seq, m.message.payload))
+                .map_err(|e| AppendError::Transient(e.to_string()))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            Ok((seq, pending, m.message.payload))
         }))
     }
 }

@@ -1,0 +1,477 @@
+//! Cluster mode end to end: 3 NATS + 3 meterd from scripts/cluster.sh, 6 partitions, a
+//! client-side ledger at a steady rate (re-sending acknowledged and in-doubt ids),
+//! contracts with hard quotas near their limits (a reseller pool with three children,
+//! a tight contract), through faults: `kill -9` of a partition owner, `kill -9` of the
+//! JetStream leader of a busy stream, SIGSTOP of an owner past its lease then SIGCONT,
+//! and the loss of a machine (a meterd node with its NATS server).
+//!
+//! Pass: every acknowledged event counted exactly once, on every node; no hard limit
+//! exceeded; no event refused while its limit had room; per-partition unavailability
+//! measured and printed.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::LocalCluster;
+use serde_json::{json, Value};
+
+const PARTITIONS: u32 = 6;
+
+/// Contracts, their parent and hard month limit on `calls`.
+const CONTRACTS: &[(&str, Option<&str>, u64)] = &[
+    ("pool", None, 400),
+    ("kid1", Some("pool"), 200),
+    ("kid2", Some("pool"), 200),
+    ("kid3", Some("pool"), 200),
+    ("tight", None, 150),
+    ("c1", None, 1_000_000),
+    ("c2", None, 1_000_000),
+    ("c3", None, 1_000_000),
+    ("c4", None, 1_000_000),
+];
+
+/// Where one event id stands in the client's ledger.
+#[derive(Debug, Clone, PartialEq)]
+enum State {
+    /// Sent, outcome unknown (no answer, unavailable): to be re-sent with the same id.
+    InDoubt,
+    /// Counted (accepted, or answered duplicate after an unanswered attempt).
+    Counted,
+    /// Refused because a hard quota had no room.
+    Refused,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    contract: &'static str,
+    value: u64,
+    state: State,
+}
+
+#[derive(Default)]
+struct Ledger {
+    entries: HashMap<String, Entry>,
+    /// Violations seen by the clients (a re-sent counted id accepted again, ...).
+    violations: Vec<String>,
+    /// Per contract: when it last got an answer, and the longest time without one
+    /// while events for it were being sent.
+    last_ok: HashMap<&'static str, Instant>,
+    longest_gap: HashMap<&'static str, Duration>,
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(25))
+        .pool_max_idle_per_host(4)
+        .build()
+        .unwrap()
+}
+
+fn admin_put(c: &reqwest::blocking::Client, url: &str, key: &str, body: Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.put(url).bearer_auth(key).json(&body).send();
+        match r {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) if Instant::now() > deadline => panic!("{url}: {} {:?}", r.status(), r.text()),
+            Err(e) if Instant::now() > deadline => panic!("{url}: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Sends `events` (id, contract, value) to `node`, and records the outcome.
+fn send(
+    c: &reqwest::blocking::Client,
+    node: &str,
+    key: &str,
+    events: &[(String, &'static str, u64)],
+    resend_counted: bool,
+    ledger: &Mutex<Ledger>,
+) {
+    let now = chrono_now();
+    let body: Vec<Value> = events
+        .iter()
+        .map(|(id, c, v)| json!({"id": id, "contract": c, "lever": "calls", "value": v, "time": now}))
+        .collect();
+    let answer = c
+        .post(format!("{node}/v1/events"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .ok()
+        .filter(|r| r.status() == 200)
+        .and_then(|r| r.json::<Value>().ok());
+    let mut l = ledger.lock().unwrap();
+    let Some(a) = answer else {
+        // No answer: every event is in doubt (unless already counted).
+        for (id, _, _) in events {
+            let e = l.entries.get_mut(id).unwrap();
+            if e.state != State::Counted {
+                e.state = State::InDoubt;
+            }
+        }
+        return;
+    };
+    let mut errors: HashMap<usize, String> = HashMap::new();
+    for e in a["errors"].as_array().unwrap() {
+        errors.insert(
+            e["index"].as_u64().unwrap() as usize,
+            e["code"].as_str().unwrap().to_string(),
+        );
+    }
+    if resend_counted {
+        let accepted = a["accepted"].as_u64().unwrap();
+        if accepted > 0 {
+            l.violations.push(format!(
+                "{accepted} already counted ids accepted again: {events:?} -> {a}"
+            ));
+        }
+    }
+    let now = Instant::now();
+    for (i, (id, contract, _)) in events.iter().enumerate() {
+        let code = errors.get(&i).map(String::as_str);
+        let e = l.entries.get_mut(id).unwrap();
+        match code {
+            None => e.state = State::Counted,
+            Some("quota_exceeded") if e.state != State::Counted => e.state = State::Refused,
+            Some("unavailable") => {
+                if e.state != State::Counted {
+                    e.state = State::InDoubt;
+                }
+                continue;
+            }
+            Some(other) => {
+                let msg = format!("{id} ({contract}): unexpected {other}");
+                l.violations.push(msg);
+                continue;
+            }
+        }
+        if let Some(prev) = l.last_ok.insert(contract, now) {
+            let gap = now - prev;
+            let longest = l.longest_gap.entry(contract).or_default();
+            *longest = (*longest).max(gap);
+        }
+    }
+}
+
+fn chrono_now() -> String {
+    common::time_at(0)
+}
+
+/// The JetStream leader of partition `p`'s stream, from the NATS monitoring endpoints.
+fn stream_leader(cluster: &LocalCluster, p: u32) -> Option<String> {
+    let c = http();
+    let name = format!("METERD_J_{p}");
+    for n in cluster.procs.iter().filter(|p| p.kind == "nats") {
+        let url = format!("{}/jsz?streams=true", n.side_url);
+        let Ok(v) = c.get(url).send().and_then(|r| r.json::<Value>()) else {
+            continue;
+        };
+        for acc in v["account_details"].as_array().into_iter().flatten() {
+            for s in acc["stream_detail"].as_array().into_iter().flatten() {
+                if s["name"] == name {
+                    if let Some(l) = s["cluster"]["leader"].as_str() {
+                        return Some(l.to_string());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn partition_of(contract: &str) -> u32 {
+    let root = CONTRACTS
+        .iter()
+        .find(|(c, _, _)| *c == contract)
+        .and_then(|(_, parent, _)| *parent)
+        .unwrap_or(contract);
+    meterd::quota::book::partition_of_root("default", root, PARTITIONS)
+}
+
+/// Waits until some node owns partition `p` and returns it.
+fn owner_of(cluster: &LocalCluster, p: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some((n, _)) = cluster.owners().get(&p) {
+            return n.clone();
+        }
+        assert!(Instant::now() < deadline, "partition {p} has no owner");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_faults() {
+    let mut cluster = LocalCluster::up(PARTITIONS, "3s", "1s");
+    let (admin, ingest, read) = cluster.keys.clone();
+    let c = http();
+    let first = cluster.nodes()[0].url.clone();
+    admin_put(
+        &c,
+        &format!("{first}/v1/levers/calls"),
+        &admin,
+        json!({"aggregation": "sum", "unit": "calls"}),
+    );
+    for (i, (name, parent, limit)) in CONTRACTS.iter().enumerate() {
+        // Registry writes from every node.
+        let node = cluster.nodes()[i % 3].url.clone();
+        let mut body = json!({"customer": "acme",
+            "quotas": [{"lever": "calls", "period": "month", "limit": limit, "mode": "hard"}]});
+        if let Some(p) = parent {
+            body["parent"] = json!(p);
+        }
+        admin_put(&c, &format!("{node}/v1/contracts/{name}"), &admin, body);
+    }
+    let started = Instant::now();
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls: Arc<Vec<String>> = Arc::new(cluster.nodes().iter().map(|n| n.url.clone()).collect());
+    // Two clients, each about 150 events/s in batches of 10, to random nodes.
+    let workers: Vec<_> = (0..2)
+        .map(|w| {
+            let (ledger, stop, urls, ingest) =
+                (ledger.clone(), stop.clone(), urls.clone(), ingest.clone());
+            std::thread::spawn(move || {
+                let c = http();
+                let mut n = 0u64;
+                let mut rng = 0x9e3779b97f4a7c15u64 ^ w;
+                let mut next = || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    let node = &urls[(next() % urls.len() as u64) as usize];
+                    n += 1;
+                    // Every 4th batch re-sends in-doubt ids; every 7th, counted ones.
+                    let (batch, counted): (Vec<(String, &'static str, u64)>, bool) = {
+                        let l = ledger.lock().unwrap();
+                        let pick = |want: State| -> Vec<(String, &'static str, u64)> {
+                            l.entries
+                                .iter()
+                                .filter(|(id, e)| {
+                                    e.state == want && id.starts_with(&format!("w{w}-"))
+                                })
+                                .take(10)
+                                .map(|(id, e)| (id.clone(), e.contract, e.value))
+                                .collect()
+                        };
+                        if n % 4 == 0 {
+                            (pick(State::InDoubt), false)
+                        } else if n % 7 == 0 {
+                            (pick(State::Counted), true)
+                        } else {
+                            (Vec::new(), false)
+                        }
+                    };
+                    let (batch, counted) = if batch.is_empty() {
+                        let mut l = ledger.lock().unwrap();
+                        let fresh: Vec<(String, &'static str, u64)> = (0..10)
+                            .map(|i| {
+                                let contract =
+                                    CONTRACTS[(next() % CONTRACTS.len() as u64) as usize].0;
+                                (format!("w{w}-{n}-{i}"), contract, 1 + next() % 4)
+                            })
+                            .collect();
+                        for (id, contract, value) in &fresh {
+                            l.entries.insert(
+                                id.clone(),
+                                Entry {
+                                    contract,
+                                    value: *value,
+                                    state: State::InDoubt,
+                                },
+                            );
+                        }
+                        (fresh, false)
+                    } else {
+                        (batch, counted)
+                    };
+                    send(&c, node, &ingest, &batch, counted, &ledger);
+                    std::thread::sleep(Duration::from_millis(60));
+                }
+            })
+        })
+        .collect();
+    let at = |s: u64| {
+        let t = started + Duration::from_secs(s);
+        if let Some(d) = t.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    };
+    let pool_p = partition_of("pool");
+    let tight_p = partition_of("tight");
+    let c1_p = partition_of("c1");
+    // 1. kill -9 the owner of the reseller pool's partition; restart it later.
+    at(8);
+    let victim = owner_of(&cluster, pool_p);
+    eprintln!(
+        "{:>5.1}s kill -9 {victim} (owner of partition {pool_p})",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.kill9(&victim);
+    at(16);
+    cluster.restart(&victim);
+    // 2. kill -9 the JetStream leader of the pool partition's stream; restart it.
+    at(24);
+    if let Some(leader) = stream_leader(&cluster, pool_p) {
+        eprintln!(
+            "{:>5.1}s kill -9 NATS {leader} (leader of METERD_J_{pool_p})",
+            started.elapsed().as_secs_f64()
+        );
+        cluster.kill9(&leader);
+        at(32);
+        cluster.restart(&leader);
+    }
+    // 3. SIGSTOP the owner of the tight contract's partition past its lease, then
+    // SIGCONT: it must acknowledge nothing it decided after losing the lease.
+    at(38);
+    let paused = owner_of(&cluster, tight_p);
+    eprintln!(
+        "{:>5.1}s SIGSTOP {paused} (owner of partition {tight_p})",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.signal(&paused, "STOP");
+    at(46);
+    cluster.signal(&paused, "CONT");
+    eprintln!("{:>5.1}s SIGCONT {paused}", started.elapsed().as_secs_f64());
+    // 4. Machine loss: a meterd node and its NATS server together.
+    at(54);
+    let lost = owner_of(&cluster, c1_p);
+    let lost_nats = format!("n{}", lost.trim_start_matches("meterd-"));
+    eprintln!(
+        "{:>5.1}s machine loss: kill -9 {lost} and NATS {lost_nats}",
+        started.elapsed().as_secs_f64()
+    );
+    cluster.kill9(&lost);
+    cluster.kill9(&lost_nats);
+    at(64);
+    cluster.restart(&lost_nats);
+    cluster.restart(&lost);
+    at(74);
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    // Resolve every in-doubt id: re-send until each is counted or refused.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let pending: Vec<(String, &'static str, u64)> = {
+            let l = ledger.lock().unwrap();
+            l.entries
+                .iter()
+                .filter(|(_, e)| e.state == State::InDoubt)
+                .map(|(id, e)| (id.clone(), e.contract, e.value))
+                .collect()
+        };
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} ids still in doubt after 90 s",
+            pending.len()
+        );
+        for chunk in pending.chunks(50) {
+            let node = &urls[(chunk.len() + pending.len()) % urls.len()];
+            send(&c, node, &ingest, chunk, false, &ledger);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let l = ledger.lock().unwrap();
+    assert!(l.violations.is_empty(), "violations: {:#?}", l.violations);
+    let mut counted: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut refused: Vec<(&str, u64)> = Vec::new();
+    for e in l.entries.values() {
+        match e.state {
+            State::Counted => *counted.entry(e.contract).or_default() += e.value,
+            State::Refused => refused.push((e.contract, e.value)),
+            State::InDoubt => unreachable!(),
+        }
+    }
+    eprintln!(
+        "{} events: {} counted, {} refused; per contract: {counted:?}",
+        l.entries.len(),
+        l.entries
+            .values()
+            .filter(|e| e.state == State::Counted)
+            .count(),
+        refused.len()
+    );
+    // Every node converges on exactly the ledger's counts.
+    let from = common::time_at(-2 * 3600 * 1000);
+    for node in cluster.nodes() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (contract, _, _) in CONTRACTS {
+            let want = counted.get(contract).copied().unwrap_or(0);
+            loop {
+                let got = c
+                    .get(format!("{}/v1/contracts/{contract}/usage", node.url))
+                    .query(&[("from", from.as_str()), ("lever", "calls")])
+                    .bearer_auth(&read)
+                    .send()
+                    .ok()
+                    .and_then(|r| r.json::<Value>().ok())
+                    .and_then(|v| {
+                        v["items"].as_array().map(|items| {
+                            items
+                                .iter()
+                                .map(|i| i["value"].as_str().unwrap().parse::<u64>().unwrap())
+                                .sum::<u64>()
+                        })
+                    });
+                if got == Some(want) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: {contract} usage {got:?}, the ledger counted {want}",
+                    node.name
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+    // No hard limit exceeded, and no refusal while the limit had room.
+    let limit = |k: &str| CONTRACTS.iter().find(|c| c.0 == k).unwrap().2;
+    // The pool's limit covers its own events and its children's.
+    let pooled: u64 = ["pool", "kid1", "kid2", "kid3"]
+        .iter()
+        .map(|k| counted.get(k).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        pooled <= limit("pool"),
+        "the pool and its children used {pooled}"
+    );
+    for (k, used) in &counted {
+        assert!(*used <= limit(k), "{k} used {used} of {}", limit(k));
+    }
+    for (k, v) in &refused {
+        let own = counted.get(k).copied().unwrap_or(0) + v > limit(k);
+        let in_pool = (k.starts_with("kid") || *k == "pool") && pooled + v > limit("pool");
+        assert!(
+            own || in_pool,
+            "{k}: an event of {v} refused while its limit had room"
+        );
+    }
+    // Unavailability per partition (client-side: longest time between answers).
+    let mut per_partition: BTreeMap<u32, Duration> = BTreeMap::new();
+    for (k, gap) in &l.longest_gap {
+        let p = partition_of(k);
+        let e = per_partition.entry(p).or_default();
+        *e = (*e).max(*gap);
+    }
+    for (p, gap) in &per_partition {
+        eprintln!(
+            "partition {p}: longest time without an answer {:.1} s",
+            gap.as_secs_f64()
+        );
+    }
+}
