@@ -263,9 +263,9 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
                                 .map(|(id, e)| (id.clone(), e.contract, e.value))
                                 .collect()
                         };
-                        if n % 4 == 0 {
+                        if n.is_multiple_of(4) {
                             (pick(State::InDoubt), false)
-                        } else if n % 7 == 0 {
+                        } else if n.is_multiple_of(7) {
                             (pick(State::Counted), true)
                         } else {
                             (Vec::new(), false)
