@@ -242,5 +242,14 @@ impl Drop for LocalCluster {
             .arg("down")
             .arg(self.dir.path())
             .status();
+        // METERD_KEEP_CLUSTER=1 keeps the logs and data for a look after the test.
+        if std::env::var_os("METERD_KEEP_CLUSTER").is_some() {
+            let kept = self.dir.path().to_path_buf();
+            std::mem::forget(std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().unwrap(),
+            ));
+            eprintln!("cluster kept in {}", kept.display());
+        }
     }
 }

@@ -230,9 +230,10 @@ impl PartitionLog for NatsLog {
             Ok(a) => Ok(a.sequence),
             Err(e) => Err(match e.kind() {
                 PublishErrorKind::WrongLastSequence => AppendError::WrongLastSequence,
-                PublishErrorKind::MaxPayloadExceeded | PublishErrorKind::StreamNotFound => {
-                    AppendError::Refused(e.to_string())
-                }
+                PublishErrorKind::MaxPayloadExceeded => AppendError::Refused(e.to_string()),
+                // "No stream found" is also what a stream answers while it elects a
+                // leader (no server takes its subject for a moment): retried.
+                PublishErrorKind::StreamNotFound => AppendError::Transient(e.to_string()),
                 _ => AppendError::Transient(e.to_string()),
             }),
         }
