@@ -55,6 +55,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code named `s` (a code another node answered with).
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        [
+            MalformedBody,
+            InvalidRequest,
+            InvalidQuery,
+            Unauthorized,
+            Forbidden,
+            NotFound,
+            MethodNotAllowed,
+            Conflict,
+            LimitReached,
+            PayloadTooLarge,
+            BatchTooLarge,
+            UnsupportedMediaType,
+            RequestTimeout,
+            Overloaded,
+            NotReady,
+            StorageUnavailable,
+            StorageFull,
+            Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
     /// The code string.
     pub fn as_str(self) -> &'static str {
         match self {

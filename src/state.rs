@@ -33,9 +33,11 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn partitions(&self) -> u32;
     /// True while this node owns partition `p`.
     fn owns(&self, p: u32) -> bool;
-    /// Sends `request` to the owner of partition `p` and returns its reply.
+    /// Sends `request` of `kind` (`ingest`, `balance`) to the owner of partition `p` and
+    /// returns its reply.
     fn request(
         &self,
+        kind: &'static str,
         p: u32,
         request: Vec<u8>,
     ) -> futures_util::future::BoxFuture<'_, Result<bytes::Bytes, PeerError>>;

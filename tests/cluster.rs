@@ -439,6 +439,33 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
             }
         }
     }
+    // Balances come from the partition owner's quota book, whichever node is asked.
+    for node in cluster.nodes() {
+        for (contract, _, _) in CONTRACTS {
+            let want = counted.get(contract).copied().unwrap_or(0);
+            let b: Value = c
+                .get(format!(
+                    "{}/v1/contracts/{contract}/balance?lever=calls",
+                    node.url
+                ))
+                .bearer_auth(&read)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            let usage: u64 = b["levers"][0]["usage"].as_str().unwrap().parse().unwrap();
+            // A pool's usage includes its children's.
+            let want = if *contract == "pool" {
+                ["pool", "kid1", "kid2", "kid3"]
+                    .iter()
+                    .map(|k| counted.get(k).copied().unwrap_or(0))
+                    .sum()
+            } else {
+                want
+            };
+            assert_eq!(usage, want, "{}: balance of {contract}: {b}", node.name);
+        }
+    }
     // No hard limit exceeded, and no refusal while the limit had room.
     let limit = |k: &str| CONTRACTS.iter().find(|c| c.0 == k).unwrap().2;
     // The pool's limit covers its own events and its children's.

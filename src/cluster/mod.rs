@@ -39,9 +39,9 @@ use partition::Role;
 /// How long a forwarded request waits for its partition owner's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The subject partition `p`'s owner takes forwarded ingest requests on.
-fn forward_subject(p: u32) -> String {
-    format!("meterd.in.{p}")
+/// The subject partition `p`'s owner takes forwarded requests of `kind` on.
+fn forward_subject(kind: &str, p: u32) -> String {
+    format!("meterd.{kind}.{p}")
 }
 
 /// What the runtime's tasks share.
@@ -99,6 +99,7 @@ impl Peers for Router {
 
     fn request(
         &self,
+        kind: &'static str,
         p: u32,
         request: Vec<u8>,
     ) -> futures_util::future::BoxFuture<'_, Result<bytes::Bytes, PeerError>> {
@@ -107,7 +108,11 @@ impl Peers for Router {
                 .payload(request.into())
                 .timeout(Some(FORWARD_TIMEOUT));
             metrics::counter!(crate::telemetry::names::CLUSTER_FORWARDS_TOTAL).increment(1);
-            match self.client.send_request(forward_subject(p), req).await {
+            match self
+                .client
+                .send_request(forward_subject(kind, p), req)
+                .await
+            {
                 Ok(msg) => Ok(msg.payload),
                 Err(e) => Err(match e.kind() {
                     async_nats::RequestErrorKind::NoResponders => PeerError::NoOwner(p),
@@ -119,10 +124,11 @@ impl Peers for Router {
     }
 }
 
-/// Subscribes to partition `p`'s forwarded requests and answers them (this node owns
-/// `p`). The task ends when aborted (the partition is given up).
+/// Subscribes to partition `p`'s forwarded requests (ingest parts, balance reads) and
+/// answers them (this node owns `p`). The task ends when aborted (the partition is
+/// given up).
 async fn serve_forwarded(shared: Arc<Shared>, p: u32) -> JoinHandle<()> {
-    let sub = shared.client.subscribe(forward_subject(p)).await;
+    let sub = shared.client.subscribe(forward_subject("*", p)).await;
     tokio::spawn(async move {
         let mut sub = match sub {
             Ok(s) => s,
@@ -134,7 +140,13 @@ async fn serve_forwarded(shared: Arc<Shared>, p: u32) -> JoinHandle<()> {
         while let Some(msg) = sub.next().await {
             let shared = shared.clone();
             tokio::spawn(async move {
-                let reply = crate::ingest::serve_forwarded(&shared.state, p, &msg.payload).await;
+                let kind = msg.subject.as_str().split('.').nth(1).unwrap_or("");
+                let reply = match kind {
+                    "balance" => {
+                        crate::query::balance::serve_forwarded(&shared.state, &msg.payload)
+                    }
+                    _ => crate::ingest::serve_forwarded(&shared.state, p, &msg.payload).await,
+                };
                 if let Some(to) = msg.reply {
                     let _ = shared.client.publish(to, reply.into()).await;
                 }

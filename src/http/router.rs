@@ -533,7 +533,7 @@ async fn handle(ctx: Ctx, route: Route, req: Request<ReqBody>) -> Response<Body>
         },
         Route::ContractEnd(id) => admin::end_contract(&ctx, &id, req).await,
         Route::ContractUsage(id) => usage::get(&ctx, &id, &req),
-        Route::ContractBalance(id) => balance::get(&ctx, &id, &req),
+        Route::ContractBalance(id) => balance::get(&ctx, &id, &req).await,
         Route::ContractGrants(id) => match method {
             Method::GET => grants::list(&ctx, &id, &req),
             _ => grants::post(&ctx, &id, req).await,

@@ -347,6 +347,15 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     }
 }
 
+/// A response whose body is JSON already encoded (another node's answer).
+pub fn json_bytes(status: StatusCode, body: bytes::Bytes) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
 /// An empty response.
 pub fn empty(status: StatusCode) -> Response<Body> {
     Response::builder()

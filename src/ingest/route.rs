@@ -251,7 +251,7 @@ async fn decide_part(
         events: events.iter().map(|(_, e)| wire(e)).collect(),
     };
     let bytes = serde_json::to_vec(&request).expect("a request serializes");
-    let reply = match peers.request(p, bytes).await {
+    let reply = match peers.request("ingest", p, bytes).await {
         Ok(r) => r,
         Err(e) => {
             metrics_unavailable(&e);

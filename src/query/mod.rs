@@ -9,6 +9,7 @@
 //! [`changes`] answers the changes feed; [`contracts`] pages the contracts of a
 //! tenant-wide query.
 
+pub mod balance;
 pub mod changes;
 pub mod contracts;
 
