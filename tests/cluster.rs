@@ -228,6 +228,36 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
         }
         admin_put(&c, &format!("{node}/v1/contracts/{name}"), &admin, body);
     }
+    // A cluster node exposes cluster mode's series from the start, one per partition
+    // where they are per partition.
+    let text = c
+        .get(format!("{}/metrics", cluster.nodes()[0].side_url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for name in [
+        "meterd_cluster_takeovers_total",
+        "meterd_cluster_give_ups_total",
+        "meterd_cluster_forwards_total",
+        "meterd_cluster_journal_append_retries_total",
+        "meterd_cluster_standby_applied_messages_total",
+        "meterd_cluster_journal_publish_duration_seconds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    for p in 0..PARTITIONS {
+        for name in [
+            "meterd_cluster_partition_epoch",
+            "meterd_cluster_standby_lag_messages",
+        ] {
+            let series = format!("{name}{{partition=\"{p}\"}}");
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
     let started = Instant::now();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = Arc::new(AtomicBool::new(false));
