@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{check_id, Admin, Saved};
-use crate::error::Error;
-use crate::quota::book::chain;
+use crate::error::{Error, ErrorCode};
+use crate::quota::book::{chain, partition_of_root};
 use crate::registry::persist::{page, Page, PageRequest};
 use crate::registry::{
     normalize_quotas, Contract, ContractBody, ContractStatus, Tenant, MAX_PARENT_DEPTH,
@@ -136,10 +136,29 @@ impl Admin<'_> {
             shared_id: Default::default(),
         }
         .finish();
-        self.persist(AdminKind::Contract, &t.name, id, &contract)?;
         let contract = Arc::new(contract);
         let old_root = existing.as_ref().map(|c| root_of(t, c));
         let new_root = root_of(t, &contract);
+        // Cluster mode: a chain's quota rows live in its partition owner's quota book,
+        // keyed by the chain root, and this node may not be that owner. A change of a
+        // contract's root (re-parenting) is refused rather than split from that state.
+        if let Some(old_root) = &old_root {
+            if self.partitions > 1 && *old_root != new_root {
+                let other = partition_of_root(&t.name, old_root, self.partitions)
+                    != partition_of_root(&t.name, &new_root, self.partitions);
+                return Err(Error::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "cluster mode: this change moves contract {id:?} from the chain of \
+                         {old_root:?} to the chain of {new_root:?}{}; cluster mode does not \
+                         move a chain's quota state. Create a new contract under the new \
+                         parent instead",
+                        if other { ", in another partition" } else { "" }
+                    ),
+                ));
+            }
+        }
+        self.persist(AdminKind::Contract, &t.name, id, &*contract)?;
         match old_root {
             Some(old_root) if old_root != new_root => {
                 // Snapshot first: no registry lookups while a map iterator holds a shard.
@@ -212,5 +231,67 @@ impl Admin<'_> {
                     .filter(|c| customer.is_none_or(|cu| c.body.customer == cu))
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::test_support::fixture;
+
+    fn body(json: serde_json::Value) -> ContractBody {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn cluster_mode_refuses_a_reparenting_that_changes_a_chain_root() {
+        let f = fixture();
+        let mut admin = Admin::new(&f.store, &f.journal, &f.lock, &f.quotas);
+        admin.partitions = 64;
+        let t = &f.tenant;
+        let c = |json| body(json);
+        for id in ["pool", "kid"] {
+            admin
+                .put_contract(t, id, c(serde_json::json!({"customer": "c"})))
+                .await
+                .unwrap();
+        }
+        // A new contract may name any parent.
+        admin
+            .put_contract(
+                t,
+                "new",
+                c(serde_json::json!({"customer": "c", "parent": "pool"})),
+            )
+            .await
+            .unwrap();
+        // Moving an existing one onto another chain: refused, nothing changed.
+        let err = admin
+            .put_contract(
+                t,
+                "kid",
+                c(serde_json::json!({"customer": "c", "parent": "pool"})),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Conflict, "{err}");
+        assert!(err.message().contains("does not move"), "{err}");
+        assert_eq!(get(t, "kid").unwrap().body.parent, None);
+        // Other changes are fine.
+        admin
+            .put_contract(t, "kid", c(serde_json::json!({"customer": "d"})))
+            .await
+            .unwrap();
+        // On a single node the same move is carried out.
+        admin.partitions = 1;
+        let moved = admin
+            .put_contract(
+                t,
+                "kid",
+                c(serde_json::json!({"customer": "d", "parent": "pool"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(moved.value.body.parent.as_deref(), Some("pool"));
     }
 }

@@ -30,6 +30,9 @@ pub struct Admin<'a> {
     journal: &'a dyn Journal,
     lock: &'a tokio::sync::Mutex<()>,
     quotas: &'a QuotaBook,
+    /// Cluster mode's partition count (1 on a single node): a change that would move a
+    /// chain to another partition is refused.
+    partitions: u32,
 }
 
 /// The result of a create-or-replace: the stored value, and whether it is new.
@@ -55,17 +58,20 @@ impl<'a> Admin<'a> {
             journal,
             lock,
             quotas,
+            partitions: 1,
         }
     }
 
     /// Admin writes on the daemon's state.
     pub fn of(state: &'a State) -> Self {
-        Admin::new(
+        let mut a = Admin::new(
             &state.store,
             &*state.journal,
             &state.admin_lock,
             &state.quotas,
-        )
+        );
+        a.partitions = state.peers.get().map_or(1, |p| p.partitions());
+        a
     }
 
     /// Persists one record (JSON): one journal batch marked durable (fsynced whatever the
