@@ -3,7 +3,8 @@
 //! contracts with hard quotas near their limits (a reseller pool with three children,
 //! a tight contract), through faults: `kill -9` of a partition owner, `kill -9` of the
 //! JetStream leader of a busy stream, SIGSTOP of an owner past its lease then SIGCONT,
-//! and the loss of a machine (a meterd node with its NATS server).
+//! the loss of a machine (a meterd node with its NATS server), and a node leaving
+//! (SIGTERM), whose partitions are handed over.
 //!
 //! Pass: every acknowledged event counted exactly once, on every node; no hard limit
 //! exceeded; no event refused while its limit had room; per-partition unavailability
@@ -12,6 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -385,7 +387,41 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
     at(64);
     cluster.restart(&lost_nats);
     cluster.restart(&lost);
-    at(74);
+    // 5. A node that leaves (SIGTERM) hands its partitions over at once: their leases
+    // are released, not left to expire.
+    at(70);
+    let c2_p = partition_of("c2");
+    let leaving = owner_of(&cluster, c2_p);
+    eprintln!(
+        "{:>5.1}s SIGTERM {leaving} (owner of partition {c2_p})",
+        started.elapsed().as_secs_f64()
+    );
+    let left_at = Instant::now();
+    cluster.signal(&leaving, "TERM");
+    let handed = loop {
+        if let Some((n, _)) = cluster.owners().get(&c2_p) {
+            if *n != leaving {
+                break left_at.elapsed();
+            }
+        }
+        assert!(
+            left_at.elapsed() < Duration::from_secs(30),
+            "partition {c2_p} not handed over"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "partition {c2_p} handed over {:.1} s after SIGTERM",
+        handed.as_secs_f64()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new(&format!("/proc/{}", cluster.proc(&leaving).pid)).exists()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.restart(&leaving);
+    at(80);
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.join().unwrap();
