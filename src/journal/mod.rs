@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use crate::store::agg::AggValue;
 use crate::store::writes::Writes;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 pub use quota_log::{fold_quota_log, fold_quota_log_range, QuotaOperands, QUOTA_FOLD_INTERVAL};
 pub use record::EventsRecord;
@@ -233,8 +233,14 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
     /// Sets the next sequence number (after replay).
     fn set_next(&self, seq: u64);
 
+    /// The store whose `journal` column family holds this node's events records (every
+    /// implementation keeps them there until the flusher truncates them).
+    fn local(&self) -> &Store;
+
     /// The events record `seq`, while it is in the journal (`None` once truncated).
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        wal::events_record(self.local(), seq)
+    }
 
     /// Calls `f` with every events record numbered `first..=last` still in the journal,
     /// in order. With `one_time` the read does not fill caches (a read before deletion).
@@ -244,11 +250,15 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
         last: u64,
         one_time: bool,
         f: &mut EventsVisitor<'_>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        wal::scan_events(self.local(), first, last, one_time, f)
+    }
 
     /// Adds to `rows` (the flusher's write of the windows the records were applied to)
     /// the deletion of events records `first..=last`.
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64);
+    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
+        rows.delete_journal(first, last);
+    }
 
     /// Durability fsyncs made so far (for tests and metrics).
     fn fsyncs(&self) -> u64;
@@ -272,20 +282,8 @@ impl<J: Journal + ?Sized> Journal for Arc<J> {
     fn set_next(&self, seq: u64) {
         (**self).set_next(seq)
     }
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        (**self).events_record(seq)
-    }
-    fn scan_events(
-        &self,
-        first: u64,
-        last: u64,
-        one_time: bool,
-        f: &mut EventsVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        (**self).scan_events(first, last, one_time, f)
-    }
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
-        (**self).truncate(rows, first, last)
+    fn local(&self) -> &Store {
+        (**self).local()
     }
     fn fsyncs(&self) -> u64 {
         (**self).fsyncs()

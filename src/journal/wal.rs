@@ -46,7 +46,6 @@ use crate::config::Durability;
 use crate::hash::FastHashMap;
 use crate::store::agg::AggValue;
 use crate::store::keys::journal_key;
-use crate::store::writes::Writes;
 use crate::store::{cf, Store, StoreError};
 use crate::telemetry::names;
 
@@ -122,22 +121,8 @@ impl Journal for WalJournal {
         self.next_seq.store(seq, Ordering::SeqCst);
     }
 
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        events_record(&self.store, seq)
-    }
-
-    fn scan_events(
-        &self,
-        first: u64,
-        last: u64,
-        one_time: bool,
-        f: &mut super::EventsVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        scan_events(&self.store, first, last, one_time, f)
-    }
-
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
-        rows.delete_journal(first, last);
+    fn local(&self) -> &Store {
+        &self.store
     }
 
     fn fsyncs(&self) -> u64 {

@@ -404,22 +404,8 @@ impl Journal for StreamJournal {
         self.shared.next_seq.fetch_max(seq, Ordering::SeqCst);
     }
 
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        super::wal::events_record(&self.store, seq)
-    }
-
-    fn scan_events(
-        &self,
-        first: u64,
-        last: u64,
-        one_time: bool,
-        f: &mut super::EventsVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        super::wal::scan_events(&self.store, first, last, one_time, f)
-    }
-
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
-        rows.delete_journal(first, last);
+    fn local(&self) -> &Store {
+        &self.store
     }
 
     fn fsyncs(&self) -> u64 {

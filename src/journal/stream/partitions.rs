@@ -6,9 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::StreamJournal;
-use crate::journal::{Batch, CommitError, EventsVisitor, Journal, Ticket};
-use crate::store::writes::Writes;
-use crate::store::{Store, StoreError};
+use crate::journal::{Batch, CommitError, Journal, Ticket};
+use crate::store::Store;
 
 /// The journals of the partitions this node owns, and the registry journal.
 #[derive(Debug)]
@@ -94,22 +93,8 @@ impl Journal for Partitions {
         let _ = seq;
     }
 
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        crate::journal::wal::events_record(&self.store, seq)
-    }
-
-    fn scan_events(
-        &self,
-        first: u64,
-        last: u64,
-        one_time: bool,
-        f: &mut EventsVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        crate::journal::wal::scan_events(&self.store, first, last, one_time, f)
-    }
-
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
-        rows.delete_journal(first, last);
+    fn local(&self) -> &Store {
+        &self.store
     }
 
     fn fsyncs(&self) -> u64 {

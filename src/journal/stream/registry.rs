@@ -17,9 +17,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
 use super::{append_resolved, message, PartitionLog};
-use crate::journal::{Batch, CommitError, EventsVisitor, Journal, Ticket};
-use crate::store::writes::Writes;
-use crate::store::{concat_batches, Store, StoreError};
+use crate::journal::{Batch, CommitError, Journal, Ticket};
+use crate::store::{concat_batches, Store};
 
 /// The partition number the registry stream's applied sequence and quota log are kept
 /// under (one past the largest partition).
@@ -118,22 +117,8 @@ impl<L: PartitionLog> Journal for RegistryJournal<L> {
         let _ = seq;
     }
 
-    fn events_record(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        crate::journal::wal::events_record(&self.store, seq)
-    }
-
-    fn scan_events(
-        &self,
-        first: u64,
-        last: u64,
-        one_time: bool,
-        f: &mut EventsVisitor<'_>,
-    ) -> Result<(), StoreError> {
-        crate::journal::wal::scan_events(&self.store, first, last, one_time, f)
-    }
-
-    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
-        rows.delete_journal(first, last);
+    fn local(&self) -> &Store {
+        &self.store
     }
 
     fn fsyncs(&self) -> u64 {
