@@ -145,6 +145,52 @@ impl LocalCluster {
         }
     }
 
+    /// Adds a meterd node named `name`: the configuration of the first node with its own
+    /// name, free ports and data dir, started like the others.
+    pub fn add_node(&mut self, name: &str) {
+        let first = self.nodes()[0].clone();
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            })
+            .collect();
+        let text = std::fs::read_to_string(&first.config).unwrap();
+        let mut out = String::new();
+        for line in text.lines() {
+            let line = if line.starts_with("listen =") {
+                format!("listen = \"127.0.0.1:{}\"", ports[0])
+            } else if line.starts_with("metrics_listen =") {
+                format!("metrics_listen = \"127.0.0.1:{}\"", ports[1])
+            } else if line.starts_with("data_dir =") {
+                format!("data_dir = \"{}\"", dir.join("data").display())
+            } else if line.starts_with("node =") {
+                format!("node = \"{name}\"")
+            } else {
+                line.to_string()
+            };
+            out.push_str(&line);
+            out.push('\n');
+        }
+        let config = dir.join("meterd.toml");
+        std::fs::write(&config, out).unwrap();
+        self.procs.push(Proc {
+            kind: "meterd".into(),
+            name: name.into(),
+            pid: 0,
+            url: format!("http://127.0.0.1:{}", ports[0]),
+            side_url: format!("http://127.0.0.1:{}", ports[1]),
+            config,
+            log: dir.join("log"),
+        });
+        self.restart(name);
+    }
+
     /// Starts `name` again with its original configuration (after a kill).
     pub fn restart(&mut self, name: &str) {
         let p = self.proc(name).clone();
