@@ -22,7 +22,7 @@ use crate::decimal::Amount;
 use crate::event::{Event, Parsed};
 use crate::journal::CommitError;
 use crate::registry::Tenant;
-use crate::state::{PeerError, State};
+use crate::state::State;
 
 /// One event on its way to its partition's owner.
 #[derive(Debug, Serialize, Deserialize)]
@@ -254,7 +254,7 @@ async fn decide_part(
     let reply = match peers.request("ingest", p, bytes).await {
         Ok(r) => r,
         Err(e) => {
-            metrics_unavailable(&e);
+            tracing::debug!(error = %e, "forwarded events not decided");
             return Ok(unavailable(events, &e.to_string()));
         }
     };
@@ -282,10 +282,6 @@ async fn decide_part(
             &format!("partition {p}: unreadable answer from its owner: {e}"),
         )),
     }
-}
-
-fn metrics_unavailable(e: &PeerError) {
-    tracing::debug!(error = %e, "forwarded events not decided");
 }
 
 /// The owner's side of a forwarded part for partition `p`: decides it and returns the

@@ -71,6 +71,26 @@ impl QuotaLog {
         }
     }
 
+    /// The next item from `rx` for a writer thread, folding the log whenever a fold
+    /// falls due while it waits (an idle writer still folds); `None` once every sender
+    /// is gone.
+    pub(super) fn wait_for<T>(
+        &mut self,
+        store: &Store,
+        rx: &crossbeam_channel::Receiver<T>,
+    ) -> Option<T> {
+        loop {
+            match self.due_in() {
+                None => return rx.recv().ok(),
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(c) => return Some(c),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => self.fold(store),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return None,
+                },
+            }
+        }
+    }
+
     /// `None` with nothing to fold, else how long until the fold is due.
     pub(super) fn due_in(&self) -> Option<Duration> {
         let since = self.since?;

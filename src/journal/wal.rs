@@ -186,19 +186,8 @@ fn writer(
     let mut record: Vec<u8> = Vec::new();
     loop {
         // An idle writer still folds the quota log when it is due.
-        let first = match log.due_in() {
-            None => match rx.recv() {
-                Ok(c) => c,
-                Err(_) => break,
-            },
-            Some(wait) => match rx.recv_timeout(wait) {
-                Ok(c) => c,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    log.fold(&store);
-                    continue;
-                }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-            },
+        let Some(first) = log.wait_for(&store, &rx) else {
+            break;
         };
         // Pacing: the next fsync starts no sooner than `interval` after the previous
         // one started; requests arriving meanwhile join this group. An idle journal

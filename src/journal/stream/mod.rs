@@ -435,19 +435,8 @@ impl<L: PartitionLog> Writer<L> {
         let mut group: Vec<Commit> = Vec::with_capacity(MAX_GROUP);
         let mut scratch: FastHashMap<Vec<u8>, AggValue> = FastHashMap::default();
         loop {
-            let first = match self.qlog.due_in() {
-                None => match rx.recv() {
-                    Ok(c) => c,
-                    Err(_) => break,
-                },
-                Some(wait) => match rx.recv_timeout(wait) {
-                    Ok(c) => c,
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                        self.qlog.fold(&self.store);
-                        continue;
-                    }
-                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-                },
+            let Some(first) = self.qlog.wait_for(&self.store, &rx) else {
+                break;
             };
             group.push(first);
             while group.len() < MAX_GROUP {
