@@ -56,8 +56,18 @@ fn commit(j: &StreamJournal, key: &str) -> Result<(), CommitError> {
 fn follow(rt: &tokio::runtime::Runtime, log: &NatsLog, n: &Node, upto: u64) -> u64 {
     let mut applier = Applier::open(n.store.clone(), 0).unwrap();
     rt.block_on(async {
-        let mut tail = log.tail(applier.applied() + 1).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
+        // Creating the consumer can time out while the stream settles after its leader
+        // was killed: retried, as a node's standby does.
+        let mut tail = loop {
+            match log.tail(applier.applied() + 1).await {
+                Ok(t) => break t,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "cannot follow the stream: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
         while applier.applied() < upto {
             let next = tokio::time::timeout(Duration::from_secs(5), tail.next()).await;
             assert!(Instant::now() < deadline, "the standby did not catch up");
