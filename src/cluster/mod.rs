@@ -39,6 +39,32 @@ use partition::Role;
 /// How long a forwarded request waits for its partition owner's answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long joining keeps retrying what fails while the NATS servers settle (a
+/// stream created while its Raft group elects a leader times out; a bucket without a
+/// leader yet has no responders) before giving up with the last error.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `step` until it succeeds, retrying [`EngineError::Nats`] failures with a
+/// growing pause until `deadline`; any other error (unsafe settings, a too old
+/// server, a message that cannot be applied) is returned at once.
+async fn settled<T, F, Fut>(what: &str, deadline: Instant, mut step: F) -> Result<T, EngineError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, EngineError>>,
+{
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match step().await {
+            Err(EngineError::Nats(e)) if Instant::now() + pause < deadline => {
+                tracing::warn!(step = what, error = %e, "joining the cluster: retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The subject partition `p`'s owner takes forwarded requests of `kind` on.
 fn forward_subject(kind: &str, p: u32) -> String {
     format!("meterd.{kind}.{p}")
@@ -201,16 +227,32 @@ impl Node {
         }
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(5));
+        let deadline = Instant::now() + JOIN_TIMEOUT;
         let mut logs = Vec::with_capacity(cfg.partitions as usize);
         for p in 0..cfg.partitions {
-            logs.push(NatsLog::open(&js, p, cfg.replicas).await?);
+            logs.push(
+                settled("journal stream", deadline, || {
+                    NatsLog::open(&js, p, cfg.replicas)
+                })
+                .await?,
+            );
         }
-        let registry_log = Arc::new(NatsLog::open(&js, REGISTRY, cfg.replicas).await?);
-        let buckets = Buckets::open(&js, cfg.lease_ttl, cfg.replicas).await?;
+        let registry_log = Arc::new(
+            settled("registry stream", deadline, || {
+                NatsLog::open(&js, REGISTRY, cfg.replicas)
+            })
+            .await?,
+        );
+        let buckets = settled("lease buckets", deadline, || {
+            Buckets::open(&js, cfg.lease_ttl, cfg.replicas)
+        })
+        .await?;
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         // The registry first: partitions are assigned by chain roots.
-        let (registry, applied) =
-            registry::start(state.clone(), registry_log.clone(), stop_rx.clone()).await?;
+        let (registry, applied) = settled("registry catch-up", deadline, || {
+            registry::start(state.clone(), registry_log.clone(), stop_rx.clone())
+        })
+        .await?;
         journals.set_registry(Arc::new(RegistryJournal::new(
             state.store.clone(),
             registry_log,

@@ -32,7 +32,7 @@ pub(super) async fn start(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(JoinHandle<()>, watch::Receiver<u64>), EngineError> {
     let mut applier = Applier::open(state.store.clone(), REGISTRY)
-        .map_err(|e| EngineError::Nats(format!("registry: {e}")))?;
+        .map_err(|e| EngineError::Fatal(format!("registry: {e}")))?;
     // Catch up before the node serves anything.
     let last = log
         .last_seq()
@@ -47,7 +47,7 @@ pub(super) async fn start(
         while applier.applied() < last {
             match tokio::time::timeout(Duration::from_secs(30), tail.next()).await {
                 Ok(Some(Ok((seq, _pending, payload)))) => {
-                    apply(&state, &mut applier, seq, &payload).map_err(EngineError::Nats)?
+                    apply(&state, &mut applier, seq, &payload).map_err(EngineError::Fatal)?
                 }
                 other => {
                     return Err(EngineError::Nats(format!(

@@ -49,9 +49,14 @@ pub enum EngineError {
         /// What to change.
         why: String,
     },
-    /// Talking to NATS failed.
+    /// Talking to NATS failed (a timeout, no responders, a lost connection): worth
+    /// retrying while the servers settle.
     #[error("NATS: {0}")]
     Nats(String),
+    /// A failure retrying would not mend: a message meterd cannot apply, a local
+    /// store error.
+    #[error("{0}")]
+    Fatal(String),
 }
 
 /// Parses `major.minor.patch` (a pre-release suffix ignored).
