@@ -383,7 +383,7 @@ fn timed_applies(iters: u64, chunk: u64, events: &[EventRecord]) -> Duration {
         let n = (iters - done).min(chunk);
         let start = Instant::now();
         for seq in done..done + n {
-            counters.apply(shard, seq, &tenant, black_box(events));
+            counters.apply(shard, seq, seq, &tenant, black_box(events));
         }
         total += start.elapsed();
         drop(counters.begin_flush());
@@ -439,7 +439,7 @@ fn filled(input: &FlushInput) -> Counters {
     let counters = Counters::new(SHARDS);
     let tenant: Arc<str> = Arc::from("default");
     for (seq, (shard, events)) in input.iter().enumerate() {
-        counters.apply(*shard, seq as u64, &tenant, events);
+        counters.apply(*shard, seq as u64, seq as u64, &tenant, events);
     }
     counters
 }

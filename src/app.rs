@@ -191,7 +191,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<Stopped> {
         (Box::new(journal), Some(thread), None)
     };
     let outbox = Arc::new(Outbox::load(&store).context("loading the webhook outbox")?);
-    let revisions = Revisions::load(&store).context("loading revisions")?;
+    let mut revisions = Revisions::load(&store).context("loading revisions")?;
+    if cfg.cluster.is_some() {
+        revisions = revisions.partitioned();
+    }
     let (flush_wake, flush_wake_rx) = crossbeam_channel::bounded::<()>(1);
     let state = Arc::new(State {
         outbox,

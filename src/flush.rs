@@ -50,7 +50,7 @@ pub fn flush_once(
     }
     let mut batch = store.writes(0);
     let mut rows = 0usize;
-    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut keys: Vec<(Vec<u8>, u64)> = Vec::new();
     let mut value = Vec::with_capacity(33);
     let mut seqs: Vec<u64> = Vec::new();
     for set in &sets {
@@ -65,9 +65,9 @@ pub fn flush_once(
                     sw.bucket.as_deref(),
                 );
                 value.clear();
-                v.encode_into(&mut value);
+                v.value.encode_into(&mut value);
                 batch.merge_window(&key, &value);
-                keys.push(key);
+                keys.push((key, v.rev));
                 rows += 1;
             }
         }
@@ -96,7 +96,7 @@ pub fn flush_once(
     // committed in the order they are issued, or a changes-feed reader could see
     // revision n + 1 before n, skip n, and never apply it.
     let mut stamp = revisions.begin();
-    if let Err(e) = stamp.stamp(store, &mut batch, &keys) {
+    if let Err(e) = stamp.stamp_rows(store, &mut batch, &keys) {
         counters.abort_flush();
         metrics::counter!(names::FLUSH_ERRORS_TOTAL).increment(1);
         return Err(e);
@@ -375,7 +375,7 @@ pub fn recover(
     let mut next = hwm + 1;
     let mut events = 0usize;
     journal.scan_events(0, u64::MAX, false, &mut |seq, v| {
-        events += replay_record(counters, recent, registry, seq, v)?;
+        events += replay_record(counters, recent, registry, seq, journal.revision_of(seq), v)?;
         next = next.max(seq + 1);
         Ok(())
     })?;
@@ -387,15 +387,17 @@ pub fn recover(
     Ok((next, events))
 }
 
-/// Counts the events record `seq` (bytes `v`) into `counters`, and its ids into `recent`
-/// (their dedupe records are in the journal until a flush moves them). Returns the
-/// number of events. Used by start-up replay and, in cluster mode, by a standby for
-/// every events record it applies from a partition's stream.
+/// Counts the events record `seq` (bytes `v`, revision `rev`: see
+/// [`Counters::apply`]) into `counters`, and its ids into `recent` (their dedupe records
+/// are in the journal until a flush moves them). Returns the number of events. Used by
+/// start-up replay and, in cluster mode, by a standby for every events record it applies
+/// from a partition's stream.
 pub fn replay_record(
     counters: &Counters,
     recent: &Unflushed,
     registry: &Registry,
     seq: u64,
+    rev: u64,
     v: &[u8],
 ) -> Result<usize, StoreError> {
     let (tenant, evs) = decode_events(v).ok_or(StoreError::Corrupt("journal"))?;
@@ -421,7 +423,7 @@ pub fn replay_record(
     let mut events = 0;
     for (s, evs) in by_shard {
         events += evs.len();
-        counters.apply(s, seq, &tenant, &evs);
+        counters.apply(s, seq, rev, &tenant, &evs);
     }
     Ok(events)
 }
@@ -504,7 +506,13 @@ mod tests {
         };
         // Records 1 and 3 applied (flushed); 2 still in flight.
         for seq in [1, 3] {
-            counters.apply(seq as usize % 2, seq, &t.name, &[EventRecord::sample()]);
+            counters.apply(
+                seq as usize % 2,
+                seq,
+                seq,
+                &t.name,
+                &[EventRecord::sample()],
+            );
         }
         flush_once(
             &store, &journal, &counters, &revisions, &recent, &registry, true,
@@ -570,14 +578,14 @@ mod tests {
             (1, 12),
             (2, 20),
         ] {
-            counters.apply(shard, seq, &tenant, std::slice::from_ref(&ev));
+            counters.apply(shard, seq, seq, &tenant, std::slice::from_ref(&ev));
         }
         flush(&counters);
         assert_eq!(journal_seqs(&store), vec![1, 6, 8, 11, 15, 16, 17, 18, 19]);
         // The rest once applied and flushed; nothing is left, and a record written after
         // the range deletions (a new sequence number) is untouched by them.
         for seq in [1, 6, 8, 11, 15, 16, 17, 18, 19] {
-            counters.apply(0, seq, &tenant, std::slice::from_ref(&ev));
+            counters.apply(0, seq, seq, &tenant, std::slice::from_ref(&ev));
         }
         flush(&counters);
         assert_eq!(journal_seqs(&store), Vec::<u64>::new());

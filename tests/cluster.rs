@@ -7,8 +7,9 @@
 //! (SIGTERM), whose partitions are handed over.
 //!
 //! Pass: every acknowledged event counted exactly once, on every node; no hard limit
-//! exceeded; no event refused while its limit had room; per-partition unavailability
-//! measured and printed.
+//! exceeded; no event refused while its limit had room; a changes-feed consumer that
+//! reads each page from a random node (through every fault) converges to the rows of
+//! every node, and to the ledger; per-partition unavailability measured and printed.
 
 mod common;
 
@@ -161,6 +162,52 @@ fn send(
     }
 }
 
+/// A billing job's copy of the window rows, by (contract, lever, window, start).
+type Rows = BTreeMap<(String, String, String, String), String>;
+
+/// Reads pages of the changes feed of `url` after `cursor` into `rows` until a page is
+/// empty (or `max_pages`), setting each row to the value read. Returns the cursor, or
+/// `None` when the node did not answer.
+fn drain(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    key: &str,
+    cursor: &str,
+    rows: &mut Rows,
+    max_pages: usize,
+) -> Option<String> {
+    let mut cursor = cursor.to_string();
+    for _ in 0..max_pages {
+        let r = c
+            .get(format!("{url}/v1/changes"))
+            .query(&[("after", cursor.as_str()), ("limit", "40")])
+            .bearer_auth(key)
+            .send()
+            .ok()?;
+        assert!(
+            r.status().is_success() || r.status().as_u16() == 503,
+            "changes: {}",
+            r.status()
+        );
+        let page: Value = r.json().ok()?;
+        let items = page["items"].as_array()?;
+        for i in items {
+            let k = (
+                i["contract"].as_str().unwrap().to_string(),
+                i["lever"].as_str().unwrap().to_string(),
+                i["window"].as_str().unwrap().to_string(),
+                i["start"].as_str().unwrap().to_string(),
+            );
+            rows.insert(k, i["value"].as_str().unwrap().to_string());
+        }
+        cursor = page["next_after"].as_str().unwrap().to_string();
+        if items.is_empty() {
+            break;
+        }
+    }
+    Some(cursor)
+}
+
 fn chrono_now() -> String {
     common::time_at(0)
 }
@@ -255,6 +302,7 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
         for name in [
             "meterd_cluster_partition_epoch",
             "meterd_cluster_standby_lag_messages",
+            "meterd_cluster_standby_lag_seconds",
         ] {
             let series = format!("{name}{{partition=\"{p}\"}}");
             assert!(text.contains(&series), "{series} missing");
@@ -332,6 +380,26 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
             })
         })
         .collect();
+    // A billing job: every 300 ms a few pages of the changes feed from a random node,
+    // keeping its cursor across nodes and faults.
+    let feed = {
+        let (stop, urls, read) = (stop.clone(), urls.clone(), read.clone());
+        std::thread::spawn(move || {
+            let c = http();
+            let mut rows = Rows::new();
+            let mut cursor = "0".to_string();
+            let mut n = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let url = &urls[(n * 7 + n / 3) % urls.len()];
+                if let Some(next) = drain(&c, url, &read, &cursor, &mut rows, 3) {
+                    cursor = next;
+                }
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            (rows, cursor)
+        })
+    };
     let at = |s: u64| {
         let t = started + Duration::from_secs(s);
         if let Some(d) = t.checked_duration_since(Instant::now()) {
@@ -505,6 +573,62 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
             }
         }
     }
+    // The billing job converges: reading on from its cursor, from each node in turn,
+    // gives every node's rows (a full read of its feed from the start), whose minute
+    // rows add up to the ledger.
+    let (mut rows, mut cursor) = feed.join().unwrap();
+    eprintln!(
+        "changes feed: {} rows read during the run, cursor {cursor}",
+        rows.len()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'converge: loop {
+        for node in cluster.nodes() {
+            if let Some(next) = drain(&c, &node.url, &read, &cursor, &mut rows, 1000) {
+                cursor = next;
+            }
+        }
+        let mut all_equal = true;
+        for node in cluster.nodes() {
+            let mut fresh = Rows::new();
+            drain(&c, &node.url, &read, "0", &mut fresh, 1000).expect("a full read");
+            if fresh != rows {
+                all_equal = false;
+                if Instant::now() >= deadline {
+                    let diff: Vec<_> = fresh
+                        .iter()
+                        .filter(|(k, v)| rows.get(*k) != Some(*v))
+                        .chain(rows.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)))
+                        .take(10)
+                        .collect();
+                    panic!(
+                        "{}: the billing job's {} rows differ from the node's {}: {diff:?}",
+                        node.name,
+                        rows.len(),
+                        fresh.len()
+                    );
+                }
+            }
+        }
+        if all_equal {
+            break 'converge;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut from_feed: BTreeMap<&str, u64> = BTreeMap::new();
+    for ((contract, _, window, _), v) in &rows {
+        if window == "minute" {
+            let k = CONTRACTS.iter().find(|c| c.0 == contract).unwrap().0;
+            *from_feed.entry(k).or_default() += v.parse::<u64>().unwrap();
+        }
+    }
+    from_feed.retain(|_, v| *v > 0);
+    let mut want = counted.clone();
+    want.retain(|_, v| *v > 0);
+    assert_eq!(
+        from_feed, want,
+        "the changes feed's minute rows against the ledger"
+    );
     // Balances come from the partition owner's quota book, whichever node is asked.
     for node in cluster.nodes() {
         for (contract, _, _) in CONTRACTS {

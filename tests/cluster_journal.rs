@@ -71,7 +71,7 @@ fn follow(rt: &tokio::runtime::Runtime, log: &NatsLog, n: &Node, upto: u64) -> u
         while applier.applied() < upto {
             let next = tokio::time::timeout(Duration::from_secs(5), tail.next()).await;
             assert!(Instant::now() < deadline, "the standby did not catch up");
-            if let Ok(Some(Ok((seq, _pending, payload)))) = next {
+            if let Ok(Some(Ok((seq, _pending, _published, payload)))) = next {
                 applier.apply(seq, &payload).unwrap();
             }
         }

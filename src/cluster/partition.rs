@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use super::Shared;
 use crate::flush::replay_record;
 use crate::journal::stream::nats::NatsLog;
-use crate::journal::stream::{Applied, Applier, StartError, StreamJournal, Term};
+use crate::journal::stream::{partition_rev, Applied, Applier, StartError, StreamJournal, Term};
 use crate::quota::book::partition_of_root;
 use crate::store::StoreError;
 
@@ -69,7 +69,8 @@ fn apply_one(
                 tracing::error!(seq = s, "an applied events record is missing");
                 continue;
             };
-            replay_record(&st.counters, &st.unflushed, &st.registry, s, &record)
+            let rev = partition_rev(applier.partition(), seq);
+            replay_record(&st.counters, &st.unflushed, &st.registry, s, rev, &record)
                 .map_err(|e: StoreError| e.to_string())?;
         }
     }
@@ -87,6 +88,10 @@ async fn follow(
     let log = shared.logs[p as usize].clone();
     let lag =
         metrics::gauge!(crate::telemetry::names::CLUSTER_STANDBY_LAG, "partition" => p.to_string());
+    let lag_seconds = metrics::gauge!(
+        crate::telemetry::names::CLUSTER_STANDBY_LAG_SECONDS,
+        "partition" => p.to_string()
+    );
     loop {
         if *stop.borrow() {
             return applier;
@@ -106,8 +111,11 @@ async fn follow(
             tokio::select! {
                 _ = stop.changed() => return applier,
                 next = tail.next() => match next {
-                    Some(Ok((seq, pending, payload))) => {
+                    Some(Ok((seq, pending, published_ms, payload))) => {
                         lag.set(pending as f64);
+                        // Caught up: no lag; behind: the age of what it applies now.
+                        let age_ms = if pending == 0 { 0 } else { (crate::window::now_ms() - published_ms).max(0) };
+                        lag_seconds.set(age_ms as f64 / 1000.0);
                         let r = tokio::task::block_in_place(|| apply_one(&shared, &mut applier, seq, &payload));
                         if let Err(e) = r {
                             tracing::error!(partition = p, seq, error = %e, "applying the partition's stream failed; retrying");
@@ -151,7 +159,7 @@ async fn catch_up(shared: &Arc<Shared>, p: u32, applier: &mut Applier) -> Result
     while applier.applied() < last {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, tail.next()).await {
-            Ok(Some(Ok((seq, _pending, payload)))) => {
+            Ok(Some(Ok((seq, _pending, _published, payload)))) => {
                 tokio::task::block_in_place(|| apply_one(shared, applier, seq, &payload))?;
             }
             Ok(Some(Err(e))) => return Err(e.to_string()),

@@ -46,7 +46,7 @@ pub(super) async fn start(
         tokio::pin!(tail);
         while applier.applied() < last {
             match tokio::time::timeout(Duration::from_secs(30), tail.next()).await {
-                Ok(Some(Ok((seq, _pending, payload)))) => {
+                Ok(Some(Ok((seq, _pending, _published, payload)))) => {
                     apply(&state, &mut applier, seq, &payload).map_err(EngineError::Fatal)?
                 }
                 other => {
@@ -75,7 +75,7 @@ pub(super) async fn start(
                 tokio::select! {
                     _ = stop.changed() => return,
                     next = tail.next() => match next {
-                        Some(Ok((seq, _pending, payload))) => {
+                        Some(Ok((seq, _pending, _published, payload))) => {
                             let r = tokio::task::block_in_place(|| apply(&state, &mut applier, seq, &payload));
                             if let Err(e) = r {
                                 tracing::error!(seq, error = %e, "applying the registry stream failed; retrying");

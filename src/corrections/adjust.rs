@@ -49,6 +49,7 @@ impl Corrections<'_> {
         by: Actor,
         now: i64,
     ) -> Result<Corrected, Error> {
+        self.single_node()?;
         if t.contract(contract).is_none() {
             return Err(Error::not_found("contract", contract));
         }

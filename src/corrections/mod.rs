@@ -178,6 +178,20 @@ impl<'a> Corrections<'a> {
 
 /// Audit record name: contract, NUL, zero-padded revision (chronological order).
 impl Corrections<'_> {
+    /// Corrections are refused in cluster mode, whole, before anything is changed: their
+    /// rows would need the revision of a message of the contract's partition stream,
+    /// decided by the partition's owner (docs/cluster.md, "Differences").
+    fn single_node(&self) -> Result<(), Error> {
+        if self.revisions.is_partitioned() {
+            return Err(Error::conflict(
+                "corrections (adjustments and retractions) are not available in cluster \
+                 mode yet: they must be decided by the contract's partition owner, through \
+                 its stream, for the changes feed to report them on every node",
+            ));
+        }
+        Ok(())
+    }
+
     /// Stamps the window rows `keys` with new revisions (the entry keeps the highest),
     /// adds the audit entry and its idempotency index `index` (kind and name) to `batch`,
     /// and commits the batch durably. The caller holds `stamp` until this returns (see

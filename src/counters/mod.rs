@@ -54,19 +54,42 @@ pub struct SeriesWindow {
 /// Deltas of one contract.
 pub type ContractDeltas = FastHashMap<SeriesWindow, AggValue>;
 
+/// One window's unflushed delta and the highest revision of the journal records it
+/// came from (cluster mode stamps the row with it: [`crate::revision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delta {
+    /// The combined contribution.
+    pub value: AggValue,
+    /// The highest revision of its records.
+    pub rev: u64,
+}
+
+impl Delta {
+    /// `self` then `later`.
+    fn merge(self, later: Delta) -> Delta {
+        Delta {
+            value: self.value.merge(later.value),
+            rev: self.rev.max(later.rev),
+        }
+    }
+}
+
+/// Deltas of one contract with their revisions.
+pub type RevDeltas = FastHashMap<SeriesWindow, Delta>;
+
 /// A set of deltas taken out of a shard for flushing, with the journal records it
 /// covers.
 #[derive(Debug, Default)]
 pub struct FlushSet {
     /// Deltas per contract.
-    pub deltas: FastHashMap<ContractKey, ContractDeltas>,
+    pub deltas: FastHashMap<ContractKey, RevDeltas>,
     /// Journal sequence numbers whose events are all in `deltas`.
     pub journal: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    pending: FastHashMap<ContractKey, ContractDeltas>,
+    pending: FastHashMap<ContractKey, RevDeltas>,
     journal: Vec<u64>,
     flushing: Option<Arc<FlushSet>>,
     entries: usize,
@@ -112,8 +135,16 @@ impl Counters {
     }
 
     /// Adds the contributions of committed events (all owned by `shard`) and records
-    /// that journal record `seq` is covered by the pending deltas.
-    pub fn apply(&self, shard: usize, seq: u64, tenant: &Arc<str>, events: &[EventRecord]) {
+    /// that journal record `seq`, of revision `rev` (cluster mode: its stream message's;
+    /// otherwise `seq`), is covered by the pending deltas.
+    pub fn apply(
+        &self,
+        shard: usize,
+        seq: u64,
+        rev: u64,
+        tenant: &Arc<str>,
+        events: &[EventRecord],
+    ) {
         let mut s = lock(&self.shards[shard]);
         let mut added = 0usize;
         // Consecutive events usually share contract and lever: reuse the interned Arcs.
@@ -134,12 +165,15 @@ impl Counters {
                 }
             };
             let bucket: Option<Arc<str>> = e.bucket.as_deref().map(Arc::from);
-            let v = AggValue::of_event(
-                e.aggregation,
-                crate::decimal::Amount(e.value),
-                e.time_ms,
-                e.ordinal,
-            );
+            let v = Delta {
+                value: AggValue::of_event(
+                    e.aggregation,
+                    crate::decimal::Amount(e.value),
+                    e.time_ms,
+                    e.ordinal,
+                ),
+                rev,
+            };
             let deltas = s.pending.entry(ck).or_default();
             for gran in Granularity::ALL {
                 let key = SeriesWindow {
@@ -245,15 +279,15 @@ impl Counters {
         let mut out = ContractDeltas::default();
         if let Some(f) = &s.flushing {
             if let Some(d) = f.deltas.get(&key) {
-                out.extend(d.iter().map(|(k, v)| (k.clone(), *v)));
+                out.extend(d.iter().map(|(k, v)| (k.clone(), v.value)));
             }
         }
         if let Some(d) = s.pending.get(&key) {
             for (k, v) in d {
                 match out.get_mut(k) {
-                    Some(cur) => *cur = cur.merge(*v),
+                    Some(cur) => *cur = cur.merge(v.value),
                     None => {
-                        out.insert(k.clone(), *v);
+                        out.insert(k.clone(), v.value);
                     }
                 }
             }
@@ -289,6 +323,51 @@ mod tests {
     }
 
     #[test]
+    fn a_flushed_delta_carries_the_highest_revision_of_its_records() {
+        let c = Counters::new(1);
+        let t: Arc<str> = Arc::from("t");
+        // Cluster mode applies records out of revision order (two request threads).
+        c.apply(0, 10, 7, &t, &[ev("a", 1, 0)]);
+        c.apply(0, 11, 5, &t, &[ev("a", 2, 0), ev("b", 4, 0)]);
+        let sets = c.begin_flush();
+        let minute = SeriesWindow {
+            lever: Arc::from("l"),
+            bucket: None,
+            gran: Granularity::Minute,
+            start: 0,
+        };
+        let of = |contract: &str| {
+            let key = ContractKey {
+                tenant: t.clone(),
+                contract: Arc::from(contract),
+            };
+            sets[0].deltas[&key][&minute]
+        };
+        assert_eq!(
+            (of("a"), of("b")),
+            (
+                Delta {
+                    value: AggValue::Sum(3),
+                    rev: 7
+                },
+                Delta {
+                    value: AggValue::Sum(4),
+                    rev: 5
+                }
+            )
+        );
+        // A failed flush puts the deltas back with their revisions.
+        c.abort_flush();
+        c.apply(0, 12, 9, &t, &[ev("b", 1, 0)]);
+        let sets = c.begin_flush();
+        let key = ContractKey {
+            tenant: t.clone(),
+            contract: Arc::from("b"),
+        };
+        assert_eq!(sets[0].deltas[&key][&minute].rev, 9);
+    }
+
+    #[test]
     fn shard_is_pure() {
         assert_eq!(shard_of("t", "c", 64), shard_of("t", "c", 64));
         assert!(shard_of("t", "c", 64) < 64);
@@ -299,10 +378,10 @@ mod tests {
         let c = Counters::new(4);
         let t: Arc<str> = Arc::from("t");
         let s = c.shard_of("t", "a");
-        c.apply(s, 1, &t, &[ev("a", 5, 0)]);
+        c.apply(s, 1, 1, &t, &[ev("a", 5, 0)]);
         let sets = c.begin_flush();
         assert_eq!(sets.len(), 1);
-        c.apply(s, 2, &t, &[ev("a", 7, 0)]);
+        c.apply(s, 2, 2, &t, &[ev("a", 7, 0)]);
         let d = c.contract_deltas("t", "a");
         let minute = SeriesWindow {
             lever: Arc::from("l"),

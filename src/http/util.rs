@@ -305,14 +305,26 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Parses a query string into a map; repeated keys are an error.
+/// Longest query string accepted.
+pub const MAX_QUERY: usize = 8192;
+
+/// Parses a query string of at most [`MAX_QUERY`] bytes into a map; repeated keys are
+/// an error.
 pub fn query_map(query: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
+    query_map_up_to(query, MAX_QUERY)
+}
+
+/// [`query_map`] for a query of at most `max` bytes.
+pub fn query_map_up_to(
+    query: Option<&str>,
+    max: usize,
+) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     if let Some(q) = query {
-        if q.len() > 8192 {
+        if q.len() > max {
             return Err(ApiError::new(
                 ErrorCode::InvalidQuery,
-                "query string too long",
+                format!("query string too long (the limit is {max} bytes)"),
             ));
         }
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {

@@ -13,8 +13,10 @@ use crate::registry::Tenant;
 use crate::store::records::EventRecord;
 
 /// Records the committed request: `recent` (id, events record) pairs, the `outbox`
-/// entries staged in its batch, and per shard its events record's number and events.
+/// entries staged in its batch, and per shard its events record's number and events;
+/// `rev` gives a record's revision ([`crate::journal::Journal::revision_of`]).
 #[inline]
+#[allow(clippy::too_many_arguments)] // the phase's inputs, each a different piece of state
 pub(super) fn count(
     unflushed: &Unflushed,
     outbox: &Outbox,
@@ -23,13 +25,14 @@ pub(super) fn count(
     recent: Vec<(ClaimKey, u64)>,
     staged: Vec<(u64, Entry)>,
     groups: &[(usize, u64, Vec<EventRecord>)],
+    rev: impl Fn(u64) -> u64,
 ) {
     for (key, seq) in recent {
         unflushed.insert(key, seq);
     }
     outbox.enqueue(staged);
     for (shard, seq, events) in groups {
-        counters.apply(*shard, *seq, &tenant.name, events);
+        counters.apply(*shard, *seq, rev(*seq), &tenant.name, events);
     }
 }
 
@@ -55,6 +58,7 @@ mod tests {
             vec![((t.index, 1), 7), ((t.index, 2), 8)],
             vec![],
             &[(0, 7, vec![ev.clone()]), (1, 8, vec![ev.clone(), ev])],
+            |seq| seq,
         );
         assert_eq!(unflushed.get(&(t.index, 1)), Some(7));
         assert_eq!(unflushed.get(&(t.index, 2)), Some(8));

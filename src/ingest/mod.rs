@@ -222,6 +222,7 @@ async fn run_claimed<'a>(
             recent,
             outbox,
             &groups,
+            |seq| state.journal.revision_of(seq),
         )
     });
     for slot in slots.iter_mut() {

@@ -260,6 +260,13 @@ pub trait Journal: Send + Sync + std::fmt::Debug {
         rows.delete_journal(first, last);
     }
 
+    /// The revision of committed events record `seq` that the rows it changes are
+    /// stamped with ([`crate::revision`]): `seq` itself, except in cluster mode, where it
+    /// is the revision of the stream message that carried it.
+    fn revision_of(&self, seq: u64) -> u64 {
+        seq
+    }
+
     /// Durability fsyncs made so far (for tests and metrics).
     fn fsyncs(&self) -> u64;
 }
@@ -284,6 +291,12 @@ impl<J: Journal + ?Sized> Journal for Arc<J> {
     }
     fn local(&self) -> &Store {
         (**self).local()
+    }
+    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
+        (**self).truncate(rows, first, last)
+    }
+    fn revision_of(&self, seq: u64) -> u64 {
+        (**self).revision_of(seq)
     }
     fn fsyncs(&self) -> u64 {
         (**self).fsyncs()

@@ -214,9 +214,32 @@ pub fn changes_key(tenant: &str, rev: u64) -> Vec<u8> {
     k
 }
 
-/// Decodes the revision of a `changes` key whose tenant prefix has length `prefix_len`.
+/// Decodes the revision of a `changes` key whose tenant prefix has length `prefix_len`
+/// (the 8 bytes after it: cluster mode's keys go on with the window key).
 pub fn changes_rev(key: &[u8], prefix_len: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(prefix_len..)?.try_into().ok()?))
+    Some(u64::from_be_bytes(
+        key.get(prefix_len..prefix_len + 8)?.try_into().ok()?,
+    ))
+}
+
+/// Cluster mode's `changes` key: tenant, revision, window key. Rows changed by one
+/// stream message share its revision ([`crate::revision`]), so the window key makes the
+/// entry unique.
+pub fn changes_row_key(tenant: &str, rev: u64, window_key: &[u8]) -> Vec<u8> {
+    let mut k = changes_key(tenant, rev);
+    k.extend_from_slice(window_key);
+    k
+}
+
+/// Meta key prefix of the revisions of unflushed events records (cluster mode).
+pub const RECORD_REV_PREFIX: &[u8] = b"srev/";
+
+/// Meta key of the revision of events record `seq` (cluster mode: the revision of the
+/// stream message that carried it), kept until a flush counts the record.
+pub fn record_rev_key(seq: u64) -> Vec<u8> {
+    let mut k = RECORD_REV_PREFIX.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
 }
 
 #[cfg(test)]

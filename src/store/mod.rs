@@ -48,7 +48,7 @@ use crate::window::WindowRetention;
 
 pub use error::StoreError;
 pub use options::MemoryBudget;
-pub use read::prefix_successor;
+pub use read::{prefix_successor, PartitionFeed};
 
 /// On-disk format version written by this build.
 pub const FORMAT_VERSION: u32 = 1;

@@ -6,6 +6,19 @@ use rocksdb::{Direction, IteratorMode, ReadOptions};
 
 use super::{cf, keys, Store, StoreError};
 
+/// One partition's part of [`Store::changes_partitioned`].
+#[derive(Debug, Clone)]
+pub struct PartitionFeed {
+    /// The revision read through so far.
+    pub after: u64,
+    /// The partition's revisions (and events record numbers) are `lo..hi`.
+    pub lo: u64,
+    /// See `lo`.
+    pub hi: u64,
+    /// The meta key of the partition's applied stream sequence.
+    pub applied_key: Vec<u8>,
+}
+
 impl Store {
     /// Point lookups of several keys in one column family.
     pub fn multi_get(
@@ -90,6 +103,99 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Cluster mode's changes feed of `tenant`, read in one snapshot: for each partition
+    /// in `parts`, the entries after its position that the feed may show (see
+    /// [`crate::revision`]: revisions below the first unflushed events record of the
+    /// partition, or up to its applied stream sequence when none is unflushed), until
+    /// `limit` entries are taken, always finishing the revision of the last one (rows
+    /// changed by one message share a revision). Returns, per entry, the index of its
+    /// part in `parts`, its revision, window key and the row's value (`None` when
+    /// removed by retention); and per part the highest revision it was read through.
+    #[allow(clippy::type_complexity)]
+    pub fn changes_partitioned(
+        &self,
+        tenant: &str,
+        parts: &[PartitionFeed],
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(Vec<(usize, u64, Vec<u8>, Option<Vec<u8>>)>, Vec<u64>), StoreError> {
+        let snap = self.db.snapshot();
+        let windows = self.cf(cf::WINDOWS);
+        let meta = self.cf(cf::META);
+        let prefix = keys::changes_key(tenant, 0);
+        let prefix = &prefix[..prefix.len() - 8];
+        let mut out = Vec::new();
+        let mut through: Vec<u64> = parts.iter().map(|p| p.after).collect();
+        for (i, part) in parts.iter().enumerate() {
+            // The first unflushed events record of the partition bounds what may be
+            // shown; with none, everything applied may.
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            let lo_key = keys::record_rev_key(part.lo);
+            ro.set_iterate_upper_bound(keys::record_rev_key(part.hi));
+            let mut first_unflushed: Option<u64> = None;
+            for item in
+                self.db
+                    .iterator_cf_opt(meta, ro, IteratorMode::From(&lo_key, Direction::Forward))
+            {
+                let (_, v) = item?;
+                let rev = <[u8; 8]>::try_from(&v[..])
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("meta"))?;
+                first_unflushed = Some(first_unflushed.map_or(rev, |f: u64| f.min(rev)));
+            }
+            let bound = match first_unflushed {
+                Some(f) => f.saturating_sub(1),
+                None => match snap.get_cf(meta, &part.applied_key)? {
+                    Some(v) => <[u8; 8]>::try_from(&v[..])
+                        .map(|b| part.lo + u64::from_be_bytes(b))
+                        .map_err(|_| StoreError::Corrupt("meta"))?,
+                    None => part.lo,
+                },
+            }
+            .min(part.hi - 1);
+            let from = part.after.saturating_add(1).max(part.lo);
+            if from > bound {
+                continue;
+            }
+            let start = keys::changes_key(tenant, from);
+            let mut ro = ReadOptions::default();
+            ro.set_snapshot(&snap);
+            ro.set_iterate_upper_bound(keys::changes_key(tenant, bound + 1));
+            let mut last: Option<u64> = None;
+            for item in self.db.iterator_cf_opt(
+                self.cf(cf::CHANGES),
+                ro,
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
+                let (k, v) = item?;
+                let rev =
+                    keys::changes_rev(&k, prefix.len()).ok_or(StoreError::Corrupt("changes"))?;
+                if out.len() >= limit && last != Some(rev) {
+                    // `last` is read through; this revision is not.
+                    break;
+                }
+                if last != Some(rev) {
+                    if let Some(l) = last {
+                        through[i] = l;
+                    }
+                    last = Some(rev);
+                }
+                if keep(&v) {
+                    let value = snap.get_cf(windows, &v)?;
+                    out.push((i, rev, v.to_vec(), value));
+                }
+            }
+            if let Some(l) = last {
+                through[i] = through[i].max(l);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok((out, through))
     }
 
     /// Point lookup.

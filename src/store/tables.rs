@@ -92,6 +92,14 @@ impl Store {
         self.scan_prefix(cf::META, prefix, prefix, f)
     }
 
+    /// The revision of unflushed events record `seq` (cluster mode; `None` otherwise).
+    pub fn record_rev(&self, seq: u64) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .meta_get(&super::keys::record_rev_key(seq))?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes))
+    }
+
     /// The latest revision of each window row of `keys` (`None` for a row never
     /// stamped).
     pub fn row_revisions(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<u64>>, StoreError> {

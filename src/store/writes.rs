@@ -12,7 +12,10 @@
 use rocksdb::{ColumnFamily, WriteBatch};
 
 use super::agg::AggValue;
-use super::keys::{admin_key, changes_key, journal_key, AdminKind};
+use super::keys::{
+    admin_key, changes_key, changes_row_key, journal_key, record_rev_key, AdminKind,
+    RECORD_REV_PREFIX,
+};
 use super::Store;
 
 /// Index of each column family in [`Writes`]' handle cache (order of [`Store::CFS`]).
@@ -137,6 +140,50 @@ impl<'s> Writes<'s> {
             .put_cf(changes, changes_key(tenant, rev), window_key);
         let rowrev = self.cf(Family::RowRev);
         self.batch.put_cf(rowrev, window_key, rev.to_be_bytes());
+    }
+
+    /// Cluster mode's [`Writes::put_change`]: the entry's key ends with the window key,
+    /// since rows changed by one stream message share its revision.
+    pub fn put_row_change(
+        &mut self,
+        tenant: &str,
+        rev: u64,
+        previous: Option<u64>,
+        window_key: &[u8],
+    ) {
+        let changes = self.cf(Family::Changes);
+        if let Some(p) = previous {
+            self.batch
+                .delete_cf(changes, changes_row_key(tenant, p, window_key));
+        }
+        self.batch.put_cf(
+            changes,
+            changes_row_key(tenant, rev, window_key),
+            window_key,
+        );
+        let rowrev = self.cf(Family::RowRev);
+        self.batch.put_cf(rowrev, window_key, rev.to_be_bytes());
+    }
+
+    /// Records the revision of unflushed events record `seq` (cluster mode).
+    pub fn put_record_rev(&mut self, seq: u64, rev: u64) {
+        let cf = self.cf(Family::Meta);
+        self.batch
+            .put_cf(cf, record_rev_key(seq), rev.to_be_bytes());
+    }
+
+    /// Deletes the revisions of events records `first..=last` (their flush).
+    pub fn delete_record_revs(&mut self, first: u64, last: u64) {
+        let cf = self.cf(Family::Meta);
+        let end = match last.checked_add(1) {
+            Some(end) => record_rev_key(end),
+            None => {
+                let mut k = RECORD_REV_PREFIX.to_vec();
+                k.extend_from_slice(&[0xff; 9]);
+                k
+            }
+        };
+        self.batch.delete_range_cf(cf, record_rev_key(first), end);
     }
 
     /// A row of the `meta` family (format version, high-water marks).

@@ -46,6 +46,9 @@ pub mod names {
     pub const CLUSTER_PARTITION_EPOCH: &str = "meterd_cluster_partition_epoch";
     /// Cluster mode: per partition, stream messages not yet applied by this node.
     pub const CLUSTER_STANDBY_LAG: &str = "meterd_cluster_standby_lag_messages";
+    /// Cluster mode: per partition, how old the message a standby is applying is while
+    /// it is behind (0 when caught up).
+    pub const CLUSTER_STANDBY_LAG_SECONDS: &str = "meterd_cluster_standby_lag_seconds";
     /// Cluster mode: partitions this node took over.
     pub const CLUSTER_TAKEOVERS_TOTAL: &str = "meterd_cluster_takeovers_total";
     /// Cluster mode: partitions this node gave up (fenced, lease lost, handed over).
@@ -182,6 +185,11 @@ pub fn describe() {
         CLUSTER_STANDBY_LAG,
         Unit::Count,
         "Cluster mode: per partition this node does not own, messages of its stream not yet applied here."
+    );
+    describe_gauge!(
+        CLUSTER_STANDBY_LAG_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: per partition this node does not own, the age of the message it is applying while behind; 0 when caught up."
     );
     describe_counter!(
         CLUSTER_TAKEOVERS_TOTAL,

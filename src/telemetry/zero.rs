@@ -235,6 +235,7 @@ pub fn cluster_families() -> Vec<Family> {
         // One series per partition, registered by `register_cluster`.
         by(CLUSTER_PARTITION_EPOCH, Gauge, "partition", &[]),
         by(CLUSTER_STANDBY_LAG, Gauge, "partition", &[]),
+        by(CLUSTER_STANDBY_LAG_SECONDS, Gauge, "partition", &[]),
         plain(CLUSTER_PUBLISH_SECONDS, Histogram),
         plain(CLUSTER_APPEND_RETRIES_TOTAL, Counter),
         plain(CLUSTER_APPLIED_TOTAL, Counter),
@@ -251,7 +252,8 @@ pub fn register_cluster(partitions: u32) {
     for p in 0..partitions {
         let p = p.to_string();
         metrics::gauge!(names::CLUSTER_PARTITION_EPOCH, "partition" => p.clone()).set(0.0);
-        metrics::gauge!(names::CLUSTER_STANDBY_LAG, "partition" => p).set(0.0);
+        metrics::gauge!(names::CLUSTER_STANDBY_LAG, "partition" => p.clone()).set(0.0);
+        metrics::gauge!(names::CLUSTER_STANDBY_LAG_SECONDS, "partition" => p).set(0.0);
     }
 }
 

@@ -1,14 +1,20 @@
 //! `GET /v1/changes?after=REV&limit=&window=` (SPEC 4.2), answered by
 //! [`crate::query::changes`].
 
+use std::collections::HashMap;
+
 use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 
 use crate::http::error::{ApiError, ErrorCode};
 use crate::http::router::Ctx;
-use crate::http::util::{json, only_params, query_map, Body};
-use crate::query::changes::changes;
+use crate::http::util::{json, only_params, query_map_up_to, Body};
+use crate::query::changes::{changes, changes_partitioned, Cursor};
 use crate::window::Granularity;
+
+/// Longest query string of this route: the largest cursor (4096 partitions) fits, and
+/// the URI stays under hyper's 65,534-byte limit.
+const MAX_CHANGES_QUERY: usize = 64 * 1024 - 512;
 
 /// Default and largest page size.
 const DEFAULT_LIMIT: usize = 1000;
@@ -18,35 +24,60 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidQuery, msg)
 }
 
+/// The `limit` parameter.
+fn limit(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            _ => Err(bad(format!(
+                "`limit` must be an integer between 1 and {MAX_LIMIT}"
+            ))),
+        },
+    }
+}
+
+/// The `window` parameter.
+fn only(q: &HashMap<String, String>) -> Result<Option<Granularity>, ApiError> {
+    match q.get("window").map(String::as_str) {
+        None => Ok(None),
+        Some("minute") => Ok(Some(Granularity::Minute)),
+        Some("hour") => Ok(Some(Granularity::Hour)),
+        Some("day") => Ok(Some(Granularity::Day)),
+        Some(_) => Err(bad("`window` must be minute, hour or day")),
+    }
+}
+
 /// Answers one page of the changes feed.
 pub fn get(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError> {
-    let q = query_map(req.uri().query())?;
+    // Cluster mode's cursor holds a position per partition: up to about 12 bytes each.
+    let q = query_map_up_to(req.uri().query(), MAX_CHANGES_QUERY)?;
     only_params(&q, &["after", "limit", "window"])?;
+    let limit = limit(&q)?;
+    let only = only(&q)?;
+    let tenant = ctx.tenant()?;
+    if let Some(cluster) = &ctx.state.cfg.cluster {
+        // Cluster mode: the position is one per partition (crate::revision).
+        let cursor = Cursor::parse(q.get("after").map(String::as_str), cluster.partitions)
+            .map_err(|e| bad(e.0))?;
+        let page = tokio::task::block_in_place(|| {
+            changes_partitioned(
+                &ctx.state.store,
+                &tenant.name,
+                &cursor,
+                cluster.partitions,
+                limit,
+                only,
+            )
+        })?;
+        return Ok(json(StatusCode::OK, &page));
+    }
     let after: u64 = match q.get("after") {
         None => 0,
         Some(v) => v
             .parse()
             .map_err(|_| bad("`after` must be a revision (a non-negative integer)"))?,
     };
-    let limit = match q.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(v) => match v.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(bad(format!(
-                    "`limit` must be an integer between 1 and {MAX_LIMIT}"
-                )))
-            }
-        },
-    };
-    let only: Option<Granularity> = match q.get("window").map(String::as_str) {
-        None => None,
-        Some("minute") => Some(Granularity::Minute),
-        Some("hour") => Some(Granularity::Hour),
-        Some("day") => Some(Granularity::Day),
-        Some(_) => return Err(bad("`window` must be minute, hour or day")),
-    };
-    let tenant = ctx.tenant()?;
     let page = tokio::task::block_in_place(|| {
         changes(&ctx.state.store, &tenant.name, after, limit, only)
     })?;

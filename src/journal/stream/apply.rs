@@ -6,7 +6,9 @@ use std::time::Duration;
 use rocksdb::WriteBatch;
 
 use super::message::{self, DecodeError, Message};
-use super::{applied_seq, next_events_seq, put_applied, put_next_seq, quota_log_range};
+use super::{
+    applied_seq, next_events_seq, partition_rev, put_applied, put_next_seq, quota_log_range,
+};
 use crate::journal::quota_log::{fold_quota_log_range, QuotaLog};
 use crate::store::{Store, StoreError};
 use crate::telemetry::names;
@@ -80,6 +82,11 @@ impl Applier {
         })
     }
 
+    /// The partition it applies.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
     /// The last sequence applied.
     pub fn applied(&self) -> u64 {
         self.applied
@@ -118,6 +125,9 @@ impl Applier {
                     local.put_quota_log(self.qlog.next, quota);
                 }
                 put_applied(&mut local, p, seq);
+                for &s in &events {
+                    local.put_record_rev(s, partition_rev(p, seq));
+                }
                 if next_seq > self.next_seq {
                     put_next_seq(&mut local, p, next_seq);
                     self.next_seq = next_seq;

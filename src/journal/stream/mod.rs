@@ -143,7 +143,15 @@ pub fn events_seq_range(p: u32) -> (u64, u64) {
     (lo, lo + (1 << 50))
 }
 
-fn applied_key(p: u32) -> Vec<u8> {
+/// The revision of partition `p`'s stream message `stream_seq`: the rows its events
+/// change are stamped with it ([`crate::revision`]). Revisions of `p` are in the range
+/// of [`events_seq_range`]`(p)`.
+pub fn partition_rev(p: u32, stream_seq: u64) -> u64 {
+    events_seq_range(p).0 | (stream_seq & ((1 << 50) - 1))
+}
+
+/// The meta key of partition `p`'s applied stream sequence.
+pub fn applied_key(p: u32) -> Vec<u8> {
     let mut k = APPLIED_PREFIX.to_vec();
     k.extend_from_slice(&p.to_be_bytes());
     k
@@ -529,6 +537,9 @@ impl<L: PartitionLog> Writer<L> {
         }
         put_applied(&mut local, p, seq);
         put_next_seq(&mut local, p, next_seq);
+        for &s in &events {
+            local.put_record_rev(s, partition_rev(p, seq));
+        }
         match self.store.write_all(vec![rows, local.into_batch()], false) {
             Ok(()) => self.qlog.written(ops),
             Err(e) => {

@@ -187,7 +187,7 @@ impl NatsLog {
         &self,
         from: u64,
     ) -> Result<
-        impl futures_util::Stream<Item = Result<(u64, u64, bytes::Bytes), AppendError>>,
+        impl futures_util::Stream<Item = Result<(u64, u64, i64, bytes::Bytes), AppendError>>,
         AppendError,
     > {
         let consumer = self
@@ -211,7 +211,8 @@ impl NatsLog {
                 .info()
                 .map_err(|e| AppendError::Transient(e.to_string()))?;
             let (seq, pending) = (info.stream_sequence, info.pending);
-            Ok((seq, pending, m.message.payload))
+            let published_ms = (info.published.unix_timestamp_nanos() / 1_000_000) as i64;
+            Ok((seq, pending, published_ms, m.message.payload))
         }))
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use super::StreamJournal;
 use crate::journal::{Batch, CommitError, Journal, Ticket};
+use crate::store::writes::Writes;
 use crate::store::Store;
 
 /// The journals of the partitions this node owns, and the registry journal.
@@ -95,6 +96,26 @@ impl Journal for Partitions {
 
     fn local(&self) -> &Store {
         &self.store
+    }
+
+    /// The events records and the revisions of the messages that carried them go
+    /// together ([`crate::revision`]).
+    fn truncate(&self, rows: &mut Writes<'_>, first: u64, last: u64) {
+        rows.delete_journal(first, last);
+        rows.delete_record_revs(first, last);
+    }
+
+    /// Written with the record when its message was applied (owner or standby).
+    fn revision_of(&self, seq: u64) -> u64 {
+        match self.store.record_rev(seq) {
+            Ok(Some(rev)) => rev,
+            // Not a partition's record (cannot happen once written), or a store error:
+            // `seq` is in the partition's range and below every later revision.
+            other => {
+                tracing::error!(seq, result = ?other, "an events record has no revision");
+                seq
+            }
+        }
     }
 
     fn fsyncs(&self) -> u64 {
