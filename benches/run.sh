@@ -22,6 +22,9 @@
 #  6. memory (T7) and restart (T8) on fresh daemons;
 #  7. callgrind instruction counts per request (meterd fsync, buffered, the baseline);
 #  8. criterion micro-benchmarks (benches/micro.rs);
+#  8b. cluster mode: a 3-node cluster (3 NATS + 3 meterd from scripts/cluster.sh, on this
+#     machine) against a single node, same generator, alternating rounds of single events
+#     and 1,000-event batches; publish-ack latency; takeover time after kill -9 of a node;
 #  9. writes the report: machine, commands, summary table, raw figures, profile, micro,
 #     and benches/analysis.md (hand-written reading of the figures) at the end.
 #
@@ -30,7 +33,8 @@
 #   T7_CONTRACTS=100 T7_BUCKETS=100 T7_MINUTES=100 (1,000,000 keys) T7_IDS=10000000
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
-#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency floor memory restart profile micro"
+#   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency floor memory restart profile micro cluster"
+#   CLUSTER_PARTITIONS=12 TAKEOVERS=3
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
 #   LAT_SPANS= (1: each latency round also writes lat-R-W.spans.tsv, intended send time in
 #   unix µs and latency in µs per request, to place the tail against the server logs)
@@ -48,7 +52,7 @@ QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then
   : "${ROUNDS:=3}" "${ROUND_SECONDS:=1}" "${LAT_ROUNDS:=2}" "${LAT_SECONDS:=2}"
   : "${T7_CONTRACTS:=10}" "${T7_BUCKETS:=100}" "${T7_MINUTES:=100}" "${T7_IDS:=500000}"
-  : "${T8_EVENTS:=100000}" "${CG_N1:=100}" "${CG_N2:=300}"
+  : "${T8_EVENTS:=100000}" "${CG_N1:=100}" "${CG_N2:=300}" "${TAKEOVERS:=1}"
   : "${OUT:=${TMPDIR:-/tmp}/meterd-bench-quick.md}"
 fi
 ROUNDS=${ROUNDS:-5}
@@ -65,9 +69,12 @@ T7_IDS=${T7_IDS:-10000000}
 T8_EVENTS=${T8_EVENTS:-1000000}
 CG_N1=${CG_N1:-500}
 CG_N2=${CG_N2:-1500}
+TAKEOVERS=${TAKEOVERS:-3}
 CORE_GEN=${CORE_GEN:-0}
 CORE_SRV=${CORE_SRV:-1}
-PHASES=${PHASES:-throughput latency floor memory restart profile micro}
+PHASES=${PHASES:-throughput latency floor memory restart profile micro cluster}
+CLUSTER_PARTITIONS=${CLUSTER_PARTITIONS:-12}
+CLUSTER_DIR=""
 RUN_NOTE=${RUN_NOTE:-}
 KEEP_TMP=${KEEP_TMP:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meterd/target}
@@ -93,8 +100,8 @@ REPORT_FROM=${REPORT_FROM:-}
 # The helpers every phase uses, one file per phase, then the report's sections (sourced
 # here at the top level, so that their globals stay global).
 for src in lib/{common,packages,probes,procs,meterd,metrics,loadgen,stats,peers}.sh \
-  phases/{throughput,latency,floor,memory,restart,profile,micro}.sh \
-  report/{header,summary,commands,raw,profile,micro}.sh; do
+  phases/{throughput,latency,floor,memory,restart,profile,micro,cluster}.sh \
+  report/{header,summary,commands,raw,profile,micro,cluster}.sh; do
   # shellcheck disable=SC1090
   . "$BENCH_DIR/$src"
 done
@@ -153,7 +160,8 @@ MEM=$RES/memory.tsv
 RST=$RES/restart.tsv
 PROF=$RES/profile.tsv
 MICRO=$RES/micro.tsv
-truncate_results "$TP" "$LAT" "$LATDB" "$RES/lat-windows.tsv" "$FL" "$MEM" "$RST" "$PROF" "$MICRO"
+CL=$RES/cluster.tsv # the cluster phase's rounds, as $TP's
+truncate_results "$TP" "$LAT" "$LATDB" "$RES/lat-windows.tsv" "$FL" "$MEM" "$RST" "$PROF" "$MICRO" "$CL"
 
 # --- 3.-9. the phases, in this order whatever the order in PHASES -----------------------
 # The throughput, latency and floor phases share one meterd fsync, one buffered and the
@@ -170,6 +178,7 @@ if has_phase memory; then phase_memory; fi
 if has_phase restart; then phase_restart; fi
 if has_phase profile; then phase_profile; fi
 if has_phase micro; then phase_micro; fi
+if has_phase cluster; then phase_cluster; fi
 
 # --- 10. report -------------------------------------------------------------------------
 if [ -z "$REPORT_FROM" ]; then
@@ -183,7 +192,7 @@ if [ -z "$REPORT_FROM" ]; then
   declare -p QUICK ROUNDS ROUND_SECONDS WARMUP_SECONDS LAT_ROUNDS LAT_SECONDS PHASES RUN_NOTE \
     ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END STALLS RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
     T7_CONTRACTS T7_BUCKETS T7_MINUTES T7_IDS_CONFIG T8_EVENTS T8_ACCEPTED T8_LOAD_CHECK PG_CMD REDIS_CMD \
-    MICRO_CMD CORE_GEN CORE_SRV SETTLE_SECS 2>/dev/null >"$RES/meta.env" || true
+    MICRO_CMD CORE_GEN CORE_SRV SETTLE_SECS CLUSTER_PARTITIONS TAKEOVERS 2>/dev/null >"$RES/meta.env" || true
 else
   # shellcheck disable=SC1091
   . "$RES/meta.env"
@@ -199,6 +208,7 @@ log "writing $OUT"
   report_raw
   report_profile
   report_micro
+  report_cluster
   if [ -f "$BENCH_DIR/analysis.md" ]; then
     echo "## Analysis"
     echo

@@ -431,7 +431,7 @@ pub fn replay_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::record::{encode_journal, EventsRecord};
+    use crate::journal::record::{encode_events_only, EventsRecord};
     use crate::journal::WalJournal;
     use crate::store::cf;
     use crate::store::records::{encode_dedupe_with, EventRecord};
@@ -561,7 +561,7 @@ mod tests {
         let ev = EventRecord::sample();
         put_records(
             &store,
-            (1..=20u64).map(|seq| (seq, encode_journal("t", std::slice::from_ref(&ev)))),
+            (1..=20u64).map(|seq| (seq, encode_events_only("t", std::slice::from_ref(&ev)))),
         );
         // Applied (so flushed): runs 2-5 and 9-10, lone 7 and 20, and 12-14 on another
         // shard in reverse order; 1, 6, 8, 11 and 15-19 stay (still "in flight").
@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(journal_seqs(&store), Vec::<u64>::new());
         put_records(
             &store,
-            [(21, encode_journal("t", std::slice::from_ref(&ev)))],
+            [(21, encode_events_only("t", std::slice::from_ref(&ev)))],
         );
         assert_eq!(journal_seqs(&store), vec![21]);
     }

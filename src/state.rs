@@ -33,7 +33,7 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     fn partitions(&self) -> u32;
     /// True while this node owns partition `p`.
     fn owns(&self, p: u32) -> bool;
-    /// Sends `request` of `kind` (`ingest`, `balance`) to the owner of partition `p` and
+    /// Sends `request` of `kind` (`ingest`, `balance`, `adjust`) to the owner of partition `p` and
     /// returns its reply.
     fn request(
         &self,

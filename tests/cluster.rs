@@ -539,12 +539,49 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
             .count(),
         refused.len()
     );
-    // Every node converges on exactly the ledger's counts.
+    // Adjustments, sent to a node that does not own the contract's partition (decided
+    // by the owner, through its stream), and repeated through another node.
+    let mut adjusted: BTreeMap<&str, i64> = BTreeMap::new();
+    for (contract, value) in [("c3", 5i64), ("c4", -2)] {
+        let owner = owner_of(&cluster, partition_of(contract));
+        let others: Vec<String> = cluster
+            .nodes()
+            .iter()
+            .filter(|n| n.name != owner)
+            .map(|n| n.url.clone())
+            .collect();
+        let body = json!({"id": format!("adj-{contract}"), "lever": "calls", "time": chrono_now(),
+            "value": value, "reason": "cluster test"});
+        let post = |url: &str| {
+            c.post(format!("{url}/v1/contracts/{contract}/adjustments"))
+                .bearer_auth(&admin)
+                .json(&body)
+                .send()
+                .unwrap()
+        };
+        let first = post(&others[0]);
+        assert_eq!(first.status(), 201, "{contract}: {:?}", first.text());
+        let again = post(&others[1]);
+        assert_eq!(again.status(), 200, "{contract}: repeat {:?}", again.text());
+        adjusted.insert(contract, value);
+    }
+    // Retractions are not available in cluster mode: refused whole.
+    let r = c
+        .delete(format!("{first}/v1/events/w0-1-0"))
+        .bearer_auth(&admin)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let want_usage = |contract: &str| -> i64 {
+        counted.get(contract).copied().unwrap_or(0) as i64
+            + adjusted.get(contract).copied().unwrap_or(0)
+    };
+    // Every node converges on exactly the ledger's counts (and the adjustments).
     let from = common::time_at(-2 * 3600 * 1000);
     for node in cluster.nodes() {
         let deadline = Instant::now() + Duration::from_secs(30);
         for (contract, _, _) in CONTRACTS {
-            let want = counted.get(contract).copied().unwrap_or(0);
+            let want = want_usage(contract);
             loop {
                 let got = c
                     .get(format!("{}/v1/contracts/{contract}/usage", node.url))
@@ -557,8 +594,8 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
                         v["items"].as_array().map(|items| {
                             items
                                 .iter()
-                                .map(|i| i["value"].as_str().unwrap().parse::<u64>().unwrap())
-                                .sum::<u64>()
+                                .map(|i| i["value"].as_str().unwrap().parse::<i64>().unwrap())
+                                .sum::<i64>()
                         })
                     });
                 if got == Some(want) {
@@ -575,60 +612,60 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
     }
     // The billing job converges: reading on from its cursor, from each node in turn,
     // gives every node's rows (a full read of its feed from the start), whose minute
-    // rows add up to the ledger.
+    // rows add up to the ledger and the adjustments (once flushed: usage reads include
+    // unflushed deltas, the feed shows flushed rows).
     let (mut rows, mut cursor) = feed.join().unwrap();
     eprintln!(
         "changes feed: {} rows read during the run, cursor {cursor}",
         rows.len()
     );
+    let mut want: BTreeMap<&str, i64> = CONTRACTS.iter().map(|c| (c.0, want_usage(c.0))).collect();
+    want.retain(|_, v| *v != 0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    'converge: loop {
+    loop {
         for node in cluster.nodes() {
             if let Some(next) = drain(&c, &node.url, &read, &cursor, &mut rows, 1000) {
                 cursor = next;
             }
         }
-        let mut all_equal = true;
+        let mut differs = None;
         for node in cluster.nodes() {
             let mut fresh = Rows::new();
             drain(&c, &node.url, &read, "0", &mut fresh, 1000).expect("a full read");
             if fresh != rows {
-                all_equal = false;
-                if Instant::now() >= deadline {
-                    let diff: Vec<_> = fresh
-                        .iter()
-                        .filter(|(k, v)| rows.get(*k) != Some(*v))
-                        .chain(rows.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)))
-                        .take(10)
-                        .collect();
-                    panic!(
-                        "{}: the billing job's {} rows differ from the node's {}: {diff:?}",
-                        node.name,
-                        rows.len(),
-                        fresh.len()
-                    );
-                }
+                let diff: Vec<_> = fresh
+                    .iter()
+                    .filter(|(k, v)| rows.get(*k) != Some(*v))
+                    .chain(rows.iter().filter(|(k, v)| fresh.get(*k) != Some(*v)))
+                    .take(10)
+                    .map(|(k, v)| format!("{k:?}={v}"))
+                    .collect();
+                differs = Some(format!(
+                    "{}: the billing job's {} rows differ from the node's {}: {diff:?}",
+                    node.name,
+                    rows.len(),
+                    fresh.len()
+                ));
             }
         }
-        if all_equal {
-            break 'converge;
+        let mut from_feed: BTreeMap<&str, i64> = BTreeMap::new();
+        for ((contract, _, window, _), v) in &rows {
+            if window == "minute" {
+                let k = CONTRACTS.iter().find(|c| c.0 == contract).unwrap().0;
+                *from_feed.entry(k).or_default() += v.parse::<i64>().unwrap();
+            }
         }
+        from_feed.retain(|_, v| *v != 0);
+        if differs.is_none() && from_feed == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{differs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the changes feed's minute rows {from_feed:?}, the ledger and the adjustments {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut from_feed: BTreeMap<&str, u64> = BTreeMap::new();
-    for ((contract, _, window, _), v) in &rows {
-        if window == "minute" {
-            let k = CONTRACTS.iter().find(|c| c.0 == contract).unwrap().0;
-            *from_feed.entry(k).or_default() += v.parse::<u64>().unwrap();
-        }
-    }
-    from_feed.retain(|_, v| *v > 0);
-    let mut want = counted.clone();
-    want.retain(|_, v| *v > 0);
-    assert_eq!(
-        from_feed, want,
-        "the changes feed's minute rows against the ledger"
-    );
     // Balances come from the partition owner's quota book, whichever node is asked.
     for node in cluster.nodes() {
         for (contract, _, _) in CONTRACTS {

@@ -34,6 +34,8 @@ cleanup() {
   trap - EXIT INT TERM
   for n in "${!PID[@]}"; do stop_pid "${PID[$n]}" KILL; done
   stop_pid "$REDIS_PID" KILL
+  # The cluster phase's NATS servers and nodes (restarted nodes are not in PID).
+  if [ -n "${CLUSTER_DIR:-}" ]; then bash "$REPO/scripts/cluster.sh" down "$CLUSTER_DIR" >/dev/null 2>&1 || true; fi
   if [ -n "$PG_DATA" ]; then as_pg "$PGBIN/pg_ctl" -D "$PG_DATA" -m immediate stop >/dev/null 2>&1 || true; fi
   if [ "$KEEP_TMP" = 1 ] || [ "$rc" -ne 0 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
   exit "$rc"

@@ -150,7 +150,8 @@ impl Peers for Router {
     }
 }
 
-/// Subscribes to partition `p`'s forwarded requests (ingest parts, balance reads) and
+/// Subscribes to partition `p`'s forwarded requests (ingest parts, balance reads,
+/// adjustments) and
 /// answers them (this node owns `p`). The task ends when aborted (the partition is
 /// given up).
 async fn serve_forwarded(shared: Arc<Shared>, p: u32) -> JoinHandle<()> {
@@ -170,6 +171,9 @@ async fn serve_forwarded(shared: Arc<Shared>, p: u32) -> JoinHandle<()> {
                 let reply = match kind {
                     "balance" => {
                         crate::query::balance::serve_forwarded(&shared.state, &msg.payload)
+                    }
+                    "adjust" => {
+                        crate::corrections::forward::serve_forwarded(&shared.state, &msg.payload)
                     }
                     _ => crate::ingest::serve_forwarded(&shared.state, p, &msg.payload).await,
                 };

@@ -8,8 +8,11 @@ use crate::counters::agg::AggValue;
 use crate::decimal::Amount;
 use crate::error::Error;
 use crate::ingest::MAX_EARLY_MS;
+use crate::journal::record::encode_events_only;
+use crate::quota::book::partition;
 use crate::registry::{valid_external_id, Aggregation, Tenant};
 use crate::store::keys::{admin_key, AdminKind};
+use crate::store::records::EventRecord;
 use crate::window::{parse_rfc3339, rfc3339};
 
 /// The body of `POST /v1/contracts/{contract}/adjustments`.
@@ -49,7 +52,6 @@ impl Corrections<'_> {
         by: Actor,
         now: i64,
     ) -> Result<Corrected, Error> {
-        self.single_node()?;
         if t.contract(contract).is_none() {
             return Err(Error::not_found("contract", contract));
         }
@@ -129,6 +131,25 @@ impl Corrections<'_> {
                     created: false,
                 });
             }
+            if let Some(cluster) = self.cluster {
+                // Held (the revision lock) until the commit answers: a repeat waits for
+                // this one and finds its index.
+                let _held = stamp;
+                let record = EventRecord {
+                    contract: contract.to_string(),
+                    lever: lever.id.clone(),
+                    aggregation: Aggregation::Sum,
+                    bucket: b.bucket.clone(),
+                    time_ms,
+                    value: value.0,
+                    ordinal: 0,
+                };
+                self.adjust_in_partition(t, cluster, record, &mut entry, &index_id)?;
+                return Ok(Corrected {
+                    entry,
+                    created: true,
+                });
+            }
             let keys = window_keys(&t.name, contract, &lever.id, time_ms, b.bucket.as_deref());
             let mut batch = self.journal.batch(0);
             let delta = AggValue::Sum(value.0).encode();
@@ -148,6 +169,47 @@ impl Corrections<'_> {
                 created: true,
             })
         })
+    }
+}
+
+impl Corrections<'_> {
+    /// Cluster mode's adjustment, on the owner of `record`'s partition: one events
+    /// record (without dedupe records) of the partition, with the audit entry and its
+    /// index, appended to the partition's stream like accepted events. Every node counts
+    /// it like them, so a flush stamps the rows with the revision of its message and the
+    /// changes feed reports them on every node ([`crate::revision`]). The entry's
+    /// `revision` is the events record's number.
+    fn adjust_in_partition(
+        &self,
+        t: &Tenant,
+        cluster: super::Cluster<'_>,
+        record: EventRecord,
+        entry: &mut AuditEntry,
+        index_id: &str,
+    ) -> Result<(), Error> {
+        let p = partition(t, &record.contract, cluster.partitions);
+        let seq = self.journal.reserve_in(Some(p), 1);
+        let mut batch = self.journal.batch(0);
+        batch.set_partition(p);
+        let events = [record];
+        batch.events_encoded(seq, &encode_events_only(&t.name, &events));
+        entry.revision = seq;
+        let name = super::audit_name(&entry.contract, seq);
+        let audit = serde_json::to_vec(&*entry).map_err(Error::internal)?;
+        batch
+            .rows()
+            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
+        batch
+            .rows()
+            .put_admin(AdminKind::AdjustmentId, &t.name, index_id, name.as_bytes());
+        batch.durable();
+        self.journal.commit_blocking(batch)?;
+        // Counted here as the standbys count it when they apply the message.
+        let shard = cluster.counters.shard_of(&t.name, &events[0].contract);
+        cluster
+            .counters
+            .apply(shard, seq, self.journal.revision_of(seq), &t.name, &events);
+        Ok(())
     }
 }
 

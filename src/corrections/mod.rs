@@ -23,6 +23,7 @@
 //! with flushes (lock order: docs/design.md).
 
 mod adjust;
+pub mod forward;
 mod retract;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use adjust::AdjustmentBody;
 
+use crate::counters::Counters;
 use crate::decimal::Amount;
 use crate::dedupe::Unflushed;
 use crate::error::Error;
@@ -104,6 +106,15 @@ pub struct Corrections<'a> {
     recent: &'a Unflushed,
     flush_wake: &'a crossbeam_channel::Sender<()>,
     dedupe_retention: Duration,
+    cluster: Option<Cluster<'a>>,
+}
+
+/// Cluster mode: an adjustment is an events record of its contract's partition, counted
+/// like accepted events ([`Corrections::adjust`]).
+#[derive(Clone, Copy)]
+struct Cluster<'a> {
+    counters: &'a Counters,
+    partitions: u32,
 }
 
 impl<'a> Corrections<'a> {
@@ -126,12 +137,25 @@ impl<'a> Corrections<'a> {
             recent,
             flush_wake,
             dedupe_retention,
+            cluster: None,
+        }
+    }
+
+    /// Cluster mode's corrections: adjustments go into their contract's partition
+    /// stream as events records that `counters` count (see [`Corrections::adjust`]).
+    pub fn in_cluster(self, counters: &'a Counters, partitions: u32) -> Self {
+        Corrections {
+            cluster: Some(Cluster {
+                counters,
+                partitions,
+            }),
+            ..self
         }
     }
 
     /// Corrections on the daemon's state.
     pub fn of(state: &'a State) -> Self {
-        Corrections::new(
+        let c = Corrections::new(
             &state.store,
             &*state.journal,
             &state.revisions,
@@ -139,7 +163,11 @@ impl<'a> Corrections<'a> {
             &state.unflushed,
             &state.flush_wake,
             state.cfg.dedupe_retention,
-        )
+        );
+        match &state.cfg.cluster {
+            Some(cluster) => c.in_cluster(&state.counters, cluster.partitions),
+            None => c,
+        }
     }
 
     /// Looks up a stored audit entry through an index record.
@@ -178,15 +206,14 @@ impl<'a> Corrections<'a> {
 
 /// Audit record name: contract, NUL, zero-padded revision (chronological order).
 impl Corrections<'_> {
-    /// Corrections are refused in cluster mode, whole, before anything is changed: their
-    /// rows would need the revision of a message of the contract's partition stream,
-    /// decided by the partition's owner (docs/cluster.md, "Differences").
+    /// Retractions are refused in cluster mode, whole, before anything is changed: the
+    /// retraction mark of an id a standby has not flushed yet would be overwritten by
+    /// that flush (docs/cluster.md, "Differences").
     fn single_node(&self) -> Result<(), Error> {
-        if self.revisions.is_partitioned() {
+        if self.cluster.is_some() {
             return Err(Error::conflict(
-                "corrections (adjustments and retractions) are not available in cluster \
-                 mode yet: they must be decided by the contract's partition owner, through \
-                 its stream, for the changes feed to report them on every node",
+                "retractions are not available in cluster mode yet; correct the usage \
+                 with a negative adjustment (POST /v1/contracts/{contract}/adjustments)",
             ));
         }
         Ok(())

@@ -117,6 +117,14 @@ impl<'j> Batch<'j> {
         }
     }
 
+    /// An events record already encoded ([`record::encode_events_only`]).
+    pub fn events_encoded(&mut self, seq: u64, record: &[u8]) {
+        self.rows.put_journal(seq, record);
+        if self.partition.is_some() {
+            self.events.push(seq);
+        }
+    }
+
     /// Cluster mode: sends the batch to partition `p`'s journal (every row of it must
     /// belong to that partition's contracts). Set before adding events records.
     pub fn set_partition(&mut self, p: u32) {

@@ -10,10 +10,9 @@
 use crate::store::keys::{get_str, put_str};
 use crate::store::records::{decode_dedupe_full, encode_dedupe_into, EventRecord, VERSION};
 
-/// Encodes a journal record: the accepted events of one request that belong to one
-/// shard.
-#[cfg(test)]
-pub fn encode_journal(tenant: &str, events: &[EventRecord]) -> Vec<u8> {
+/// Encodes a journal record of events alone, without dedupe records (the earlier
+/// format, still read): cluster mode's adjustments, which carry no event id.
+pub fn encode_events_only(tenant: &str, events: &[EventRecord]) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + events.len() * 96);
     out.push(VERSION);
     put_str(&mut out, tenant);
@@ -157,7 +156,7 @@ mod tests {
     #[test]
     fn journal_roundtrip() {
         let evs: Vec<_> = (0..5).map(ev).collect();
-        let enc = encode_journal("tenant", &evs);
+        let enc = encode_events_only("tenant", &evs);
         assert_eq!(decode_events(&enc), Some(("tenant".into(), evs)));
         assert_eq!(decode_events(&enc[..enc.len() - 1]), None);
     }
@@ -184,7 +183,7 @@ mod tests {
             assert_eq!(decode_events(&enc[..cut]), None);
         }
         // A record of the earlier format carries no dedupe records.
-        let old = encode_journal("tenant", &evs);
+        let old = encode_events_only("tenant", &evs);
         assert_eq!(dedupe_records(&old), Some(("tenant", Vec::new())));
         assert_eq!(dedupe_records(&[9, 0]), None);
     }

@@ -9,6 +9,7 @@
 use crate::http::util::ReqBody;
 use hyper::{Request, Response, StatusCode};
 
+use crate::corrections::forward::adjust_routed;
 use crate::corrections::{Actor, AdjustmentBody, Corrections};
 use crate::http::error::ApiError;
 use crate::http::router::Ctx;
@@ -34,7 +35,8 @@ pub async fn post_adjustment(
     let bytes = ctx.admin_body(req).await?;
     let b: AdjustmentBody = parse_json(&bytes)?;
     let t = ctx.tenant()?;
-    let done = Corrections::of(&ctx.state).adjust(&t, contract, &b, actor(ctx), now_ms())?;
+    // In cluster mode, decided by the owner of the contract's partition.
+    let done = adjust_routed(&ctx.state, &t, contract, &bytes, &b, actor(ctx), now_ms()).await?;
     let status = if done.created {
         StatusCode::CREATED
     } else {
