@@ -34,7 +34,7 @@
 #   T7_IDS_CONFIG= (extra TOML lines for the ids daemon, e.g. a smaller memory_limit)
 #   T8_EVENTS=1000000 CG_N1=500 CG_N2=1500
 #   CORE_GEN=0 CORE_SRV=1 PHASES="throughput latency floor memory restart profile micro cluster"
-#   CLUSTER_PARTITIONS=12 TAKEOVERS=3
+#   CLUSTER_PARTITIONS=12 CLUSTER_RATE=500 TAKEOVERS=3
 #   OUT=<repo>/BENCHMARKS.md RUN_NOTE="" KEEP_TMP=0 METERD=<target>/release/meterd
 #   LAT_SPANS= (1: each latency round also writes lat-R-W.spans.tsv, intended send time in
 #   unix µs and latency in µs per request, to place the tail against the server logs)
@@ -74,6 +74,7 @@ CORE_GEN=${CORE_GEN:-0}
 CORE_SRV=${CORE_SRV:-1}
 PHASES=${PHASES:-throughput latency floor memory restart profile micro cluster}
 CLUSTER_PARTITIONS=${CLUSTER_PARTITIONS:-12}
+CLUSTER_RATE=${CLUSTER_RATE:-500}
 CLUSTER_DIR=""
 RUN_NOTE=${RUN_NOTE:-}
 KEEP_TMP=${KEEP_TMP:-0}
@@ -192,7 +193,7 @@ if [ -z "$REPORT_FROM" ]; then
   declare -p QUICK ROUNDS ROUND_SECONDS WARMUP_SECONDS LAT_ROUNDS LAT_SECONDS PHASES RUN_NOTE \
     ELAPSED_S LOAD_START LOAD_END DSYNC_START DSYNC_END STALLS RUN_DATE FS_DESC T5_RATE T7_KEYS T7_IDS \
     T7_CONTRACTS T7_BUCKETS T7_MINUTES T7_IDS_CONFIG T8_EVENTS T8_ACCEPTED T8_LOAD_CHECK PG_CMD REDIS_CMD \
-    MICRO_CMD CORE_GEN CORE_SRV SETTLE_SECS CLUSTER_PARTITIONS TAKEOVERS 2>/dev/null >"$RES/meta.env" || true
+    MICRO_CMD CORE_GEN CORE_SRV SETTLE_SECS CLUSTER_PARTITIONS CLUSTER_RATE TAKEOVERS 2>/dev/null >"$RES/meta.env" || true
 else
   # shellcheck disable=SC1091
   . "$RES/meta.env"

@@ -6,11 +6,12 @@ Each round: `kill -9` of one meterd node (not meterd-1, through which the probe 
 then one request every 20 ms to meterd-1 with one fresh event per contract, until every
 contract whose partition the victim owned is accepted again; prints
 
-    TAKEOVER round=R victim=NAME affected=K seconds=S
+    TAKEOVER round=R victim=NAME affected=K longest=L seconds=S
 
 where `affected` counts the contracts answered `unavailable` (or not answered) after
-the kill and `seconds` is the time from the kill to the first request in which all of
-them were accepted. Then the victim is restarted on its config (its pid file updated, so
+the kill, `longest` is the longest a probe request took (a request may also wait for the
+takeover instead of being refused), and `seconds` is the time from the kill until a
+request in which every contract was accepted was answered. Then the victim is restarted on its config (its pid file updated, so
 `scripts/cluster.sh down` stops it) and the probe waits for its /readyz and for every
 partition to have an owner again.
 """
@@ -50,16 +51,19 @@ def post(events):
 
 
 def probe():
-    """One request with an event per contract: the contracts not accepted."""
+    """One request with an event per contract: the contracts not accepted, and how long
+    the request took."""
     global n
     events = []
     for c in names:
         n += 1
         events.append({"id": f"takeover-{os.getpid()}-{n}", "contract": c, "lever": lever, "value": 1})
+    started = time.monotonic()
     answer = post(events)
+    took = time.monotonic() - started
     if answer is None:
-        return set(names)
-    return {names[e["index"]] for e in answer.get("errors", [])}
+        return set(names), took
+    return {names[e["index"]] for e in answer.get("errors", [])}, took
 
 
 def ready(url):
@@ -96,10 +100,12 @@ for r in range(1, rounds + 1):
     os.kill(victim["pid"], signal.SIGKILL)
     killed = time.monotonic()
     affected = set()
+    longest = 0.0
     timed_out = False
     while True:
-        refused = probe()
+        refused, took = probe()
         affected |= refused
+        longest = max(longest, took)
         elapsed = time.monotonic() - killed
         if not refused and elapsed > 0.5:
             break
@@ -108,7 +114,7 @@ for r in range(1, rounds + 1):
             break
         time.sleep(0.02)
     seconds = "timeout" if timed_out else f"{elapsed:.3f}"
-    print(f"TAKEOVER round={r} victim={victim['name']} affected={len(affected)} seconds={seconds}", flush=True)
+    print(f"TAKEOVER round={r} victim={victim['name']} affected={len(affected)} longest={longest:.3f} seconds={seconds}", flush=True)
     # Restart the victim on its config and wait until every partition has an owner.
     log = open(victim["log"], "a")
     proc = subprocess.Popen([meterd, "serve", "--config", victim["config"]], stdout=log, stderr=log,

@@ -9,14 +9,19 @@
 # journal's publish-ack latency from every node's histogram, and the takeover time
 # after `kill -9` of a node, TAKEOVERS times (benches/lib/takeover.py).
 
-CLUSTER_CONFIGS="S1 K1 Sb Kb"
+# S/K: single node / cluster; 1: single events, closed loop; r: single events at a fixed
+# CLUSTER_RATE requests/s (what a client sees at a load the cluster carries); b: batches.
+# Answers may take seconds in the cluster's saturated runs: 30 s of grace for both.
+CLUSTER_CONFIGS="S1 K1 Sr Kr Sb Kb"
 cluster_config() { # round config
-  local r=$1 c=$2
+  local r=$1 c=$2 g=(--grace 30)
   case $c in
-    S1) http_run "$r" "$c" single $C_T2 --body single ;;
-    Sb) http_run "$r" "$c" single $C_BATCH --body batch --events $BATCH_EVENTS ;;
-    K1) KEY=$CLUSTER_KEY http_run "$r" "$c" cluster $C_T2 --body single ;;
-    Kb) KEY=$CLUSTER_KEY http_run "$r" "$c" cluster $C_BATCH --body batch --events $BATCH_EVENTS ;;
+    S1) http_run "$r" "$c" single $C_T2 --body single "${g[@]}" ;;
+    Sr) http_run "$r" "$c" single $C_T2 --body single --rate "$CLUSTER_RATE" "${g[@]}" ;;
+    Sb) http_run "$r" "$c" single $C_BATCH --body batch --events $BATCH_EVENTS "${g[@]}" ;;
+    K1) KEY=$CLUSTER_KEY http_run "$r" "$c" cluster $C_T2 --body single "${g[@]}" ;;
+    Kr) KEY=$CLUSTER_KEY http_run "$r" "$c" cluster $C_T2 --body single --rate "$CLUSTER_RATE" "${g[@]}" ;;
+    Kb) KEY=$CLUSTER_KEY http_run "$r" "$c" cluster $C_BATCH --body batch --events $BATCH_EVENTS "${g[@]}" ;;
   esac
 }
 # publish_latency: "count mean_ms p50_ms p99_ms" of meterd_cluster_journal_publish_duration_seconds

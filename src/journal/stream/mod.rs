@@ -297,6 +297,7 @@ async fn append_resolved<L: PartitionLog>(
             Err(e) => e.to_string(),
         };
         metrics::counter!(names::CLUSTER_APPEND_RETRIES_TOTAL).increment(1);
+        tracing::debug!(partition = p, attempts, error = %last_error, "append not answered; re-sending");
         if Instant::now() + pause > deadline {
             return Err(CommitError::InDoubt(p, last_error));
         }
