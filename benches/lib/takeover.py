@@ -1,9 +1,11 @@
 """Takeover probe for the cluster phase (benches/phases/cluster.sh).
 
-    python3 takeover.py CLUSTER_JSON METERD ROUNDS CONTRACT_PREFIX CONTRACTS LEVER
+    python3 takeover.py CLUSTER_JSON METERD ROUNDS LEVER
 
-Each round: `kill -9` of one meterd node (not meterd-1, through which the probe sends),
-then one request every 20 ms to meterd-1 with one fresh event per contract, until every
+The probe creates 64 contracts of its own (`takeover-00` to `takeover-63`: with a few
+dozen partitions, every partition holds some, so every node owns some of them). Each
+round: `kill -9` of one meterd node (not meterd-1, through which the probe sends), then
+one request every 20 ms to meterd-1 with one fresh event per contract, until every
 contract whose partition the victim owned is accepted again; prints
 
     TAKEOVER round=R victim=NAME affected=K longest=L seconds=S
@@ -24,16 +26,31 @@ import sys
 import time
 import urllib.request
 
-cluster_json, meterd, rounds, prefix, contracts, lever = sys.argv[1:7]
-rounds, contracts = int(rounds), int(contracts)
+cluster_json, meterd, rounds, lever = sys.argv[1:5]
+rounds = int(rounds)
 with open(cluster_json) as f:
     cluster = json.load(f)
 nodes = [p for p in cluster["processes"] if p["kind"] == "meterd"]
 key = cluster["keys"]["ingest"]
 front = nodes[0]
-width = len(str(contracts - 1))
-names = [f"{prefix}{i:0{width}d}" for i in range(contracts)]
+names = [f"takeover-{i:02d}" for i in range(64)]
 n = 0
+
+
+def call(path, body, method="POST", key=key):
+    req = urllib.request.Request(
+        front["api_url"] + path,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.load(r)
+
+
+for c in names:
+    call(f"/v1/contracts/{c}", {"customer": "takeover"}, "PUT", cluster["keys"]["admin"])
+time.sleep(1)
 
 
 def post(events):

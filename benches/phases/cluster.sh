@@ -77,7 +77,7 @@ phase_cluster() {
   after=$(publish_latency "${metrics_urls[@]}")
   printf 'before\t%s\nafter\t%s\n' "$before" "$after" | tr ' ' '\t' >"$RES/cluster-publish.tsv"
   log "cluster: takeover after kill -9 of a node, $TAKEOVERS times"
-  python3 "$BENCH_DIR/lib/takeover.py" "$j" "$METERD" "$TAKEOVERS" bench-c "$CONTRACTS" "$LEVER" \
+  python3 "$BENCH_DIR/lib/takeover.py" "$j" "$METERD" "$TAKEOVERS" "$LEVER" \
     >"$RES/cluster-takeover.txt" 2>&1 || log "takeover probe failed: $(tail -n 3 "$RES/cluster-takeover.txt")"
   stop_pid "${PID[single]}" TERM
   unset "PID[single]" "PID[cluster]"

@@ -54,8 +54,9 @@ report_cluster() {
   fi
   if [ -s "$RES/cluster-takeover.txt" ]; then
     echo "**Takeover** after \`kill -9\` of a node (not the one the requests go to; \`lease_ttl\` 6 s,"
-    echo "\`lease_renew\` 2 s): time from the kill until one request with an event for each of the"
-    echo "$CONTRACTS contracts is accepted whole again, i.e. until the victim's partitions answer again."
+    echo "\`lease_renew\` 2 s): time from the kill until one request with an event for each of 64"
+    echo "contracts spread over every partition is accepted whole again, i.e. until the victim's"
+    echo "partitions answer again (\`benches/lib/takeover.py\`)."
     echo
     echo "| round | victim | contracts refused at least once | longest request s | seconds |"
     echo "|---|---|---|---|---|"
