@@ -230,6 +230,24 @@ impl Error {
         Error::new(ErrorCode::Internal, e.to_string())
     }
 
+    /// Cluster mode: the error a partition owner answered a forwarded request with (its
+    /// code's name and its detail).
+    pub fn from_owner(code: &str, message: String) -> Error {
+        Error::new(
+            ErrorCode::parse(code).unwrap_or(ErrorCode::Internal),
+            message,
+        )
+    }
+
+    /// Cluster mode: a forwarded request of partition `p` whose answer could not be read
+    /// (retryable).
+    pub fn unreadable_answer(p: u32, e: impl fmt::Display) -> Error {
+        Error::new(
+            ErrorCode::NotReady,
+            format!("partition {p}: unreadable answer from its owner: {e}"),
+        )
+    }
+
     /// The code.
     pub fn code(&self) -> ErrorCode {
         self.code

@@ -288,6 +288,8 @@ fn every_acknowledged_event_is_counted_once_through_owner_leader_and_machine_fau
     for name in [
         "meterd_cluster_takeovers_total",
         "meterd_cluster_give_ups_total",
+        "meterd_cluster_lease_renewals_total",
+        "meterd_cluster_lease_losses_total",
         "meterd_cluster_forwards_total",
         "meterd_cluster_journal_append_retries_total",
         "meterd_cluster_standby_applied_messages_total",

@@ -348,6 +348,8 @@ async fn lease_rounds(
                 let renewed = buckets.renew(p, &node, h.rev).await;
                 let lost = match renewed {
                     Ok(rev) => {
+                        metrics::counter!(crate::telemetry::names::CLUSTER_LEASE_RENEWALS_TOTAL)
+                            .increment(1);
                         held.insert(
                             p,
                             Held {
@@ -363,6 +365,10 @@ async fn lease_rounds(
                     }
                     Err(Renewal::Unknown(_)) => None,
                 };
+                if lost.is_some() {
+                    metrics::counter!(crate::telemetry::names::CLUSTER_LEASE_LOSSES_TOTAL)
+                        .increment(1);
+                }
                 let why = lost.clone().or(stepped_down).or_else(|| {
                     (!want && !taking.contains_key(&p))
                         .then(|| "another node is preferred for it".to_string())

@@ -194,16 +194,7 @@ impl Corrections<'_> {
         let events = [record];
         batch.events_encoded(seq, &encode_events_only(&t.name, &events));
         entry.revision = seq;
-        let name = super::audit_name(&entry.contract, seq);
-        let audit = serde_json::to_vec(&*entry).map_err(Error::internal)?;
-        batch
-            .rows()
-            .put_admin(AdminKind::Audit, &t.name, &name, &audit);
-        batch
-            .rows()
-            .put_admin(AdminKind::AdjustmentId, &t.name, index_id, name.as_bytes());
-        batch.durable();
-        self.journal.commit_blocking(batch)?;
+        self.commit_with_audit(t, batch, entry, (AdminKind::AdjustmentId, index_id))?;
         // Counted here as the standbys count it when they apply the message.
         let shard = cluster.counters.shard_of(&t.name, &events[0].contract);
         cluster

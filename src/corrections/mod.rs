@@ -233,8 +233,20 @@ impl Corrections<'_> {
         index: (AdminKind, &str),
     ) -> Result<(), Error> {
         entry.revision = stamp.stamp(self.store, batch.rows(), keys)?;
+        self.commit_with_audit(t, batch, entry, index)
+    }
+
+    /// Adds the audit entry (named by its revision) and its idempotency index `index`
+    /// to `batch`, and commits the batch durably.
+    fn commit_with_audit(
+        &self,
+        t: &Tenant,
+        mut batch: Batch<'_>,
+        entry: &AuditEntry,
+        index: (AdminKind, &str),
+    ) -> Result<(), Error> {
         let name = audit_name(&entry.contract, entry.revision);
-        let audit = serde_json::to_vec(&*entry).map_err(Error::internal)?;
+        let audit = serde_json::to_vec(entry).map_err(Error::internal)?;
         batch
             .rows()
             .put_admin(AdminKind::Audit, &t.name, &name, &audit);

@@ -69,14 +69,8 @@ pub async fn balance_routed(
         Ok(WireAnswer::Balance(raw)) => {
             Ok(Answer::Owner(bytes::Bytes::from(raw.get().to_string())))
         }
-        Ok(WireAnswer::Error { code, message }) => Err(Error::new(
-            ErrorCode::parse(&code).unwrap_or(ErrorCode::Internal),
-            message,
-        )),
-        Err(e) => Err(Error::new(
-            ErrorCode::NotReady,
-            format!("partition {p}: unreadable answer from its owner: {e}"),
-        )),
+        Ok(WireAnswer::Error { code, message }) => Err(Error::from_owner(&code, message)),
+        Err(e) => Err(Error::unreadable_answer(p, e)),
     }
 }
 

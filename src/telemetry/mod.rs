@@ -53,6 +53,11 @@ pub mod names {
     pub const CLUSTER_TAKEOVERS_TOTAL: &str = "meterd_cluster_takeovers_total";
     /// Cluster mode: partitions this node gave up (fenced, lease lost, handed over).
     pub const CLUSTER_GIVE_UPS_TOTAL: &str = "meterd_cluster_give_ups_total";
+    /// Cluster mode: partition leases this node renewed.
+    pub const CLUSTER_LEASE_RENEWALS_TOTAL: &str = "meterd_cluster_lease_renewals_total";
+    /// Cluster mode: partition leases this node lost (taken, expired, or not renewed in
+    /// time).
+    pub const CLUSTER_LEASE_LOSSES_TOTAL: &str = "meterd_cluster_lease_losses_total";
     /// Cluster mode: ingest parts forwarded to another node.
     pub const CLUSTER_FORWARDS_TOTAL: &str = "meterd_cluster_forwards_total";
     /// Flush duration.
@@ -200,6 +205,16 @@ pub fn describe() {
         CLUSTER_GIVE_UPS_TOTAL,
         Unit::Count,
         "Cluster mode: partitions this node gave up (fenced, lease lost, handed over, stopping)."
+    );
+    describe_counter!(
+        CLUSTER_LEASE_RENEWALS_TOTAL,
+        Unit::Count,
+        "Cluster mode: partition leases this node renewed (every lease_renew per owned partition)."
+    );
+    describe_counter!(
+        CLUSTER_LEASE_LOSSES_TOTAL,
+        Unit::Count,
+        "Cluster mode: partition leases this node lost: taken by another node, expired, or not renewed within lease_ttl."
     );
     describe_counter!(
         CLUSTER_FORWARDS_TOTAL,

@@ -241,6 +241,8 @@ pub fn cluster_families() -> Vec<Family> {
         plain(CLUSTER_APPLIED_TOTAL, Counter),
         plain(CLUSTER_TAKEOVERS_TOTAL, Counter),
         plain(CLUSTER_GIVE_UPS_TOTAL, Counter),
+        plain(CLUSTER_LEASE_RENEWALS_TOTAL, Counter),
+        plain(CLUSTER_LEASE_LOSSES_TOTAL, Counter),
         plain(CLUSTER_FORWARDS_TOTAL, Counter),
     ]
 }
