@@ -87,11 +87,6 @@ impl Revisions {
         }
     }
 
-    /// Whether revisions are the partitions' (cluster mode).
-    pub fn is_partitioned(&self) -> bool {
-        self.partitioned
-    }
-
     /// Takes the usage-write lock.
     pub fn begin(&self) -> Stamp<'_> {
         Stamp {
@@ -122,7 +117,7 @@ impl Stamp<'_> {
         rows: &[(Vec<u8>, u64)],
     ) -> Result<u64, StoreError> {
         if !self.partitioned {
-            let keys: Vec<Vec<u8>> = rows.iter().map(|(k, _)| k.clone()).collect();
+            let keys: Vec<&[u8]> = rows.iter().map(|(k, _)| k.as_slice()).collect();
             return self.stamp(store, batch, &keys);
         }
         let mut by_key: HashMap<&[u8], u64> = HashMap::new();
@@ -130,11 +125,11 @@ impl Stamp<'_> {
             let e = by_key.entry(key.as_slice()).or_insert(0);
             *e = (*e).max(*rev);
         }
-        let keys: Vec<Vec<u8>> = by_key.keys().map(|k| k.to_vec()).collect();
+        let keys: Vec<&[u8]> = by_key.keys().copied().collect();
         let previous = store.row_revisions(&keys)?;
         let mut highest = 0;
         for (key, prev) in keys.iter().zip(previous) {
-            let rev = by_key[key.as_slice()].max(prev.unwrap_or(0));
+            let rev = by_key[key].max(prev.unwrap_or(0));
             if prev == Some(rev) {
                 continue;
             }
@@ -149,11 +144,11 @@ impl Stamp<'_> {
     /// of the `windows` column family, which start with the tenant). Revisions issued
     /// for a batch that then fails to commit are skipped, never reused. Returns the
     /// highest revision issued (0 when `keys` is empty).
-    pub fn stamp(
+    pub fn stamp<K: AsRef<[u8]>>(
         &mut self,
         store: &Store,
         batch: &mut Writes<'_>,
-        keys: &[Vec<u8>],
+        keys: &[K],
     ) -> Result<u64, StoreError> {
         if keys.is_empty() {
             return Ok(0);
@@ -163,7 +158,8 @@ impl Stamp<'_> {
         let mut touched: HashMap<String, u64> = HashMap::new();
         let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         for (key, prev) in keys.iter().zip(previous) {
-            if !seen.insert(key.as_slice()) {
+            let key = key.as_ref();
+            if !seen.insert(key) {
                 continue;
             }
             let (tenant, _) = get_str(key).ok_or(StoreError::Corrupt("window key"))?;

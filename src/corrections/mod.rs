@@ -209,7 +209,7 @@ impl Corrections<'_> {
     /// Retractions are refused in cluster mode, whole, before anything is changed: the
     /// retraction mark of an id a standby has not flushed yet would be overwritten by
     /// that flush (docs/cluster.md, "Differences").
-    fn single_node(&self) -> Result<(), Error> {
+    fn refuse_retraction_in_cluster(&self) -> Result<(), Error> {
         if self.cluster.is_some() {
             return Err(Error::conflict(
                 "retractions are not available in cluster mode yet; correct the usage \

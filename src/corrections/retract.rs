@@ -24,7 +24,7 @@ impl Corrections<'_> {
     /// Retracts event `id` on behalf of `by`. A repeat answers the stored entry
     /// (`created: false`).
     pub async fn retract(&self, t: &Tenant, id: &str, by: Actor) -> Result<Corrected, Error> {
-        self.single_node()?;
+        self.refuse_retraction_in_cluster()?;
         // An id accepted since the last flush has its dedupe record in a journal record,
         // which the flusher writes into `dedupe` later: a retraction mark written now
         // would be overwritten then. The flusher is asked to move it at once, and the

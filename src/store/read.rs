@@ -21,14 +21,14 @@ pub struct PartitionFeed {
 
 impl Store {
     /// Point lookups of several keys in one column family.
-    pub fn multi_get(
+    pub fn multi_get<K: AsRef<[u8]>>(
         &self,
         cf_name: &str,
-        keys: &[Vec<u8>],
+        keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let cf = self.cf(cf_name);
         self.db
-            .multi_get_cf(keys.iter().map(|k| (cf, k.as_slice())))
+            .multi_get_cf(keys.iter().map(|k| (cf, k.as_ref())))
             .into_iter()
             .map(|r| r.map_err(StoreError::from))
             .collect()
@@ -128,9 +128,9 @@ impl Store {
         let prefix = &prefix[..prefix.len() - 8];
         let mut out = Vec::new();
         let mut through: Vec<u64> = parts.iter().map(|p| p.after).collect();
-        for (i, part) in parts.iter().enumerate() {
-            // The first unflushed events record of the partition bounds what may be
-            // shown; with none, everything applied may.
+        // The first unflushed events record of a partition bounds what may be shown;
+        // with none, everything applied may. Read only for partitions with entries.
+        let visible_bound = |part: &PartitionFeed| -> Result<u64, StoreError> {
             let mut ro = ReadOptions::default();
             ro.set_snapshot(&snap);
             let lo_key = keys::record_rev_key(part.lo);
@@ -154,16 +154,19 @@ impl Store {
                         .map_err(|_| StoreError::Corrupt("meta"))?,
                     None => part.lo,
                 },
-            }
-            .min(part.hi - 1);
+            };
+            Ok(bound.min(part.hi - 1))
+        };
+        for (i, part) in parts.iter().enumerate() {
             let from = part.after.saturating_add(1).max(part.lo);
-            if from > bound {
+            if from >= part.hi {
                 continue;
             }
             let start = keys::changes_key(tenant, from);
             let mut ro = ReadOptions::default();
             ro.set_snapshot(&snap);
-            ro.set_iterate_upper_bound(keys::changes_key(tenant, bound + 1));
+            ro.set_iterate_upper_bound(keys::changes_key(tenant, part.hi));
+            let mut bound: Option<u64> = None;
             let mut last: Option<u64> = None;
             for item in self.db.iterator_cf_opt(
                 self.cf(cf::CHANGES),
@@ -173,16 +176,16 @@ impl Store {
                 let (k, v) = item?;
                 let rev =
                     keys::changes_rev(&k, prefix.len()).ok_or(StoreError::Corrupt("changes"))?;
-                if out.len() >= limit && last != Some(rev) {
-                    // `last` is read through; this revision is not.
+                let b = match bound {
+                    Some(b) => b,
+                    None => *bound.insert(visible_bound(part)?),
+                };
+                // Past what may be shown; or `last` is read through and this revision
+                // is not.
+                if rev > b || (out.len() >= limit && last != Some(rev)) {
                     break;
                 }
-                if last != Some(rev) {
-                    if let Some(l) = last {
-                        through[i] = l;
-                    }
-                    last = Some(rev);
-                }
+                last = Some(rev);
                 if keep(&v) {
                     let value = snap.get_cf(windows, &v)?;
                     out.push((i, rev, v.to_vec(), value));

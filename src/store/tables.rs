@@ -102,7 +102,10 @@ impl Store {
 
     /// The latest revision of each window row of `keys` (`None` for a row never
     /// stamped).
-    pub fn row_revisions(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<u64>>, StoreError> {
+    pub fn row_revisions<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         Ok(self
             .multi_get(cf::ROWREV, keys)?
             .into_iter()
