@@ -12,8 +12,9 @@ use crate::http::util::{json, only_params, query_map_up_to, Body};
 use crate::query::changes::{changes, changes_partitioned, Cursor};
 use crate::window::Granularity;
 
-/// Longest query string of this route: the largest cursor (4096 partitions) fits, and
-/// the URI stays under hyper's 65,534-byte limit.
+/// Longest query string of this route: a cursor over 4,096 partitions fits (13 bytes
+/// each while streams hold under 2^40 messages), and the URI stays under hyper's
+/// 65,534-byte limit.
 const MAX_CHANGES_QUERY: usize = 64 * 1024 - 512;
 
 /// Default and largest page size.
@@ -82,4 +83,36 @@ pub fn get(ctx: &Ctx, req: &Request<ReqBody>) -> Result<Response<Body>, ApiError
         changes(&ctx.state.store, &tenant.name, after, limit, only)
     })?;
     Ok(json(StatusCode::OK, &page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::util::query_map_up_to;
+    use crate::query::changes::Cursor;
+
+    #[test]
+    fn the_largest_cluster_cursor_fits_the_route_s_query_limit() {
+        // Every one of 4,096 partitions read, each at the 2^40th message of its stream
+        // (a trillion; the cursor format allows up to 2^50, which would not fit).
+        let c = Cursor((0..4096).map(|p| (p, (1 << 40) - 1)).collect());
+        let query = format!("after={}&limit=10000&window=minute", c.encode());
+        assert!(query.len() <= MAX_CHANGES_QUERY, "{}", query.len());
+        let q = query_map_up_to(Some(&query), MAX_CHANGES_QUERY).unwrap();
+        assert_eq!(
+            Cursor::parse(q.get("after").map(String::as_str), 4096).unwrap(),
+            c
+        );
+    }
+
+    #[test]
+    fn query_strings_are_accepted_at_their_limit_and_refused_past_it() {
+        let at = format!("after={}", "0".repeat(MAX_CHANGES_QUERY - 6));
+        assert!(query_map_up_to(Some(&at), MAX_CHANGES_QUERY).is_ok());
+        let past = format!("{at}0");
+        assert!(query_map_up_to(Some(&past), MAX_CHANGES_QUERY).is_err());
+        let general = format!("a={}", "b".repeat(crate::http::util::MAX_QUERY - 2));
+        assert!(crate::http::util::query_map(Some(&general)).is_ok());
+        assert!(crate::http::util::query_map(Some(&format!("{general}b"))).is_err());
+    }
 }
